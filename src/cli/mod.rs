@@ -1,0 +1,155 @@
+//! The command line: clap commands -> validated configs -> exit codes.
+//!
+//! Exit codes (sysexits-style, so a scheduler can tell "retry" from "fix the
+//! input"): 0 success; 64 bad usage or configuration; 65 bad input data
+//! (a corrupt frame, misrouted payloads with `--fail-on-misrouted`, a
+//! corrupt output for `export`/`inspect`); 74 I/O or object-store failure
+//! (worth a retry); 70 internal error. `tailor diff` uses 0 (identical),
+//! 1 (differences) and 2 (error).
+
+pub mod export;
+pub mod generate;
+pub mod inspect;
+pub mod query;
+pub mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::job::JobError;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tailor",
+    version,
+    about = "Payload files in, indexed timeseries files out, one shard at a time"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the shard job: group, write, commit.
+    Run(run::RunArgs),
+    /// Generate a deterministic input tree.
+    Generate(generate::GenerateArgs),
+    /// Run SQL over the payload table (`payloads`).
+    Query(query::QueryArgs),
+    /// Export a committed output as one row per point (Parquet or CSV).
+    Export(export::ExportArgs),
+    /// Show a manifest's or a data file's contents.
+    Inspect(inspect::InspectArgs),
+}
+
+pub const EXIT_USAGE: u8 = 64;
+pub const EXIT_DATA: u8 = 65;
+pub const EXIT_SOFTWARE: u8 = 70;
+pub const EXIT_IO: u8 = 74;
+
+/// The exit code for a job error.
+pub fn exit_code(e: &JobError) -> u8 {
+    match e {
+        JobError::Config(_) | JobError::Store(_) => EXIT_USAGE,
+        JobError::Corrupt(..)
+        | JobError::Misrouted(..)
+        | JobError::Tsf(_)
+        | JobError::Output(_) => EXIT_DATA,
+        JobError::ObjectStore(_) | JobError::Io(_) => EXIT_IO,
+        JobError::DataFusion(d) => {
+            if crate::datasource::source::frame_error(d).is_some() {
+                EXIT_DATA
+            } else if matches!(
+                d.find_root(),
+                datafusion::error::DataFusionError::ObjectStore(_)
+                    | datafusion::error::DataFusionError::IoError(_)
+            ) {
+                EXIT_IO
+            } else {
+                EXIT_SOFTWARE
+            }
+        }
+        JobError::Internal(_) => EXIT_SOFTWARE,
+    }
+}
+
+/// Prints an error with its whole chain to stderr.
+pub fn print_error(e: &dyn std::error::Error) {
+    let mut msg = format!("tailor: error: {e}");
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(&format!("\n  caused by: {text}"));
+        }
+        src = s.source();
+    }
+    eprintln!("{msg}");
+}
+
+/// Runs a parsed command line.
+pub fn main_with(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            print_error(&e);
+            return ExitCode::from(EXIT_SOFTWARE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(a) => run::main(a).await,
+            Command::Generate(a) => generate::main(a).await,
+            Command::Query(a) => query::main(a).await,
+            Command::Export(a) => export::main(a).await,
+            Command::Inspect(a) => inspect::main(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            print_error(&e);
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn is_broken_pipe(e: &JobError) -> bool {
+    matches!(e, JobError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Loads a shard map file, or the built-in one.
+pub fn load_shard_map(
+    path: Option<&std::path::Path>,
+) -> Result<(std::sync::Arc<crate::format::shard::ShardMap>, String), JobError> {
+    use crate::format::shard::ShardMap;
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| JobError::Config(format!("reading shard map {}: {e}", p.display())))?;
+            let map = ShardMap::parse(&text)
+                .map_err(|e| JobError::Config(format!("shard map {}: {e}", p.display())))?;
+            Ok((std::sync::Arc::new(map), p.display().to_string()))
+        }
+        None => Ok((
+            std::sync::Arc::new(
+                ShardMap::parse(crate::job::config::DEFAULT_SHARD_MAP).expect("built-in map"),
+            ),
+            "built-in shards/production.toml".into(),
+        )),
+    }
+}
+
+/// Parses an hour flag.
+pub fn parse_hour(s: &str) -> Result<crate::datasource::listing::Hour, String> {
+    crate::datasource::listing::Hour::parse(s)
+        .ok_or_else(|| format!("{s:?} is not an hour (YYYY-MM-DDTHH)"))
+}

@@ -1,0 +1,304 @@
+//! Decode buffers and zero-copy record batches.
+//!
+//! zstd decompresses every payload of a batch into one *slab*: a pooled,
+//! 8-byte-aligned `Vec<u64>`. When the batch is emitted, the slab becomes an
+//! arrow [`Buffer`] (through [`Buffer::from_custom_allocation`]) that the
+//! `timestamps` and `values` list views and the `metadata` string views all
+//! point into; no point is copied. When the last array referencing the slab
+//! is dropped, the slab goes back to its [`SlabPool`] and is reused by the
+//! next batch, so a scan in steady state allocates per batch, never per
+//! payload.
+
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, ListViewArray, RecordBatch, StringViewArray,
+    UInt8Array, UInt32Array, UInt64Array, make_view,
+};
+use datafusion::arrow::buffer::{BooleanBuffer, Buffer, ScalarBuffer};
+use datafusion::arrow::error::ArrowError;
+
+use crate::datasource::schema::{payload_schema, ts_item, value_item};
+use crate::format::payload::PayloadHeader;
+
+/// Default slab size: 8 MiB of decompressed payloads per batch.
+pub const DEFAULT_SLAB_BYTES: usize = 8 << 20;
+/// Slabs kept for reuse per pool; more are freed when they come back.
+const POOL_KEEP: usize = 8;
+
+/// A pool of aligned decode buffers shared by the batches of a scan.
+#[derive(Debug)]
+pub struct SlabPool {
+    free: Mutex<Vec<Vec<u64>>>,
+    slab_bytes: usize,
+}
+
+impl SlabPool {
+    pub fn new(slab_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            free: Mutex::new(Vec::new()),
+            slab_bytes: slab_bytes.max(64),
+        })
+    }
+
+    /// A slab of at least `min_bytes` (and at least the pool's slab size).
+    fn take(&self, min_bytes: usize) -> Vec<u64> {
+        let words = min_bytes.max(self.slab_bytes).div_ceil(8);
+        let mut free = self.free.lock().unwrap();
+        if let Some(i) = free.iter().position(|s| s.len() >= words) {
+            // Reused as is: a slab is always fully initialised (its old
+            // contents are overwritten by zstd before anything reads them).
+            return free.swap_remove(i);
+        }
+        drop(free);
+        // calloc: the kernel hands out zeroed pages lazily.
+        vec![0u64; words]
+    }
+
+    fn give_back(&self, slab: Vec<u64>) {
+        let mut free = self.free.lock().unwrap();
+        if free.len() < POOL_KEEP {
+            free.push(slab);
+        }
+    }
+
+    /// Slabs waiting for reuse (tests use it to see slabs come back).
+    pub fn idle(&self) -> usize {
+        self.free.lock().unwrap().len()
+    }
+}
+
+/// Owns a slab while arrow buffers point into it; returns it on drop.
+struct SlabOwner {
+    slab: Vec<u64>,
+    pool: Arc<SlabPool>,
+}
+
+impl Drop for SlabOwner {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.slab));
+    }
+}
+
+/// Collects payloads decoded in place into a slab and emits them as one
+/// [`RecordBatch`] of the payload schema.
+pub struct BatchBuilder {
+    pool: Arc<SlabPool>,
+    slab: Vec<u64>,
+    /// Bytes of the slab in use (always a multiple of 8).
+    used: usize,
+    max_rows: usize,
+    org: Vec<u64>,
+    metric: Vec<u64>,
+    kind: Vec<u8>,
+    interval: Vec<u32>,
+    version: Vec<u8>,
+    n_points: Vec<u32>,
+    frame_offset: Vec<u64>,
+    misrouted: Vec<bool>,
+    ts_offsets: Vec<i32>,
+    val_offsets: Vec<i32>,
+    sizes: Vec<i32>,
+    meta_views: Vec<u128>,
+    // Per object: the key and shard, one buffer each, every row viewing it.
+    key: Buffer,
+    key_view: u128,
+    shard: Buffer,
+    shard_view: u128,
+    points: u64,
+}
+
+impl BatchBuilder {
+    pub fn new(pool: Arc<SlabPool>, max_rows: usize, key: &str, shard: &str) -> Self {
+        let key_buf = Buffer::from(key.as_bytes().to_vec());
+        let shard_buf = Buffer::from(shard.as_bytes().to_vec());
+        let max_rows = max_rows.max(1);
+        Self {
+            slab: Vec::new(),
+            pool,
+            used: 0,
+            max_rows,
+            org: Vec::with_capacity(max_rows),
+            metric: Vec::with_capacity(max_rows),
+            kind: Vec::with_capacity(max_rows),
+            interval: Vec::with_capacity(max_rows),
+            version: Vec::with_capacity(max_rows),
+            n_points: Vec::with_capacity(max_rows),
+            frame_offset: Vec::with_capacity(max_rows),
+            misrouted: Vec::with_capacity(max_rows),
+            ts_offsets: Vec::with_capacity(max_rows),
+            val_offsets: Vec::with_capacity(max_rows),
+            sizes: Vec::with_capacity(max_rows),
+            meta_views: Vec::with_capacity(max_rows),
+            key_view: make_view(key.as_bytes(), 0, 0),
+            key: key_buf,
+            shard_view: make_view(shard.as_bytes(), 0, 0),
+            shard: shard_buf,
+            points: 0,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.org.len()
+    }
+
+    pub fn points(&self) -> u64 {
+        self.points
+    }
+
+    /// Whether a payload of `len` bytes still fits in this batch.
+    pub fn fits(&self, len: usize) -> bool {
+        self.rows() < self.max_rows
+            && (self.slab.is_empty() && self.rows() == 0
+                || self.used + len <= self.slab.len() * 8)
+            // list-view offsets are i32 element indexes
+            && (self.used + len) / 8 <= i32::MAX as usize
+    }
+
+    /// The next `len` bytes of the slab, 8-byte aligned, for zstd to write
+    /// into. Call [`Self::fits`] first (and [`Self::finish`] when it does not).
+    pub fn reserve(&mut self, len: usize) -> &mut [u8] {
+        debug_assert_eq!(len % 8, 0);
+        if self.slab.is_empty() {
+            self.slab = self.pool.take(len);
+        }
+        assert!(self.used + len <= self.slab.len() * 8, "slab overflow");
+        let bytes: &mut [u8] = bytemuck_bytes_mut(&mut self.slab);
+        &mut bytes[self.used..self.used + len]
+    }
+
+    /// Adds the payload just decoded into the reserved bytes as a row.
+    pub fn commit(&mut self, h: &PayloadHeader, frame_offset: u64, misrouted: bool) {
+        let base = self.used;
+        let n = h.n_points as usize;
+        self.org.push(h.org_id);
+        self.metric.push(h.metric_id);
+        self.kind.push(h.kind as u8);
+        self.interval.push(h.interval_s);
+        self.version.push(h.version as u8);
+        self.n_points.push(h.n_points);
+        self.frame_offset.push(frame_offset);
+        self.misrouted.push(misrouted);
+        self.ts_offsets.push(((base + h.ts_offset()) / 8) as i32);
+        self.val_offsets
+            .push(((base + h.values_offset()) / 8) as i32);
+        self.sizes.push(n as i32);
+        let meta_start = base + h.meta_offset();
+        let meta = &bytemuck_bytes(&self.slab)[meta_start..meta_start + h.meta_len as usize];
+        self.meta_views.push(make_view(meta, 0, meta_start as u32));
+        self.used += h.payload_len();
+        self.points += n as u64;
+    }
+
+    /// Emits the rows collected so far as a batch (`None` when empty) and
+    /// starts a new one.
+    pub fn finish(&mut self) -> Result<Option<RecordBatch>, ArrowError> {
+        if self.rows() == 0 {
+            return Ok(None);
+        }
+        let slab = std::mem::take(&mut self.slab);
+        let used = self.used;
+        self.used = 0;
+        self.points = 0;
+        let ptr = NonNull::new(slab.as_ptr() as *mut u8).expect("slab pointer");
+        let owner = Arc::new(SlabOwner {
+            slab,
+            pool: Arc::clone(&self.pool),
+        });
+        // SAFETY: the owner keeps the slab alive and unmoved (a Vec's heap
+        // memory does not move when the Vec itself is moved) for as long as
+        // the buffer exists; `used` bytes are initialised.
+        let slab_buf = unsafe { Buffer::from_custom_allocation(ptr, used, owner) };
+        let words = used / 8;
+        let ts_child = Arc::new(Int64Array::new(
+            ScalarBuffer::new(slab_buf.clone(), 0, words),
+            None,
+        ));
+        let val_child = Arc::new(Float64Array::new(
+            ScalarBuffer::new(slab_buf.clone(), 0, words),
+            None,
+        ));
+        let sizes: ScalarBuffer<i32> = std::mem::take(&mut self.sizes).into();
+        let timestamps = ListViewArray::try_new(
+            ts_item(),
+            std::mem::take(&mut self.ts_offsets).into(),
+            sizes.clone(),
+            ts_child,
+            None,
+        )?;
+        let values = ListViewArray::try_new(
+            value_item(),
+            std::mem::take(&mut self.val_offsets).into(),
+            sizes,
+            val_child,
+            None,
+        )?;
+        let rows = self.org.len();
+        // SAFETY: every view was made by `make_view` over bytes of the
+        // respective buffer that were validated as UTF-8 (metadata by
+        // `parse_payload`, key and shard are `&str`).
+        let metadata = unsafe {
+            StringViewArray::new_unchecked(
+                std::mem::take(&mut self.meta_views).into(),
+                vec![slab_buf],
+                None,
+            )
+        };
+        let key_views: Vec<u128> = vec![self.key_view; rows];
+        let shard_views: Vec<u128> = vec![self.shard_view; rows];
+        let object_key = unsafe {
+            StringViewArray::new_unchecked(key_views.into(), vec![self.key.clone()], None)
+        };
+        let shard = unsafe {
+            StringViewArray::new_unchecked(shard_views.into(), vec![self.shard.clone()], None)
+        };
+        let misrouted = BooleanArray::new(
+            BooleanBuffer::from(std::mem::take(&mut self.misrouted)),
+            None,
+        );
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from(std::mem::take(&mut self.org))),
+            Arc::new(UInt64Array::from(std::mem::take(&mut self.metric))),
+            Arc::new(UInt8Array::from(std::mem::take(&mut self.kind))),
+            Arc::new(UInt32Array::from(std::mem::take(&mut self.interval))),
+            Arc::new(metadata),
+            Arc::new(timestamps),
+            Arc::new(values),
+            Arc::new(UInt32Array::from(std::mem::take(&mut self.n_points))),
+            Arc::new(UInt8Array::from(std::mem::take(&mut self.version))),
+            Arc::new(object_key),
+            Arc::new(UInt64Array::from(std::mem::take(&mut self.frame_offset))),
+            Arc::new(shard),
+            Arc::new(misrouted),
+        ];
+        self.reserve_rows();
+        RecordBatch::try_new(payload_schema(), columns).map(Some)
+    }
+
+    fn reserve_rows(&mut self) {
+        let n = self.max_rows;
+        self.org.reserve(n);
+        self.metric.reserve(n);
+        self.kind.reserve(n);
+        self.interval.reserve(n);
+        self.version.reserve(n);
+        self.n_points.reserve(n);
+        self.frame_offset.reserve(n);
+        self.misrouted.reserve(n);
+        self.ts_offsets.reserve(n);
+        self.val_offsets.reserve(n);
+        self.sizes.reserve(n);
+        self.meta_views.reserve(n);
+    }
+}
+
+fn bytemuck_bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: u8 has alignment 1 and every u64 is 8 initialised bytes.
+    unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 8) }
+}
+
+fn bytemuck_bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: as above; the borrow is unique.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, words.len() * 8) }
+}

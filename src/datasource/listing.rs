@@ -1,0 +1,216 @@
+//! Listing a shard's payload files (spec section 1):
+//! `<root>/<shard>/dt=<YYYY-MM-DD>/hour=<HH>/<topic>+<partition>+<offset>.tsp`.
+//!
+//! Only names ending in `.tsp` are payload files; everything else under a
+//! shard (`_tmp`, `.crc`, markers) is ignored, and counted and listed as such
+//! so that nothing disappears without a trace.
+
+use std::fmt;
+
+use futures::TryStreamExt;
+use object_store::ObjectMeta;
+use serde::Serialize;
+
+use crate::datasource::store::StoreRoot;
+
+/// A UTC hour, `YYYY-MM-DDTHH`; orders as time does.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Hour(String);
+
+impl Hour {
+    /// Parses `YYYY-MM-DDTHH` (also accepts a space or `/` for `T`, and `:00`
+    /// minutes after the hour).
+    pub fn parse(s: &str) -> Option<Hour> {
+        let s = s.trim().trim_end_matches(":00").trim_end_matches('Z');
+        if s.len() != 13 {
+            return None;
+        }
+        let (date, rest) = s.split_at(10);
+        let sep = rest.as_bytes()[0];
+        if !matches!(sep, b'T' | b' ' | b'/') {
+            return None;
+        }
+        Self::from_parts(date, &rest[1..])
+    }
+
+    /// From the `dt=` and `hour=` values of a key.
+    pub fn from_parts(date: &str, hour: &str) -> Option<Hour> {
+        let d = date.as_bytes();
+        let ok_date = d.len() == 10
+            && d[4] == b'-'
+            && d[7] == b'-'
+            && d.iter()
+                .enumerate()
+                .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        let ok_hour = hour.len() == 2 && hour.bytes().all(|c| c.is_ascii_digit());
+        if !ok_date || !ok_hour {
+            return None;
+        }
+        let month: u32 = date[5..7].parse().ok()?;
+        let day: u32 = date[8..10].parse().ok()?;
+        let h: u32 = hour.parse().ok()?;
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 {
+            return None;
+        }
+        Some(Hour(format!("{date}T{hour}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn date(&self) -> &str {
+        &self.0[..10]
+    }
+    pub fn hour(&self) -> &str {
+        &self.0[11..]
+    }
+}
+
+impl fmt::Display for Hour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An inclusive range of hours; either end open.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub from: Option<Hour>,
+    pub to: Option<Hour>,
+}
+
+impl Window {
+    pub fn contains(&self, h: &Hour) -> bool {
+        self.from.as_ref().is_none_or(|f| h >= f) && self.to.as_ref().is_none_or(|t| h <= t)
+    }
+}
+
+/// A payload file of the input.
+#[derive(Debug, Clone, Serialize)]
+pub struct InputObject {
+    /// The key, relative to the store (what the scan reports).
+    pub key: String,
+    pub size: u64,
+    pub e_tag: Option<String>,
+    pub shard: String,
+    pub hour: Hour,
+    #[serde(skip)]
+    pub meta: ObjectMeta,
+}
+
+/// An object under the root that is not a payload file of the window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ignored {
+    pub key: String,
+    pub size: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Listing {
+    /// In input order (key bytes).
+    pub objects: Vec<InputObject>,
+    /// Non-payload objects (non-`.tsp`, or `.tsp` outside the layout).
+    pub ignored: Vec<Ignored>,
+}
+
+impl Listing {
+    pub fn total_bytes(&self) -> u64 {
+        self.objects.iter().map(|o| o.size).sum()
+    }
+    /// The hours present, sorted.
+    pub fn hours(&self) -> Vec<Hour> {
+        let mut h: Vec<Hour> = self.objects.iter().map(|o| o.hour.clone()).collect();
+        h.sort();
+        h.dedup();
+        h
+    }
+}
+
+/// Lists the payload files under `root` (all shards, or one) whose hour is
+/// in `window`.
+pub async fn list_inputs(
+    root: &StoreRoot,
+    shard: Option<&str>,
+    window: &Window,
+) -> Result<Listing, object_store::Error> {
+    let prefix = match shard {
+        Some(s) => root.child(s),
+        None => root.prefix.clone(),
+    };
+    let metas: Vec<ObjectMeta> = root.store.list(Some(&prefix)).try_collect().await?;
+    let mut listing = Listing::default();
+    for meta in metas {
+        let key = meta.location.to_string();
+        let rel = root.relative(&meta.location).unwrap_or(&key).to_string();
+        let parts: Vec<&str> = rel.split('/').collect();
+        if !key.ends_with(".tsp") {
+            listing.ignored.push(Ignored {
+                key,
+                size: meta.size,
+                reason: "not a payload file (name does not end in .tsp)".into(),
+            });
+            continue;
+        }
+        let parsed = match parts.as_slice() {
+            [shard, dt, hour, _name] => dt
+                .strip_prefix("dt=")
+                .zip(hour.strip_prefix("hour="))
+                .and_then(|(d, h)| Hour::from_parts(d, h))
+                .map(|h| (shard.to_string(), h)),
+            _ => None,
+        };
+        let Some((shard, hour)) = parsed else {
+            listing.ignored.push(Ignored {
+                key,
+                size: meta.size,
+                reason: "a .tsp object outside the <shard>/dt=YYYY-MM-DD/hour=HH/ layout".into(),
+            });
+            continue;
+        };
+        if !window.contains(&hour) {
+            continue;
+        }
+        listing.objects.push(InputObject {
+            key,
+            size: meta.size,
+            e_tag: meta.e_tag.clone(),
+            shard,
+            hour,
+            meta,
+        });
+    }
+    listing
+        .objects
+        .sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
+    listing.ignored.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(listing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hours_parse_and_order() {
+        let a = Hour::parse("2026-11-21T03").unwrap();
+        let b = Hour::from_parts("2026-11-21", "13").unwrap();
+        assert!(a < b);
+        assert_eq!(Hour::parse("2026-11-21 03:00").unwrap(), a);
+        for bad in [
+            "2026-11-21",
+            "2026-13-01T00",
+            "2026-11-21T24",
+            "20261121T03",
+        ] {
+            assert_eq!(Hour::parse(bad), None, "{bad}");
+        }
+        let w = Window {
+            from: Some(a.clone()),
+            to: Some(b.clone()),
+        };
+        assert!(w.contains(&a) && w.contains(&b));
+        assert!(!w.contains(&Hour::parse("2026-11-21T14").unwrap()));
+    }
+}

@@ -1,0 +1,349 @@
+//! Reading the frames of one byte range of one object.
+//!
+//! A range `[start, end)` owns exactly the frames whose length prefix starts
+//! in it (spec section 2). The [`FrameCursor`] finds the first of them with
+//! the spec's zstd-magic + chain rule ([`find_frame_start`]) without reading
+//! the object from byte 0, then walks the chain frame by frame. Bytes are
+//! fetched in bounded chunks that never go past `end` except for what the
+//! last frame needs: its body and an 8-byte look-ahead at the frame after it.
+//! So a range fetches at most the range, one frame and 8 bytes (plus, when a
+//! sync candidate chains past `end`, that candidate's frame).
+//!
+//! Edge cases, each tested in `tests/ranges.rs`:
+//! * a range that starts at 0 does not search: byte 0 must be a frame;
+//! * a range inside one large frame owns no frame and yields nothing;
+//! * the frame after a range's last frame must look like a frame (or be the
+//!   end of the object): that look-ahead is how garbage between two ranges
+//!   is reported by exactly one range;
+//! * under the skip policy, a corrupt frame is reported and the cursor
+//!   resynchronises with the same rule a range start uses.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::format::payload::{
+    FRAME_PROBE_LEN, FormatError, PREFIX_LEN, Sync, find_frame_start, parse_frame_prefix,
+};
+
+/// Where an object's bytes come from.
+#[derive(Clone)]
+pub enum ObjectBytes {
+    /// The whole object, memory-mapped (local files) or already in memory.
+    Mapped(Bytes),
+    /// Ranged GETs against an object store.
+    Store {
+        store: Arc<dyn ObjectStore>,
+        location: Path,
+    },
+}
+
+impl ObjectBytes {
+    /// Memory-maps a local file.
+    pub fn map_file(path: &std::path::Path) -> std::io::Result<Self> {
+        map_file(path).map(ObjectBytes::Mapped)
+    }
+
+    async fn fetch(&self, range: Range<u64>) -> Result<Bytes, object_store::Error> {
+        match self {
+            ObjectBytes::Mapped(b) => Ok(b.slice(range.start as usize..range.end as usize)),
+            ObjectBytes::Store { store, location } => store.get_range(location, range).await,
+        }
+    }
+}
+
+/// Memory-maps a local file as [`Bytes`] (zero-copy slices).
+pub fn map_file(path: &std::path::Path) -> std::io::Result<Bytes> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: payload and output files are immutable once written (writers
+    // replace objects, they never modify them in place); a file truncated
+    // under us would fault, as with any mmap reader.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(Bytes::from_owner(map))
+}
+
+/// Errors of the cursor: corruption (a property of the bytes) or I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum CursorError {
+    #[error(transparent)]
+    Corrupt(FormatError),
+    #[error("reading bytes {range:?}: {source}")]
+    Io {
+        range: Range<u64>,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// A frame of the range: its offset and its body (zero-copy from the mapping
+/// or from the fetched chunk).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub offset: u64,
+    pub body: Bytes,
+}
+
+/// What the cursor yields.
+#[derive(Debug)]
+pub enum Step {
+    Frame(Frame),
+    /// Under the skip policy: a corrupt region starting at `error.offset`,
+    /// `skipped` bytes long, after which the cursor resynchronised.
+    Skipped {
+        error: FormatError,
+        skipped: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Looking for the first frame at or after this offset.
+    Seek(u64),
+    /// The next frame starts here.
+    At(u64),
+    Done,
+}
+
+/// Walks the frames of `[start, end)` of an object of `object_len` bytes.
+pub struct FrameCursor {
+    source: ObjectBytes,
+    object_len: u64,
+    end: u64,
+    chunk: u64,
+    skip_corrupt: bool,
+    buf: Bytes,
+    buf_start: u64,
+    state: State,
+    fetched: u64,
+    first_frame: Option<u64>,
+    stop: u64,
+}
+
+/// Largest fetch for a remote range read.
+pub const DEFAULT_CHUNK: u64 = 8 << 20;
+
+impl FrameCursor {
+    pub fn new(
+        source: ObjectBytes,
+        object_len: u64,
+        range: Range<u64>,
+        skip_corrupt: bool,
+    ) -> Self {
+        let end = range.end.min(object_len);
+        let start = range.start.min(end);
+        let chunk = match source {
+            ObjectBytes::Mapped(_) => u64::MAX,
+            ObjectBytes::Store { .. } => DEFAULT_CHUNK,
+        };
+        Self {
+            source,
+            object_len,
+            end,
+            chunk,
+            skip_corrupt,
+            buf: Bytes::new(),
+            buf_start: start,
+            state: if start == 0 {
+                State::At(0)
+            } else {
+                State::Seek(start)
+            },
+            fetched: 0,
+            first_frame: None,
+            stop: end,
+        }
+    }
+
+    /// Sets the largest single fetch (remote objects).
+    pub fn with_chunk(mut self, chunk: u64) -> Self {
+        self.chunk = chunk.max(FRAME_PROBE_LEN as u64);
+        self
+    }
+
+    /// Bytes fetched so far (for a mapped object: bytes touched).
+    pub fn bytes_fetched(&self) -> u64 {
+        self.fetched
+    }
+
+    /// Offset of the first frame this range owns, once known.
+    pub fn first_frame(&self) -> Option<u64> {
+        self.first_frame
+    }
+
+    /// Where this range stopped once done: the offset just after its last
+    /// frame (the next range's first frame when the file is intact), or its
+    /// end when it holds no frame.
+    pub fn stop(&self) -> u64 {
+        self.stop
+    }
+
+    /// Makes `buf` cover `[from, to)`; fetches at most one chunk beyond `to`
+    /// but never past `max(to, end + 8)`.
+    async fn ensure(&mut self, from: u64, to: u64) -> Result<(), CursorError> {
+        let to = to.min(self.object_len);
+        let buf_end = self.buf_start + self.buf.len() as u64;
+        if from >= self.buf_start && to <= buf_end {
+            return Ok(());
+        }
+        let cap = (self.end + FRAME_PROBE_LEN as u64)
+            .min(self.object_len)
+            .max(to);
+        let fetch_to = from.saturating_add(self.chunk).min(cap).max(to);
+        // Keep what we have of [from, buf_end) and fetch the rest.
+        let (keep, fetch_from) = if from >= self.buf_start && from < buf_end {
+            (self.buf.slice((from - self.buf_start) as usize..), buf_end)
+        } else {
+            (Bytes::new(), from)
+        };
+        let range = fetch_from..fetch_to;
+        let fetched = self
+            .source
+            .fetch(range.clone())
+            .await
+            .map_err(|source| CursorError::Io {
+                range: range.clone(),
+                source,
+            })?;
+        self.fetched += fetched.len() as u64;
+        self.buf = if keep.is_empty() {
+            fetched
+        } else {
+            let mut v = Vec::with_capacity(keep.len() + fetched.len());
+            v.extend_from_slice(&keep);
+            v.extend_from_slice(&fetched);
+            Bytes::from(v)
+        };
+        self.buf_start = from;
+        Ok(())
+    }
+
+    fn window(&self, from: u64, to: u64) -> &[u8] {
+        &self.buf[(from - self.buf_start) as usize..(to - self.buf_start) as usize]
+    }
+
+    /// The first frame start in `[from, until)` by the spec's rule, or `None`.
+    async fn seek(&mut self, from: u64, until: u64) -> Result<Option<u64>, CursorError> {
+        let mut from = from;
+        loop {
+            if from >= until.min(self.object_len) {
+                return Ok(None);
+            }
+            self.ensure(from, (from + FRAME_PROBE_LEN as u64).min(self.object_len))
+                .await?;
+            match find_frame_start(
+                self.window(from, self.buf_start + self.buf.len() as u64),
+                from,
+                from,
+                until,
+                self.object_len,
+            ) {
+                Sync::Found(p) => return Ok(Some(p)),
+                Sync::None => return Ok(None),
+                Sync::NeedMore {
+                    candidate,
+                    need_end,
+                } => {
+                    self.ensure(candidate, need_end).await?;
+                    from = candidate;
+                }
+            }
+        }
+    }
+
+    /// The next frame (or skipped region) of the range; `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Step>, CursorError> {
+        loop {
+            match self.state {
+                State::Done => return Ok(None),
+                State::Seek(from) => match self.seek(from, self.end).await? {
+                    Some(p) => self.state = State::At(p),
+                    None => {
+                        self.done_at(self.end);
+                        return Ok(None);
+                    }
+                },
+                State::At(p) => {
+                    if p >= self.object_len {
+                        self.done_at(p);
+                        return Ok(None);
+                    }
+                    let owned = p < self.end;
+                    let remaining = self.object_len - p;
+                    let probe_end = (p + FRAME_PROBE_LEN as u64).min(self.object_len);
+                    self.ensure(p, probe_end).await?;
+                    let probe = self.window(p, probe_end);
+                    match parse_frame_prefix(probe, p, remaining) {
+                        Ok(_) if !owned => {
+                            // Look-ahead past our end: a frame of the next range.
+                            self.done_at(p);
+                            return Ok(None);
+                        }
+                        Ok(body_len) => {
+                            let body_start = p + PREFIX_LEN as u64;
+                            let next = body_start + body_len as u64;
+                            // The body plus the look-ahead at the next frame.
+                            let want = (next + FRAME_PROBE_LEN as u64).min(self.object_len);
+                            self.ensure(p, want).await?;
+                            let body = self.buf.slice(
+                                (body_start - self.buf_start) as usize
+                                    ..(next - self.buf_start) as usize,
+                            );
+                            self.first_frame.get_or_insert(p);
+                            self.state = State::At(next);
+                            return Ok(Some(Step::Frame(Frame { offset: p, body })));
+                        }
+                        Err(e) if !owned => {
+                            // The bytes after our last frame are not a frame:
+                            // reported here, once; the next range resyncs.
+                            self.done_at(p);
+                            return self.corrupt(e, p).await;
+                        }
+                        Err(e) => return self.corrupt(e, p).await,
+                    }
+                }
+            }
+        }
+    }
+
+    fn done_at(&mut self, p: u64) {
+        self.state = State::Done;
+        self.stop = p;
+    }
+
+    /// Reports corruption at `p`: an error, or under the skip policy a
+    /// skipped region and a resync at the next frame start before `end`.
+    /// `skipped` counts the bytes skipped inside this range; bytes past its
+    /// end belong to the next range, which resynchronises by itself.
+    async fn corrupt(&mut self, e: FormatError, p: u64) -> Result<Option<Step>, CursorError> {
+        if !self.skip_corrupt {
+            self.done_at(p);
+            return Err(CursorError::Corrupt(e));
+        }
+        if p >= self.end {
+            self.done_at(p);
+            return Ok(Some(Step::Skipped {
+                error: e,
+                skipped: 0,
+            }));
+        }
+        let skipped = match self.seek(p + 1, self.end).await? {
+            Some(q) => {
+                self.state = State::At(q);
+                q - p
+            }
+            None => {
+                self.done_at(self.end);
+                self.end - p
+            }
+        };
+        Ok(Some(Step::Skipped { error: e, skipped }))
+    }
+}

@@ -1,0 +1,774 @@
+//! `PayloadSource` (the scan's configuration, a DataFusion [`FileSource`])
+//! and `PayloadOpener` (opens one byte range of one object, a
+//! [`FileOpener`]): the payload format's equivalent of DataFusion's
+//! `CsvSource` / `CsvOpener`.
+//!
+//! A range is read by a [`FrameCursor`]; every frame is checked, decompressed
+//! into a pooled slab and validated in place ([`BatchBuilder`]); rows pass
+//! the pushed-down filters and the projection before they leave the scan.
+//! Corrupt frames fail the scan with a [`FrameError`] naming the object key
+//! and frame offset, or, under [`CorruptPolicy::Skip`], are counted and
+//! recorded in the [`ScanLog`]. Misrouted payloads are flagged in the
+//! `misrouted` column and recorded in the log too.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::listing::{FileRange, PartitionedFile};
+use datafusion::datasource::physical_plan::{
+    FileGroupPartitioner, FileOpenFuture, FileOpener, FileScanConfig, FileSource,
+};
+use datafusion::datasource::projection::{ProjectionOpener, SplitProjection};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::physical_expr::LexOrdering;
+use datafusion::physical_expr::conjunction;
+use datafusion::physical_expr::projection::ProjectionExprs;
+use datafusion::physical_expr_common::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::DisplayFormatType;
+use datafusion::physical_plan::filter_pushdown::{FilterPushdownPropagation, PushedDown};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder};
+use futures::StreamExt;
+use object_store::ObjectStore;
+use serde::Serialize;
+
+use crate::datasource::batch::{BatchBuilder, DEFAULT_SLAB_BYTES, SlabPool};
+use crate::datasource::reader::{CursorError, FrameCursor, ObjectBytes, Step};
+use crate::format::payload::{
+    Decoder, ErrorKind, FormatError, FrameError, PayloadHeader, check_body, parse_payload,
+};
+use crate::format::shard::{Shard, ShardMap};
+
+/// What the scan does with a corrupt frame.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CorruptPolicy {
+    /// Fail the scan with the precise error (default).
+    #[default]
+    Fail,
+    /// Skip the frame, count it and record key + offset + reason.
+    Skip,
+}
+
+/// Default byte-range size for splitting big files (as in Tailor-S).
+pub const DEFAULT_RANGE_BYTES: u64 = 1 << 30;
+
+/// Scan settings shared by every range.
+#[derive(Debug, Clone)]
+pub struct PayloadOptions {
+    pub on_corrupt: CorruptPolicy,
+    pub shard_map: Arc<ShardMap>,
+    /// Largest byte range one opener reads; bigger files are split.
+    pub range_bytes: u64,
+    /// Decode slab size (bytes of decompressed payloads per batch).
+    pub slab_bytes: usize,
+    /// The object store is the local filesystem rooted at `/`: objects are
+    /// memory-mapped instead of fetched.
+    pub mmap_local: bool,
+    /// Largest single fetch for remote objects.
+    pub fetch_chunk: u64,
+}
+
+impl PayloadOptions {
+    pub fn new(shard_map: Arc<ShardMap>) -> Self {
+        Self {
+            on_corrupt: CorruptPolicy::Fail,
+            shard_map,
+            range_bytes: DEFAULT_RANGE_BYTES,
+            slab_bytes: DEFAULT_SLAB_BYTES,
+            mmap_local: false,
+            fetch_chunk: crate::datasource::reader::DEFAULT_CHUNK,
+        }
+    }
+}
+
+/// A corrupt frame skipped under [`CorruptPolicy::Skip`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CorruptRecord {
+    pub key: String,
+    pub offset: u64,
+    pub reason: String,
+    /// Bytes skipped inside the range that reported it.
+    pub skipped_bytes: u64,
+}
+
+/// A payload found under a shard its org does not belong to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MisroutedRecord {
+    pub key: String,
+    pub offset: u64,
+    pub org_id: u64,
+    pub metric_id: u64,
+    pub points: u64,
+    pub found_shard: String,
+    pub expected_shard: String,
+}
+
+/// One range as read: where its frames began and where it stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RangeRecord {
+    pub key: String,
+    pub start: u64,
+    pub end: u64,
+    pub first_frame: Option<u64>,
+    pub stop: u64,
+    pub bytes_fetched: u64,
+}
+
+/// Totals of a scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ScanTotals {
+    pub frames: u64,
+    pub payloads: u64,
+    pub points: u64,
+    pub bytes_fetched: u64,
+    pub corrupt_frames: u64,
+    pub misrouted_payloads: u64,
+    pub misrouted_points: u64,
+}
+
+#[derive(Debug, Default)]
+struct ScanLogInner {
+    totals: ScanTotals,
+    corrupt: Vec<CorruptRecord>,
+    misrouted: Vec<MisroutedRecord>,
+    ranges: Vec<RangeRecord>,
+}
+
+/// What a scan observed beyond its rows: totals, skipped corrupt frames,
+/// misrouted payloads and the ranges read. Shared by all partitions of a
+/// scan; read it after the plan has run.
+#[derive(Debug, Default)]
+pub struct ScanLog {
+    inner: Mutex<ScanLogInner>,
+    progress: AtomicU64,
+}
+
+impl ScanLog {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+    /// Input bytes whose frames have been read so far (for progress bars).
+    pub fn progress_bytes(&self) -> u64 {
+        self.progress.load(AtomicOrdering::Relaxed)
+    }
+    pub fn totals(&self) -> ScanTotals {
+        self.inner.lock().unwrap().totals.clone()
+    }
+    /// Skipped corrupt frames, in input order.
+    pub fn corrupt(&self) -> Vec<CorruptRecord> {
+        let mut v = self.inner.lock().unwrap().corrupt.clone();
+        v.sort_by(|a, b| (&a.key, a.offset).cmp(&(&b.key, b.offset)));
+        v
+    }
+    /// Misrouted payloads, in input order.
+    pub fn misrouted(&self) -> Vec<MisroutedRecord> {
+        let mut v = self.inner.lock().unwrap().misrouted.clone();
+        v.sort_by(|a, b| (&a.key, a.offset).cmp(&(&b.key, b.offset)));
+        v
+    }
+    /// Ranges read, in (key, start) order.
+    pub fn ranges(&self) -> Vec<RangeRecord> {
+        let mut v = self.inner.lock().unwrap().ranges.clone();
+        v.sort_by(|a, b| (&a.key, a.start).cmp(&(&b.key, b.start)));
+        v
+    }
+
+    /// Checks that the ranges of every object tile it: each range's first
+    /// frame is where the previous range stopped. A range start never takes
+    /// a frame whose body is not a valid zstd frame (see
+    /// `find_frame_start`), so a corrupt frame that starts a range's
+    /// territory shows up here as a gap: it is returned as an
+    /// [`ErrorKind::Unreadable`] error at the previous range's stop, unless a
+    /// corruption at that offset was already recorded. An overlap (a frame
+    /// read twice) is returned too. Call it after the scan finished.
+    pub fn tiling_errors(&self) -> Vec<FrameError> {
+        let ranges = self.ranges();
+        let corrupt = self.corrupt();
+        let known = |key: &str, off: u64| corrupt.iter().any(|c| c.key == key && c.offset == off);
+        let mut out = Vec::new();
+        // Where the next frame must start, per object, as the ranges are
+        // walked in order (None: unknown after a reported problem).
+        let mut expected: Option<u64> = None;
+        let mut key: Option<&str> = None;
+        for r in &ranges {
+            if key != Some(r.key.as_str()) {
+                key = Some(&r.key);
+                expected = (r.start == 0).then_some(0);
+            }
+            let Some(exp) = expected else {
+                expected = r.first_frame.map(|_| r.stop);
+                continue;
+            };
+            let found = match r.first_frame {
+                Some(f) => f,
+                // No frame starts in r: the previous frame must cover it.
+                None if exp >= r.end => continue,
+                None => r.end,
+            };
+            if found != exp && !known(&r.key, exp) {
+                out.push(FrameError::new(
+                    r.key.clone(),
+                    FormatError {
+                        offset: exp.min(found),
+                        kind: ErrorKind::Unreadable {
+                            next: exp.max(found),
+                        },
+                    },
+                ));
+            }
+            expected = if r.first_frame.is_some() {
+                Some(r.stop)
+            } else {
+                None
+            };
+        }
+        out
+    }
+
+    /// Records tiling errors as skipped corrupt frames (skip policy).
+    pub fn record_skipped(&self, errors: &[FrameError]) {
+        let mut g = self.inner.lock().unwrap();
+        for e in errors {
+            g.totals.corrupt_frames += 1;
+            let next = match e.error.kind {
+                ErrorKind::Unreadable { next } => next,
+                _ => e.error.offset,
+            };
+            g.corrupt.push(CorruptRecord {
+                key: e.key.clone(),
+                offset: e.error.offset,
+                reason: e.error.kind.to_string(),
+                skipped_bytes: next - e.error.offset,
+            });
+        }
+    }
+
+    fn merge(&self, local: LocalLog) {
+        let mut g = self.inner.lock().unwrap();
+        let t = &mut g.totals;
+        t.frames += local.totals.frames;
+        t.payloads += local.totals.payloads;
+        t.points += local.totals.points;
+        t.bytes_fetched += local.totals.bytes_fetched;
+        t.corrupt_frames += local.totals.corrupt_frames;
+        t.misrouted_payloads += local.totals.misrouted_payloads;
+        t.misrouted_points += local.totals.misrouted_points;
+        g.corrupt.extend(local.corrupt);
+        g.misrouted.extend(local.misrouted);
+        g.ranges.extend(local.range);
+    }
+}
+
+#[derive(Default)]
+struct LocalLog {
+    totals: ScanTotals,
+    corrupt: Vec<CorruptRecord>,
+    misrouted: Vec<MisroutedRecord>,
+    range: Option<RangeRecord>,
+}
+
+/// The shard directory an object key was found under: the path component
+/// before `dt=…`.
+pub fn shard_of_key(key: &str) -> Option<&str> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let dt = parts.iter().rposition(|p| p.starts_with("dt="))?;
+    (dt > 0).then(|| parts[dt - 1])
+}
+
+/// The payload format's [`FileSource`].
+#[derive(Clone)]
+pub struct PayloadSource {
+    options: PayloadOptions,
+    table_schema: TableSchema,
+    projection: SplitProjection,
+    predicate: Option<Arc<dyn PhysicalExpr>>,
+    batch_size: usize,
+    metrics: ExecutionPlanMetricsSet,
+    log: Arc<ScanLog>,
+    pool: Arc<SlabPool>,
+}
+
+impl fmt::Debug for PayloadSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PayloadSource")
+            .field("options", &self.options)
+            .field("predicate", &self.predicate)
+            .finish()
+    }
+}
+
+impl PayloadSource {
+    pub fn new(
+        table_schema: impl Into<TableSchema>,
+        options: PayloadOptions,
+        log: Arc<ScanLog>,
+    ) -> Self {
+        let table_schema = table_schema.into();
+        let pool = SlabPool::new(options.slab_bytes);
+        Self {
+            projection: SplitProjection::unprojected(&table_schema),
+            table_schema,
+            predicate: None,
+            batch_size: 8192,
+            metrics: ExecutionPlanMetricsSet::new(),
+            options,
+            log,
+            pool,
+        }
+    }
+
+    pub fn options(&self) -> &PayloadOptions {
+        &self.options
+    }
+
+    pub fn log(&self) -> &Arc<ScanLog> {
+        &self.log
+    }
+}
+
+impl From<PayloadSource> for Arc<dyn FileSource> {
+    fn from(source: PayloadSource) -> Self {
+        Arc::new(source)
+    }
+}
+
+impl FileSource for PayloadSource {
+    fn create_file_opener(
+        &self,
+        object_store: Arc<dyn ObjectStore>,
+        _base_config: &FileScanConfig,
+        partition: usize,
+    ) -> Result<Arc<dyn FileOpener>> {
+        let opener = Arc::new(PayloadOpener {
+            source: Arc::new(self.clone()),
+            store: object_store,
+            file_indices: self.projection.file_indices.clone(),
+            frames: MetricBuilder::new(&self.metrics).counter("frames", partition),
+            points: MetricBuilder::new(&self.metrics).counter("points", partition),
+            bytes_fetched: MetricBuilder::new(&self.metrics).counter("bytes_fetched", partition),
+            corrupt: MetricBuilder::new(&self.metrics).counter("corrupt_frames_skipped", partition),
+        }) as Arc<dyn FileOpener>;
+        ProjectionOpener::try_new(
+            self.projection.clone(),
+            opener,
+            self.table_schema.file_schema(),
+        )
+    }
+
+    fn table_schema(&self) -> &TableSchema {
+        &self.table_schema
+    }
+
+    fn with_batch_size(&self, batch_size: usize) -> Arc<dyn FileSource> {
+        let mut s = self.clone();
+        s.batch_size = batch_size;
+        Arc::new(s)
+    }
+
+    fn filter(&self) -> Option<Arc<dyn PhysicalExpr>> {
+        self.predicate.clone()
+    }
+
+    fn projection(&self) -> Option<&ProjectionExprs> {
+        Some(&self.projection.source)
+    }
+
+    fn try_pushdown_projection(
+        &self,
+        projection: &ProjectionExprs,
+    ) -> Result<Option<Arc<dyn FileSource>>> {
+        let mut s = self.clone();
+        let merged = self.projection.source.try_merge(projection)?;
+        s.projection = SplitProjection::new(self.table_schema.file_schema(), &merged);
+        Ok(Some(Arc::new(s)))
+    }
+
+    fn metrics(&self) -> &ExecutionPlanMetricsSet {
+        &self.metrics
+    }
+
+    fn file_type(&self) -> &str {
+        "tsp"
+    }
+
+    fn fmt_extra(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => {
+                write!(f, ", on_corrupt={:?}", self.options.on_corrupt)?;
+                if let Some(p) = &self.predicate {
+                    write!(f, ", predicate={p}")?;
+                }
+                Ok(())
+            }
+            DisplayFormatType::TreeRender => Ok(()),
+        }
+    }
+
+    /// Splits files into ranges of at most `range_bytes`, then lets
+    /// DataFusion's [`FileGroupPartitioner`] spread them evenly.
+    fn repartitioned(
+        &self,
+        target_partitions: usize,
+        repartition_file_min_size: usize,
+        output_ordering: Option<LexOrdering>,
+        config: &FileScanConfig,
+    ) -> Result<Option<FileScanConfig>> {
+        let max = self.options.range_bytes.max(1);
+        let mut split = Vec::new();
+        for group in &config.file_groups {
+            let mut files = Vec::new();
+            for f in group.iter() {
+                let (start, end) = f.range();
+                let mut s = start;
+                while s < end {
+                    let e = (s + max).min(end);
+                    let mut piece = f.clone();
+                    piece.range = Some(FileRange {
+                        start: s as i64,
+                        end: e as i64,
+                    });
+                    files.push(piece);
+                    s = e;
+                }
+                if start == end {
+                    files.push(f.clone());
+                }
+            }
+            split.push(datafusion::datasource::physical_plan::FileGroup::new(files));
+        }
+        let partitioned = FileGroupPartitioner::new()
+            .with_target_partitions(target_partitions)
+            .with_repartition_file_min_size(repartition_file_min_size)
+            .with_preserve_order_within_groups(output_ordering.is_some())
+            .repartition_file_groups(&split)
+            .unwrap_or(split);
+        let mut c = config.clone();
+        c.file_groups = partitioned;
+        Ok(Some(c))
+    }
+
+    /// Every filter is evaluated inside the scan, on each batch before it
+    /// leaves (all columns are file columns, so any filter can be).
+    fn try_pushdown_filters(
+        &self,
+        filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> Result<FilterPushdownPropagation<Arc<dyn FileSource>>> {
+        if filters.is_empty() {
+            return Ok(FilterPushdownPropagation::with_parent_pushdown_result(
+                vec![],
+            ));
+        }
+        let mut s = self.clone();
+        let mut all = filters.clone();
+        if let Some(p) = &self.predicate {
+            all.push(Arc::clone(p));
+        }
+        s.predicate = Some(conjunction(all));
+        Ok(FilterPushdownPropagation::with_parent_pushdown_result(vec![
+            PushedDown::Yes;
+            filters.len()
+        ])
+        .with_updated_node(Arc::new(s) as Arc<dyn FileSource>))
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        let mut r =
+            datafusion::physical_plan::apply_expression_roots(self.projection.source.iter(), f)?;
+        if r == TreeNodeRecursion::Continue
+            && let Some(p) = &self.predicate
+        {
+            r = f(p)?;
+        }
+        Ok(r)
+    }
+}
+
+/// Opens one byte range of one payload file.
+pub struct PayloadOpener {
+    source: Arc<PayloadSource>,
+    store: Arc<dyn ObjectStore>,
+    file_indices: Vec<usize>,
+    frames: Count,
+    points: Count,
+    bytes_fetched: Count,
+    corrupt: Count,
+}
+
+impl FileOpener for PayloadOpener {
+    fn open(&self, file: PartitionedFile) -> Result<FileOpenFuture> {
+        let source = Arc::clone(&self.source);
+        let store = Arc::clone(&self.store);
+        let file_indices = self.file_indices.clone();
+        let counters = [
+            self.frames.clone(),
+            self.points.clone(),
+            self.bytes_fetched.clone(),
+            self.corrupt.clone(),
+        ];
+        Ok(Box::pin(async move {
+            let key = file.object_meta.location.to_string();
+            let size = file.object_meta.size;
+            let (start, end) = file.range();
+            let bytes = if source.options.mmap_local {
+                let path = std::path::Path::new("/").join(file.object_meta.location.as_ref());
+                ObjectBytes::map_file(&path).map_err(|e| {
+                    DataFusionError::External(Box::new(std::io::Error::new(
+                        e.kind(),
+                        format!("memory-mapping {}: {e}", path.display()),
+                    )))
+                })?
+            } else {
+                ObjectBytes::Store {
+                    store,
+                    location: file.object_meta.location.clone(),
+                }
+            };
+            let scan = RangeScan::new(source, key, size, start..end, bytes, file_indices, counters);
+            let stream = futures::stream::try_unfold(scan, |mut scan| async move {
+                let batch = scan.next_batch().await?;
+                Ok(batch.map(|b| (b, scan)))
+            });
+            Ok(stream.boxed())
+        }))
+    }
+}
+
+/// The state of one range being read.
+struct RangeScan {
+    source: Arc<PayloadSource>,
+    key: String,
+    range: Range<u64>,
+    cursor: FrameCursor,
+    builder: BatchBuilder,
+    decoder: Decoder,
+    found_shard: Option<Shard>,
+    found_shard_name: String,
+    file_indices: Vec<usize>,
+    local: LocalLog,
+    counters: [Count; 4],
+    done: bool,
+}
+
+impl RangeScan {
+    fn new(
+        source: Arc<PayloadSource>,
+        key: String,
+        size: u64,
+        range: Range<u64>,
+        bytes: ObjectBytes,
+        file_indices: Vec<usize>,
+        counters: [Count; 4],
+    ) -> Self {
+        let skip = source.options.on_corrupt == CorruptPolicy::Skip;
+        let cursor = FrameCursor::new(bytes, size, range.clone(), skip)
+            .with_chunk(source.options.fetch_chunk);
+        let shard_name = shard_of_key(&key).unwrap_or("").to_string();
+        let builder = BatchBuilder::new(
+            Arc::clone(&source.pool),
+            source.batch_size,
+            &key,
+            &shard_name,
+        );
+        Self {
+            found_shard: Shard::parse(&shard_name),
+            found_shard_name: shard_name,
+            key,
+            range,
+            cursor,
+            builder,
+            decoder: Decoder::new(),
+            file_indices,
+            local: LocalLog::default(),
+            counters,
+            done: false,
+            source,
+        }
+    }
+
+    /// Corruption in a frame: fails, or is recorded under the skip policy.
+    fn corrupt(&mut self, error: FormatError, skipped: u64) -> Result<()> {
+        if self.source.options.on_corrupt == CorruptPolicy::Fail {
+            return Err(DataFusionError::External(Box::new(FrameError::new(
+                self.key.clone(),
+                error,
+            ))));
+        }
+        self.counters[3].add(1);
+        self.local.totals.corrupt_frames += 1;
+        self.local.corrupt.push(CorruptRecord {
+            key: self.key.clone(),
+            offset: error.offset,
+            reason: error.kind.to_string(),
+            skipped_bytes: skipped,
+        });
+        Ok(())
+    }
+
+    fn is_misrouted(&self, h: &PayloadHeader) -> bool {
+        match self.found_shard {
+            Some(found) => self.source.options.shard_map.shard_of(h.org_id) != found,
+            None => true,
+        }
+    }
+
+    /// Decodes one frame into the builder; returns a batch if the builder
+    /// had to be flushed first.
+    fn decode_frame(&mut self, offset: u64, body: &[u8]) -> Result<Option<RecordBatch>> {
+        let info = match check_body(body, offset) {
+            Ok(i) => i,
+            Err(e) => {
+                let len = body.len() as u64 + 4;
+                self.corrupt(e, len)?;
+                return Ok(None);
+            }
+        };
+        let mut flushed = None;
+        if !self.builder.fits(info.content_size) {
+            flushed = self.builder.finish()?;
+        }
+        let dst = self.builder.reserve(info.content_size);
+        let header = match self
+            .decoder
+            .decompress_into(body, info, dst, offset)
+            .and_then(|_| parse_payload(dst, offset).map(|p| p.header))
+        {
+            Ok(h) => h,
+            Err(e) => {
+                self.corrupt(e, body.len() as u64 + 4)?;
+                return Ok(flushed);
+            }
+        };
+        let misrouted = self.is_misrouted(&header);
+        if misrouted {
+            self.local.totals.misrouted_payloads += 1;
+            self.local.totals.misrouted_points += header.n_points as u64;
+            self.local.misrouted.push(MisroutedRecord {
+                key: self.key.clone(),
+                offset,
+                org_id: header.org_id,
+                metric_id: header.metric_id,
+                points: header.n_points as u64,
+                found_shard: self.found_shard_name.clone(),
+                expected_shard: self
+                    .source
+                    .options
+                    .shard_map
+                    .shard_of(header.org_id)
+                    .to_string(),
+            });
+        }
+        self.builder.commit(&header, offset, misrouted);
+        self.local.totals.payloads += 1;
+        self.local.totals.points += header.n_points as u64;
+        self.counters[1].add(header.n_points as usize);
+        Ok(flushed)
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let step = match self.cursor.next().await {
+                Ok(s) => s,
+                Err(CursorError::Corrupt(e)) => {
+                    // Only under the fail policy; `corrupt` turns it into the error.
+                    self.corrupt(e, 0)?;
+                    continue;
+                }
+                Err(CursorError::Io { range, source }) => {
+                    return Err(DataFusionError::ObjectStore(Box::new(source))
+                        .context(format!("reading {:?} bytes {range:?}", self.key)));
+                }
+            };
+            let batch = match step {
+                Some(Step::Frame(frame)) => {
+                    self.source
+                        .log
+                        .progress
+                        .fetch_add(frame.body.len() as u64 + 4, AtomicOrdering::Relaxed);
+                    self.local.totals.frames += 1;
+                    self.counters[0].add(1);
+                    self.decode_frame(frame.offset, &frame.body)?
+                }
+                Some(Step::Skipped { error, skipped }) => {
+                    self.corrupt(error, skipped)?;
+                    None
+                }
+                None => {
+                    self.done = true;
+                    self.finish_range();
+                    self.builder.finish()?
+                }
+            };
+            if let Some(batch) = batch
+                && let Some(batch) = self.filter_and_project(batch)?
+            {
+                return Ok(Some(batch));
+            }
+        }
+    }
+
+    fn finish_range(&mut self) {
+        let fetched = self.cursor.bytes_fetched();
+        self.counters[2].add(fetched as usize);
+        self.local.totals.bytes_fetched += fetched;
+        self.local.range = Some(RangeRecord {
+            key: self.key.clone(),
+            start: self.range.start,
+            end: self.range.end,
+            first_frame: self.cursor.first_frame(),
+            stop: self.cursor.stop(),
+            bytes_fetched: fetched,
+        });
+        self.source.log.merge(std::mem::take(&mut self.local));
+    }
+
+    fn filter_and_project(&self, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+        let batch = match &self.source.predicate {
+            Some(p) => {
+                let mask = p.evaluate(&batch)?.into_array(batch.num_rows())?;
+                filter_record_batch(&batch, mask.as_boolean())?
+            }
+            None => batch,
+        };
+        if batch.num_rows() == 0 {
+            return Ok(None);
+        }
+        Ok(Some(batch.project(&self.file_indices)?))
+    }
+}
+
+/// Finds the [`FrameError`] inside a DataFusion error chain, if any.
+pub fn frame_error(e: &DataFusionError) -> Option<&FrameError> {
+    let mut cur: &DataFusionError = e;
+    loop {
+        match cur {
+            DataFusionError::External(inner) => return inner.downcast_ref::<FrameError>(),
+            DataFusionError::Context(_, inner) => cur = inner,
+            DataFusionError::Shared(inner) => cur = inner,
+            DataFusionError::ArrowError(inner, _) => {
+                return match inner.as_ref() {
+                    datafusion::arrow::error::ArrowError::ExternalError(e) => {
+                        e.downcast_ref::<FrameError>()
+                    }
+                    _ => None,
+                };
+            }
+            _ => return None,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The validated configuration of a shard job, from a job file (`jobs/*.toml`)
+//! overridden by flags. Nothing downstream re-validates.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::datasource::listing::Window;
+use crate::datasource::source::{CorruptPolicy, DEFAULT_RANGE_BYTES};
+use crate::format::shard::ShardMap;
+use crate::format::tsf::WriterOptions;
+
+/// The default shard map, compiled in (`shards/production.toml`).
+pub const DEFAULT_SHARD_MAP: &str = include_str!("../../shards/production.toml");
+
+/// Default size cap of one output file.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// A job file: the same settings as `tailor run`'s flags, all optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub shard: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub shard_map: Option<PathBuf>,
+    pub memory_limit: Option<String>,
+    pub target_partitions: Option<usize>,
+    pub range_bytes: Option<String>,
+    pub max_file_bytes: Option<String>,
+    pub block_points: Option<usize>,
+    pub zstd_level: Option<i32>,
+    pub on_corrupt: Option<CorruptPolicy>,
+    pub fail_on_misrouted: Option<bool>,
+    pub spill_dir: Option<PathBuf>,
+    pub report: Option<PathBuf>,
+}
+
+impl JobFile {
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading job file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("job file {}: {e}", path.display()))
+    }
+}
+
+/// Parses a byte size: `1073741824`, `512MiB`, `8GiB`, `1.5G`, `64k`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512MiB, 8GiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("{s:?}: unknown size unit {other:?}")),
+    };
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err(format!("{s:?} is not a size"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// Everything `tailor run` needs, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    pub input: String,
+    pub output: String,
+    pub shard: String,
+    pub window: Window,
+    #[serde(skip)]
+    pub shard_map: Arc<ShardMap>,
+    pub shard_map_source: String,
+    pub memory_limit: Option<u64>,
+    pub target_partitions: usize,
+    pub range_bytes: u64,
+    pub max_file_bytes: u64,
+    pub block_points: usize,
+    pub zstd_level: i32,
+    pub on_corrupt: CorruptPolicy,
+    pub fail_on_misrouted: bool,
+    pub spill_dir: Option<PathBuf>,
+    pub stage_dir: Option<PathBuf>,
+    pub report: Option<PathBuf>,
+    #[serde(skip)]
+    pub progress: bool,
+}
+
+impl RunConfig {
+    /// A config with defaults for everything but the three required settings.
+    pub fn new(
+        input: impl Into<String>,
+        output: impl Into<String>,
+        shard: impl Into<String>,
+    ) -> Self {
+        Self {
+            input: input.into(),
+            output: output.into(),
+            shard: shard.into(),
+            window: Window::default(),
+            shard_map: Arc::new(ShardMap::parse(DEFAULT_SHARD_MAP).expect("built-in shard map")),
+            shard_map_source: "built-in shards/production.toml".into(),
+            memory_limit: None,
+            target_partitions: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            range_bytes: DEFAULT_RANGE_BYTES,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            block_points: WriterOptions::default().block_points,
+            zstd_level: WriterOptions::default().zstd_level,
+            on_corrupt: CorruptPolicy::Fail,
+            fail_on_misrouted: false,
+            spill_dir: None,
+            stage_dir: None,
+            report: None,
+            progress: false,
+        }
+    }
+
+    pub fn file_options(&self) -> crate::job::manifest::FileOptions {
+        crate::job::manifest::FileOptions {
+            max_file_bytes: self.max_file_bytes,
+            writer: WriterOptions {
+                block_points: self.block_points,
+                zstd_level: self.zstd_level,
+            },
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `tailor export`: a committed output back to one row per point, as
+//! Parquet (zstd) or CSV, for diffing and for other tools (DuckDB, pyarrow).
+//!
+//! Columns: `org_id` u64, `metric_id` u64, `ts` i64 (epoch ms), `value` f64
+//! (the stored bits, NaN payloads included; Parquet keeps them), `kind` u8,
+//! `interval_s` u32, `metadata` utf8. CSV adds `value_bits` (the value's
+//! bits as u64), since text cannot carry NaN payloads or tell -0.0 reliably.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, UInt8Array, UInt32Array,
+    UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::Serialize;
+
+use crate::datasource::listing::Hour;
+use crate::datasource::store::StoreRoot;
+use crate::job::JobError;
+use crate::job::manifest::{Manifest, for_each_series, list_windows, read_manifest};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum ExportFormat {
+    Parquet,
+    Csv,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExportSummary {
+    pub windows: Vec<String>,
+    pub series: u64,
+    pub points: u64,
+    pub bytes: u64,
+}
+
+pub fn point_schema(with_bits: bool) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("org_id", DataType::UInt64, false),
+        Field::new("metric_id", DataType::UInt64, false),
+        Field::new("ts", DataType::Int64, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("kind", DataType::UInt8, false),
+        Field::new("interval_s", DataType::UInt32, false),
+        Field::new("metadata", DataType::Utf8, false),
+    ];
+    if with_bits {
+        fields.push(Field::new("value_bits", DataType::UInt64, false));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// Collects points into record batches of the point schema.
+#[derive(Default)]
+pub struct PointBatcher {
+    org: Vec<u64>,
+    metric: Vec<u64>,
+    ts: Vec<i64>,
+    value: Vec<u64>,
+    kind: Vec<u8>,
+    interval: Vec<u32>,
+    meta: Vec<String>,
+}
+
+impl PointBatcher {
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+    pub fn push_series(&mut self, e: &crate::format::tsf::SeriesEntry, ts: &[i64], vals: &[u64]) {
+        for (&t, &v) in ts.iter().zip(vals) {
+            self.org.push(e.org_id);
+            self.metric.push(e.metric_id);
+            self.ts.push(t);
+            self.value.push(v);
+            self.kind.push(e.kind);
+            self.interval.push(e.interval_s);
+            self.meta.push(e.metadata.clone());
+        }
+    }
+    pub fn take(&mut self, with_bits: bool) -> Result<RecordBatch, JobError> {
+        let bits = std::mem::take(&mut self.value);
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from(std::mem::take(&mut self.org))),
+            Arc::new(UInt64Array::from(std::mem::take(&mut self.metric))),
+            Arc::new(Int64Array::from(std::mem::take(&mut self.ts))),
+            Arc::new(Float64Array::from(
+                bits.iter().map(|&b| f64::from_bits(b)).collect::<Vec<_>>(),
+            )),
+            Arc::new(UInt8Array::from(std::mem::take(&mut self.kind))),
+            Arc::new(UInt32Array::from(std::mem::take(&mut self.interval))),
+            Arc::new(StringArray::from(std::mem::take(&mut self.meta))),
+        ];
+        if with_bits {
+            cols.push(Arc::new(UInt64Array::from(bits)));
+        }
+        Ok(RecordBatch::try_new(point_schema(with_bits), cols)
+            .map_err(datafusion::error::DataFusionError::from)?)
+    }
+}
+
+/// The committed windows of `shard` that lie inside `[from, to]`.
+pub async fn select_windows(
+    root: &StoreRoot,
+    shard: &str,
+    from: Option<&Hour>,
+    to: Option<&Hour>,
+) -> Result<Vec<Manifest>, JobError> {
+    let mut out = Vec::new();
+    for w in list_windows(root, shard).await? {
+        let m = read_manifest(root, shard, &w).await?;
+        let inside = from.is_none_or(|f| m.window_from.as_str() >= f.as_str())
+            && to.is_none_or(|t| m.window_to.as_str() <= t.as_str());
+        if inside {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+enum Sink {
+    Parquet(ArrowWriter<std::fs::File>),
+    Csv(datafusion::arrow::csv::Writer<std::fs::File>),
+}
+
+/// Exports the selected windows of a shard to `out`.
+pub async fn export(
+    root: &StoreRoot,
+    shard: &str,
+    from: Option<&Hour>,
+    to: Option<&Hour>,
+    format: ExportFormat,
+    out: &std::path::Path,
+) -> Result<ExportSummary, JobError> {
+    let manifests = select_windows(root, shard, from, to).await?;
+    if manifests.is_empty() {
+        return Err(JobError::Output(format!(
+            "no committed output for shard {shard} in that window under {}",
+            root.display
+        )));
+    }
+    let file = std::fs::File::create(out)?;
+    let with_bits = format == ExportFormat::Csv;
+    let mut sink = match format {
+        ExportFormat::Parquet => {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .build();
+            Sink::Parquet(
+                ArrowWriter::try_new(file, point_schema(false), Some(props))
+                    .map_err(|e| JobError::Output(format!("parquet: {e}")))?,
+            )
+        }
+        ExportFormat::Csv => Sink::Csv(
+            datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(file),
+        ),
+    };
+    let mut summary = ExportSummary::default();
+    let mut batcher = PointBatcher::default();
+    for m in &manifests {
+        summary.windows.push(m.location.clone());
+        let flush = |b: &mut PointBatcher, sink: &mut Sink| -> Result<(), JobError> {
+            let batch = b.take(with_bits)?;
+            match sink {
+                Sink::Parquet(w) => w
+                    .write(&batch)
+                    .map_err(|e| JobError::Output(format!("parquet: {e}"))),
+                Sink::Csv(w) => w
+                    .write(&batch)
+                    .map_err(|e| JobError::Output(format!("csv: {e}"))),
+            }
+        };
+        for_each_series(root, m, |e, ts, vals| {
+            summary.series += 1;
+            summary.points += ts.len() as u64;
+            batcher.push_series(e, ts, vals);
+            if batcher.len() >= 64 * 1024 {
+                flush(&mut batcher, &mut sink)?;
+            }
+            Ok(())
+        })
+        .await?;
+        if !batcher.is_empty() {
+            flush(&mut batcher, &mut sink)?;
+        }
+    }
+    match sink {
+        Sink::Parquet(w) => {
+            w.close()
+                .map_err(|e| JobError::Output(format!("parquet: {e}")))?;
+        }
+        Sink::Csv(w) => drop(w.into_inner()),
+    }
+    summary.bytes = std::fs::metadata(out)?.len();
+    Ok(summary)
+}

@@ -1,0 +1,516 @@
+//! The output of a shard job and how it is committed.
+//!
+//! ```text
+//! <output root>/<shard>/<from>_<to>/_manifest.json                 the commit
+//! <output root>/<shard>/<from>_<to>/data/<run_id>/part-00000.tsf   data files (docs/output-format.md)
+//! ```
+//!
+//! `<from>` and `<to>` are the window's first and last hour (`YYYY-MM-DDTHH`,
+//! inclusive). Data files are written first, each with an atomic put, under
+//! a directory named by the run id, a hash of everything the output depends
+//! on (input objects with sizes and ETags, output settings, tailor version):
+//! the same input gives the same run id, paths and bytes. The manifest is
+//! written last with one atomic put: it *is* the commit. Readers read the
+//! manifest and only the files it lists, so a job killed at any moment
+//! leaves the previous commit (or nothing) visible. After a commit, data
+//! directories of other run ids are deleted.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::datasource::listing::{Listing, Window};
+use crate::datasource::reader::map_file;
+use crate::datasource::source::CorruptPolicy;
+use crate::datasource::store::StoreRoot;
+use crate::format::tsf::{self, FileWriter, SeriesHeader, WriterOptions};
+use crate::job::JobError;
+use crate::job::config::RunConfig;
+use crate::job::report::{Phase, thread_cpu_time};
+use crate::job::run::MergedSeries;
+
+pub const MANIFEST_NAME: &str = "_manifest.json";
+pub const MANIFEST_FORMAT: &str = "tailor-manifest";
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// How data files are written.
+#[derive(Debug, Clone)]
+pub struct FileOptions {
+    /// A file is closed at the first series boundary at or past this size
+    /// (so a file exceeds it by at most one series).
+    pub max_file_bytes: u64,
+    pub writer: WriterOptions,
+}
+
+/// A data file staged locally, ready to upload.
+#[derive(Debug, Clone)]
+pub struct StagedFile {
+    pub name: String,
+    pub local: PathBuf,
+    pub bytes: u64,
+    pub crc32c: u32,
+    pub series: u64,
+    pub points: u64,
+    pub first_series: [u64; 2],
+    pub last_series: [u64; 2],
+}
+
+/// What the writer thread produced.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub files: Vec<StagedFile>,
+    pub series: u64,
+    pub points: u64,
+    pub encode_phase: Phase,
+}
+
+/// Encodes merged series into size-capped files on its own thread, so that
+/// encoding overlaps with DataFusion's scan and sort.
+pub struct OutputWriter {
+    tx: Option<SyncSender<MergedSeries>>,
+    handle: Option<JoinHandle<Result<Staged, JobError>>>,
+}
+
+impl OutputWriter {
+    pub fn spawn(dir: PathBuf, opts: FileOptions) -> Self {
+        let (tx, rx) = sync_channel::<MergedSeries>(256);
+        let handle = std::thread::Builder::new()
+            .name("tailor-encode".into())
+            .spawn(move || encode_loop(dir, opts, rx))
+            .expect("spawning the encoder thread");
+        Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Hands one series to the encoder (blocks when it is 256 series behind).
+    pub fn send(&self, s: MergedSeries) -> Result<(), JobError> {
+        let tx = self.tx.as_ref().expect("writer open");
+        if tx.send(s).is_err() {
+            // The encoder stopped: its error comes out of `finish`.
+            return Err(JobError::Output("encoder thread stopped early".into()));
+        }
+        Ok(())
+    }
+
+    /// Waits for the encoder and returns the staged files.
+    pub fn finish(mut self) -> Result<Staged, JobError> {
+        drop(self.tx.take());
+        match self.handle.take().expect("writer open").join() {
+            Ok(r) => r,
+            Err(_) => Err(JobError::Internal("encoder thread panicked".into())),
+        }
+    }
+}
+
+impl Drop for OutputWriter {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct OpenFile {
+    writer: FileWriter<std::io::BufWriter<std::fs::File>>,
+    name: String,
+    local: PathBuf,
+    series: u64,
+    points: u64,
+    first: [u64; 2],
+    last: [u64; 2],
+}
+
+fn encode_loop(
+    dir: PathBuf,
+    opts: FileOptions,
+    rx: Receiver<MergedSeries>,
+) -> Result<Staged, JobError> {
+    let wall = Instant::now();
+    let cpu0 = thread_cpu_time();
+    let mut files = Vec::new();
+    let mut open: Option<OpenFile> = None;
+    let (mut series, mut points) = (0u64, 0u64);
+    for s in rx {
+        if open.is_none() {
+            let name = format!("part-{:05}.tsf", files.len());
+            let local = dir.join(&name);
+            let f = std::fs::File::create(&local)?;
+            open = Some(OpenFile {
+                writer: FileWriter::new(
+                    std::io::BufWriter::with_capacity(1 << 20, f),
+                    opts.writer.clone(),
+                )?,
+                name,
+                local,
+                series: 0,
+                points: 0,
+                first: [s.org_id, s.metric_id],
+                last: [s.org_id, s.metric_id],
+            });
+        }
+        let f = open.as_mut().unwrap();
+        f.writer.add_series(
+            &SeriesHeader {
+                org_id: s.org_id,
+                metric_id: s.metric_id,
+                kind: s.kind,
+                interval_s: s.interval_s,
+                metadata: &s.metadata,
+            },
+            &s.timestamps,
+            &s.values,
+        )?;
+        f.series += 1;
+        f.points += s.timestamps.len() as u64;
+        f.last = [s.org_id, s.metric_id];
+        series += 1;
+        points += s.timestamps.len() as u64;
+        if f.writer.bytes_written() >= opts.max_file_bytes {
+            files.push(close(open.take().unwrap())?);
+        }
+    }
+    if let Some(f) = open.take() {
+        files.push(close(f)?);
+    }
+    Ok(Staged {
+        files,
+        series,
+        points,
+        encode_phase: Phase::measured(
+            "encode",
+            wall.elapsed(),
+            thread_cpu_time().saturating_sub(cpu0),
+        ),
+    })
+}
+
+fn close(f: OpenFile) -> Result<StagedFile, JobError> {
+    let (w, summary) = f.writer.finish()?;
+    let mut file = w.into_inner().map_err(|e| JobError::Io(e.into_error()))?;
+    file.flush()?;
+    Ok(StagedFile {
+        name: f.name,
+        local: f.local,
+        bytes: summary.bytes,
+        crc32c: summary.crc32c,
+        series: f.series,
+        points: f.points,
+        first_series: f.first,
+        last_series: f.last,
+    })
+}
+
+/// A data file as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Relative to the manifest's directory.
+    pub path: String,
+    pub bytes: u64,
+    pub crc32c: u32,
+    pub series: u64,
+    pub points: u64,
+    /// (org_id, metric_id) of the file's first and last series.
+    pub first_series: [u64; 2],
+    pub last_series: [u64; 2],
+}
+
+/// An input object as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestInput {
+    pub key: String,
+    pub size: u64,
+    pub e_tag: Option<String>,
+}
+
+/// The settings the output bytes depend on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputSettings {
+    pub tailor_version: String,
+    pub shard_map_modulus: u64,
+    pub shard_map_dedicated: Vec<u64>,
+    pub max_file_bytes: u64,
+    pub block_points: usize,
+    pub zstd_level: i32,
+    pub on_corrupt: CorruptPolicy,
+}
+
+/// What the job dropped, by reason (deterministic for a given input).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    pub duplicate_points: u64,
+    pub conflicting_duplicate_points: u64,
+    pub misrouted_payloads: u64,
+    pub corrupt_frames: u64,
+}
+
+/// The commit record of one shard window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub shard: String,
+    pub window_from: String,
+    pub window_to: String,
+    /// `<shard>/<from>_<to>`, relative to the output root.
+    pub location: String,
+    pub run_id: String,
+    pub series: u64,
+    pub points: u64,
+    pub files: Vec<ManifestFile>,
+    pub dropped: Dropped,
+    pub inputs: Vec<ManifestInput>,
+    pub settings: OutputSettings,
+}
+
+/// The directory name of a window.
+pub fn window_dir(from: &str, to: &str) -> String {
+    format!("{from}_{to}")
+}
+
+impl Manifest {
+    pub fn build(
+        cfg: &RunConfig,
+        window: &Window,
+        listing: &Listing,
+        staged: &Staged,
+        dropped: Dropped,
+    ) -> Self {
+        let from = window
+            .from
+            .as_ref()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        let to = window
+            .to
+            .as_ref()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        let settings = OutputSettings {
+            tailor_version: env!("CARGO_PKG_VERSION").to_string(),
+            shard_map_modulus: cfg.shard_map.modulus,
+            shard_map_dedicated: cfg.shard_map.dedicated.iter().copied().collect(),
+            max_file_bytes: cfg.max_file_bytes,
+            block_points: cfg.block_points,
+            zstd_level: cfg.zstd_level,
+            on_corrupt: cfg.on_corrupt,
+        };
+        let inputs: Vec<ManifestInput> = listing
+            .objects
+            .iter()
+            .map(|o| ManifestInput {
+                key: o.key.clone(),
+                size: o.size,
+                e_tag: o.e_tag.clone(),
+            })
+            .collect();
+        let location = format!("{}/{}", cfg.shard, window_dir(&from, &to));
+        let ident =
+            serde_json::to_vec(&(&cfg.shard, &from, &to, &inputs, &settings)).expect("json");
+        let a = crc32c::crc32c(&ident);
+        let b = crc32c::crc32c_append(0x7461_696c, &ident);
+        let run_id = format!("{a:08x}{b:08x}");
+        let files = staged
+            .files
+            .iter()
+            .map(|f| ManifestFile {
+                path: format!("data/{run_id}/{}", f.name),
+                bytes: f.bytes,
+                crc32c: f.crc32c,
+                series: f.series,
+                points: f.points,
+                first_series: f.first_series,
+                last_series: f.last_series,
+            })
+            .collect();
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            version: MANIFEST_VERSION,
+            shard: cfg.shard.clone(),
+            window_from: from,
+            window_to: to,
+            location,
+            run_id,
+            series: staged.series,
+            points: staged.points,
+            files,
+            dropped,
+            inputs,
+            settings,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("manifest serialises");
+        s.push('\n');
+        s
+    }
+
+    pub fn parse(bytes: &[u8], key: &str) -> Result<Self, JobError> {
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| JobError::Output(format!("manifest {key} is not valid: {e}")))?;
+        if m.format != MANIFEST_FORMAT || m.version != MANIFEST_VERSION {
+            return Err(JobError::Output(format!(
+                "manifest {key}: format {:?} version {} (expected {MANIFEST_FORMAT:?} version {MANIFEST_VERSION})",
+                m.format, m.version
+            )));
+        }
+        Ok(m)
+    }
+}
+
+async fn put_file(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    local: &std::path::Path,
+) -> Result<(), JobError> {
+    let len = std::fs::metadata(local)?.len();
+    if len <= 32 << 20 {
+        let bytes = std::fs::read(local)?;
+        store
+            .put(path, PutPayload::from(Bytes::from(bytes)))
+            .await?;
+        return Ok(());
+    }
+    // Multipart: the object appears atomically when the upload completes.
+    let mut w = BufWriter::new(Arc::clone(store), path.clone());
+    let mut f = tokio::fs::File::open(local).await?;
+    tokio::io::copy(&mut f, &mut w).await?;
+    w.shutdown().await?;
+    Ok(())
+}
+
+/// Uploads the staged data files to their final paths (one atomic put each).
+pub async fn upload_files(root: &StoreRoot, m: &Manifest, staged: &Staged) -> Result<(), JobError> {
+    for (f, s) in m.files.iter().zip(&staged.files) {
+        let path = root.child(&format!("{}/{}", m.location, f.path));
+        put_file(&root.store, &path, &s.local).await?;
+    }
+    Ok(())
+}
+
+/// Writes the manifest (the commit), then removes data of other runs.
+/// Returns how many stale objects were removed.
+pub async fn commit(root: &StoreRoot, m: &Manifest) -> Result<u64, JobError> {
+    let path = root.child(&format!("{}/{MANIFEST_NAME}", m.location));
+    root.store
+        .put(
+            &path,
+            PutPayload::from(Bytes::from(m.to_json().into_bytes())),
+        )
+        .await?;
+    let data = root.child(&format!("{}/data", m.location));
+    let keep = format!("{}/data/{}/", m.location, m.run_id);
+    let objects: Vec<_> = root.store.list(Some(&data)).try_collect().await?;
+    let mut removed = 0;
+    for o in objects {
+        let rel = root.relative(&o.location).unwrap_or_default().to_string();
+        if !rel.starts_with(&keep) {
+            root.store.delete(&o.location).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The committed windows of a shard (directory names), sorted.
+pub async fn list_windows(root: &StoreRoot, shard: &str) -> Result<Vec<String>, JobError> {
+    let prefix = root.child(shard);
+    let objects: Vec<_> = root.store.list(Some(&prefix)).try_collect().await?;
+    let mut out: Vec<String> = objects
+        .iter()
+        .filter_map(|o| {
+            let rel = root.relative(&o.location)?;
+            let mut parts = rel.split('/');
+            let (_, w, name) = (parts.next()?, parts.next()?, parts.next()?);
+            (name == MANIFEST_NAME && parts.next().is_none()).then(|| w.to_string())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Reads a committed manifest.
+pub async fn read_manifest(
+    root: &StoreRoot,
+    shard: &str,
+    window: &str,
+) -> Result<Manifest, JobError> {
+    let path = root.child(&format!("{shard}/{window}/{MANIFEST_NAME}"));
+    let bytes = match root.store.get(&path).await {
+        Ok(r) => r.bytes().await?,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(JobError::Output(format!(
+                "{shard}/{window} has no committed output ({MANIFEST_NAME} not found under {})",
+                root.display
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Manifest::parse(&bytes, path.as_ref())
+}
+
+/// Reads one data file of a manifest whole (memory-mapped when local), and
+/// checks its size and CRC against the manifest.
+pub async fn read_data_file(
+    root: &StoreRoot,
+    m: &Manifest,
+    f: &ManifestFile,
+) -> Result<Bytes, JobError> {
+    let path = root.child(&format!("{}/{}", m.location, f.path));
+    let bytes = if root.local {
+        map_file(&std::path::Path::new("/").join(path.as_ref()))?
+    } else {
+        root.store.get(&path).await?.bytes().await?
+    };
+    if bytes.len() as u64 != f.bytes {
+        return Err(JobError::Output(format!(
+            "data file {path} is {} bytes, the manifest says {}",
+            bytes.len(),
+            f.bytes
+        )));
+    }
+    let crc = crc32c::crc32c(&bytes);
+    if crc != f.crc32c {
+        return Err(JobError::Output(format!(
+            "data file {path} has CRC32C {crc:08x}, the manifest says {:08x}",
+            f.crc32c
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Calls `f` for every series of a committed output, in (org, metric) order.
+pub async fn for_each_series(
+    root: &StoreRoot,
+    m: &Manifest,
+    mut f: impl FnMut(&tsf::SeriesEntry, &[i64], &[u64]) -> Result<(), JobError>,
+) -> Result<(), JobError> {
+    let mut ts = Vec::new();
+    let mut vals = Vec::new();
+    for file in &m.files {
+        let bytes = read_data_file(root, m, file).await?;
+        let reader = tsf::FileReader::open(&bytes)?;
+        for entry in reader.footer().series() {
+            ts.clear();
+            vals.clear();
+            reader.read_series_into(entry, &mut ts, &mut vals)?;
+            f(entry, &ts, &vals)?;
+        }
+    }
+    Ok(())
+}

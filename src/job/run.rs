@@ -1,0 +1,354 @@
+//! The shard job (`tailor run`): the flow a newcomer should read first.
+//!
+//! ```text
+//! list       input objects of the shard and window (sizes, ETags)    listing.rs
+//! scan       DataSourceExec(PayloadSource): frames -> payload rows    datasource/
+//!            (misrouted rows filtered in the scan, counted in ScanLog)
+//! group      compact(list views) -> SortExec per partition (spills
+//!            under the memory pool) -> SortPreservingMergeExec, by
+//!            (org_id, metric_id, object_key, frame_offset): every
+//!            series' payloads arrive together, in input order
+//! merge      per series: stable sort of its points by timestamp, the
+//!            last in input order wins; kind/interval/metadata of the
+//!            last payload                                             SeriesMerger
+//! encode     series -> TSF blocks on a writer thread, files rolled at
+//!            the size cap, staged locally                            format/tsf.rs
+//! write      staged files -> <out>/<shard>/<window>/data/<run>/       manifest.rs
+//! commit     _manifest.json, written last, is the commit
+//! ```
+//!
+//! Every step is deterministic: the sort key is a total order that does not
+//! depend on how the input was split or scheduled, so the same input gives
+//! the same bytes whatever `--target-partitions`, the range size or thread
+//! timing.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Float64Type, Int64Type, UInt8Type, UInt32Type, UInt64Type};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+
+use crate::datasource::compact::Compact;
+use crate::datasource::listing::{Listing, Window, list_inputs};
+use crate::datasource::source::{PayloadOptions, ScanLog, frame_error};
+use crate::datasource::store::StoreRoot;
+use crate::datasource::table::PayloadTable;
+use crate::job::JobError;
+use crate::job::config::RunConfig;
+use crate::job::manifest::{self, Manifest, OutputWriter};
+use crate::job::report::{Phase, Report, cpu_time, peak_rss_bytes};
+
+/// One series, merged: sorted, deduplicated, with its last payload's metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergedSeries {
+    pub org_id: u64,
+    pub metric_id: u64,
+    pub kind: u8,
+    pub interval_s: u32,
+    pub metadata: String,
+    pub timestamps: Vec<i64>,
+    pub values: Vec<u64>,
+}
+
+/// Counts of what merging dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MergeCounts {
+    pub input_points: u64,
+    /// Points dropped because a later point of the series had the same timestamp.
+    pub duplicates_dropped: u64,
+    /// Of those, points whose value bits differed from the winner's.
+    pub conflicting_duplicates: u64,
+}
+
+/// Accumulates the payload rows of one series (in input order) and merges
+/// them: the spec's "last in input order wins".
+#[derive(Default)]
+pub struct SeriesMerger {
+    key: Option<(u64, u64)>,
+    kind: u8,
+    interval_s: u32,
+    metadata: String,
+    points: Vec<(i64, u64)>,
+    pub counts: MergeCounts,
+}
+
+impl SeriesMerger {
+    pub fn current(&self) -> Option<(u64, u64)> {
+        self.key
+    }
+
+    /// Adds one payload row of series `key` (must be the current series or
+    /// a new one after [`Self::take`]).
+    pub fn push(
+        &mut self,
+        key: (u64, u64),
+        kind: u8,
+        interval_s: u32,
+        metadata: &str,
+        ts: &[i64],
+        vals: &[u64],
+    ) {
+        debug_assert!(self.key.is_none() || self.key == Some(key));
+        self.key = Some(key);
+        self.kind = kind;
+        self.interval_s = interval_s;
+        if self.metadata != metadata {
+            self.metadata.clear();
+            self.metadata.push_str(metadata);
+        }
+        self.points
+            .extend(ts.iter().copied().zip(vals.iter().copied()));
+        self.counts.input_points += ts.len() as u64;
+    }
+
+    /// Finishes the current series.
+    pub fn take(&mut self) -> Option<MergedSeries> {
+        let (org_id, metric_id) = self.key.take()?;
+        // Stable: among equal timestamps, input order is kept, so the last
+        // of each run is the last in input order.
+        self.points.sort_by_key(|p| p.0);
+        let mut timestamps = Vec::with_capacity(self.points.len());
+        let mut values: Vec<u64> = Vec::with_capacity(self.points.len());
+        for &(t, v) in &self.points {
+            if timestamps.last() == Some(&t) {
+                let last = values.last_mut().unwrap();
+                self.counts.duplicates_dropped += 1;
+                if *last != v {
+                    self.counts.conflicting_duplicates += 1;
+                }
+                *last = v;
+            } else {
+                timestamps.push(t);
+                values.push(v);
+            }
+        }
+        self.points.clear();
+        Some(MergedSeries {
+            org_id,
+            metric_id,
+            kind: self.kind,
+            interval_s: self.interval_s,
+            metadata: std::mem::take(&mut self.metadata),
+            timestamps,
+            values,
+        })
+    }
+}
+
+/// The SQL of the group phase.
+pub const GROUP_SQL: &str = "SELECT org_id, metric_id, kind, interval_s, metadata, \
+     compact(timestamps) AS ts, compact(\"values\") AS vals \
+     FROM payloads WHERE NOT misrouted \
+     ORDER BY org_id, metric_id, object_key, frame_offset";
+
+/// Builds the session: memory pool, spill directory, partitions.
+pub fn session(cfg: &RunConfig, spill_dir: &std::path::Path) -> Result<SessionContext, JobError> {
+    let mut rt = RuntimeEnvBuilder::new().with_temp_file_path(spill_dir);
+    if let Some(limit) = cfg.memory_limit {
+        rt = rt.with_memory_limit(limit as usize, 1.0);
+    }
+    let runtime = rt.build_arc()?;
+    let mut sc = SessionConfig::new()
+        .with_target_partitions(cfg.target_partitions.max(1))
+        .with_batch_size(8192)
+        .with_repartition_file_scans(true)
+        .with_repartition_file_min_size(cfg.range_bytes.min(usize::MAX as u64) as usize)
+        .with_information_schema(false);
+    let opts = sc.options_mut();
+    if let Some(limit) = cfg.memory_limit {
+        // Keep the merge reservation modest relative to the pool.
+        opts.execution.sort_spill_reservation_bytes =
+            (limit / 16).clamp(1 << 20, 64 << 20) as usize;
+        opts.execution.sort_in_place_threshold_bytes =
+            (limit / 64).clamp(1 << 16, 1 << 20) as usize;
+    }
+    let ctx = SessionContext::new_with_config_rt(sc, runtime);
+    ctx.register_udf(Compact::udf());
+    Ok(ctx)
+}
+
+/// Runs one shard job end to end and returns its report. The report is
+/// also returned (inside the error) when the job fails after scanning.
+pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
+    let started = Instant::now();
+    let cpu0 = cpu_time();
+    let mut report = Report::new(cfg);
+
+    // -- list
+    let input = StoreRoot::open(&cfg.input)?;
+    let output = StoreRoot::open(&cfg.output)?;
+    let t = Phase::start("list");
+    let listing: Listing = list_inputs(&input, Some(&cfg.shard), &cfg.window).await?;
+    report.phases.push(t.stop());
+    let window = resolve_window(&cfg.window, &listing)?;
+    report.window = Some(window.clone());
+    report.set_inputs(&listing);
+
+    // -- scan + group (DataFusion) with merge + encode on a writer thread
+    let spill = match &cfg.spill_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            tempfile::Builder::new()
+                .prefix("tailor-spill-")
+                .tempdir_in(d)?
+        }
+        None => tempfile::Builder::new().prefix("tailor-spill-").tempdir()?,
+    };
+    let stage = tempfile::Builder::new()
+        .prefix("tailor-stage-")
+        .tempdir_in(cfg.stage_dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let ctx = session(cfg, spill.path())?;
+    let mut options = PayloadOptions::new(Arc::clone(&cfg.shard_map));
+    options.on_corrupt = cfg.on_corrupt;
+    options.range_bytes = cfg.range_bytes;
+    let log = PayloadTable::new(&input, listing.objects.clone(), options, ScanLog::new())
+        .register(&ctx, &input, "payloads")?;
+
+    let t_group = Phase::start("scan+decode+group");
+    let df = ctx.sql(GROUP_SQL).await?;
+    let plan: Arc<dyn ExecutionPlan> = df.create_physical_plan().await?;
+    let mut stream = execute_stream(Arc::clone(&plan), ctx.task_ctx())?;
+
+    let writer = OutputWriter::spawn(stage.path().to_path_buf(), cfg.file_options());
+    let progress =
+        crate::job::report::progress(cfg.progress, listing.total_bytes(), Arc::clone(&log));
+    let mut merger = SeriesMerger::default();
+    let mut scan_error = None;
+    while let Some(batch) = stream.next().await {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                scan_error = Some(e);
+                break;
+            }
+        };
+        feed(&mut merger, &batch, &writer)?;
+    }
+    if let Some(last) = merger.take() {
+        writer.send(last)?;
+    }
+    drop(stream);
+    if let Some(p) = &progress {
+        p.finish_and_clear();
+    }
+    let mut group_phase = t_group.stop();
+    report.merge = merger.counts;
+    report.scan = log.totals();
+    report.corrupt = log.corrupt();
+    report.misrouted = log.misrouted();
+    report.spill = crate::job::report::spill_metrics(&plan);
+    group_phase.detail = crate::job::report::operator_times(&plan);
+    report.phases.push(group_phase);
+
+    let written = writer.finish();
+    if let Some(e) = scan_error {
+        report.failed(&e.to_string());
+        return Err(match frame_error(&e) {
+            Some(fe) => JobError::Corrupt(Box::new(fe.clone()), Box::new(report)),
+            None => JobError::DataFusion(e),
+        });
+    }
+    let staged = written?;
+    report.phases.push(staged.encode_phase.clone());
+    let gaps = log.tiling_errors();
+    if !gaps.is_empty() {
+        if cfg.on_corrupt == crate::datasource::source::CorruptPolicy::Fail {
+            report.failed(&gaps[0].to_string());
+            return Err(JobError::Corrupt(
+                Box::new(gaps[0].clone()),
+                Box::new(report),
+            ));
+        }
+        log.record_skipped(&gaps);
+        report.scan = log.totals();
+        report.corrupt = log.corrupt();
+    }
+
+    if !report.misrouted.is_empty() && cfg.fail_on_misrouted {
+        let n = report.misrouted.len();
+        report.failed(&format!("{n} misrouted payloads (--fail-on-misrouted)"));
+        return Err(JobError::Misrouted(n, Box::new(report)));
+    }
+
+    // -- write + commit
+    let dropped = manifest::Dropped {
+        duplicate_points: report.merge.duplicates_dropped,
+        conflicting_duplicate_points: report.merge.conflicting_duplicates,
+        misrouted_payloads: report.scan.misrouted_payloads,
+        corrupt_frames: report.scan.corrupt_frames,
+    };
+    let manifest = Manifest::build(cfg, &window, &listing, &staged, dropped);
+    let t = Phase::start("write");
+    manifest::upload_files(&output, &manifest, &staged).await?;
+    report.phases.push(t.stop());
+    if std::env::var_os("TAILOR_FAILPOINT_BEFORE_COMMIT").is_some() {
+        return Err(JobError::Internal(
+            "failpoint TAILOR_FAILPOINT_BEFORE_COMMIT: stopping after the data files, before the manifest".into(),
+        ));
+    }
+    let t = Phase::start("commit");
+    let removed = manifest::commit(&output, &manifest).await?;
+    report.phases.push(t.stop());
+    report.set_output(&manifest, removed);
+    report.wall = started.elapsed();
+    report.cpu = cpu_time().saturating_sub(cpu0);
+    report.peak_rss_bytes = peak_rss_bytes();
+    drop(spill);
+    Ok(report)
+}
+
+/// The window the job covers: the flags, or every hour present.
+fn resolve_window(w: &Window, listing: &Listing) -> Result<Window, JobError> {
+    let hours = listing.hours();
+    let from = w.from.clone().or_else(|| hours.first().cloned());
+    let to = w.to.clone().or_else(|| hours.last().cloned());
+    match (from, to) {
+        (Some(from), Some(to)) if from <= to => Ok(Window {
+            from: Some(from),
+            to: Some(to),
+        }),
+        (Some(from), Some(to)) => Err(JobError::Config(format!(
+            "--from {from} is after --to {to}"
+        ))),
+        _ => Err(JobError::Config(
+            "no input hours found and no --from/--to given: nothing to do".into(),
+        )),
+    }
+}
+
+/// Feeds one sorted batch into the merger, handing finished series to the writer.
+fn feed(
+    merger: &mut SeriesMerger,
+    batch: &RecordBatch,
+    writer: &OutputWriter,
+) -> Result<(), JobError> {
+    let org = batch.column(0).as_primitive::<UInt64Type>();
+    let metric = batch.column(1).as_primitive::<UInt64Type>();
+    let kind = batch.column(2).as_primitive::<UInt8Type>();
+    let interval = batch.column(3).as_primitive::<UInt32Type>();
+    let meta = batch.column(4).as_string_view();
+    let ts = batch.column(5).as_list::<i32>();
+    let vals = batch.column(6).as_list::<i32>();
+    let ts_values = ts.values().as_primitive::<Int64Type>().values();
+    let val_values = vals.values().as_primitive::<Float64Type>().values();
+    let ts_off = ts.value_offsets();
+    let val_off = vals.value_offsets();
+    for i in 0..batch.num_rows() {
+        let key = (org.value(i), metric.value(i));
+        if merger.current().is_some_and(|k| k != key)
+            && let Some(done) = merger.take()
+        {
+            writer.send(done)?;
+        }
+        let t = &ts_values[ts_off[i] as usize..ts_off[i + 1] as usize];
+        let v = &val_values[val_off[i] as usize..val_off[i + 1] as usize];
+        // SAFETY: f64 and u64 have the same size and alignment; the bits are kept.
+        let v: &[u64] = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u64, v.len()) };
+        merger.push(key, kind.value(i), interval.value(i), meta.value(i), t, v);
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use tailor::format::payload::{Kind, PayloadSpec, PayloadWriter};
+use tailor::format::shard::ShardMap;
+
+/// A small deterministic PRNG (splitmix64) for test data.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// An owned payload for tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct P {
+    pub version: u16,
+    pub org: u64,
+    pub metric: u64,
+    pub kind: Kind,
+    pub interval_s: u32,
+    pub ts: Vec<i64>,
+    pub vals: Vec<u64>,
+    pub meta: String,
+}
+
+impl P {
+    pub fn spec(&self) -> PayloadSpec<'_> {
+        PayloadSpec {
+            version: self.version,
+            org_id: self.org,
+            metric_id: self.metric,
+            kind: self.kind,
+            interval_s: self.interval_s,
+            timestamps: &self.ts,
+            values: &self.vals,
+            metadata: &self.meta,
+        }
+    }
+}
+
+/// A random payload of an org in shard org-mod-(org % 64).
+pub fn random_payload(rng: &mut Rng, org: u64, max_points: u64) -> P {
+    let n = 1 + rng.below(max_points) as usize;
+    let version = if rng.below(3) == 0 { 1 } else { 2 };
+    let mut ts = Vec::with_capacity(n);
+    let mut vals = Vec::with_capacity(n);
+    let base = rng.below(1_000_000) as i64 * 1000;
+    for i in 0..n {
+        ts.push(base + i as i64 * 10_000 - (rng.below(3) as i64) * 10_000);
+        // Random bits: incompressible, so zstd stores raw blocks and the
+        // compressed bodies contain arbitrary byte patterns (magic included).
+        vals.push(match rng.below(6) {
+            0 => f64::NAN.to_bits() | rng.below(1 << 40),
+            1 => (-0.0f64).to_bits(),
+            _ => rng.next(),
+        });
+    }
+    let meta = match rng.below(4) {
+        0 => String::new(),
+        1 => "host:wéb-1,env:prod".to_string(),
+        _ => format!("host:h{},env:prod", rng.below(100)),
+    };
+    P {
+        version,
+        org,
+        metric: rng.below(50),
+        kind: if version == 1 {
+            Kind::Gauge
+        } else {
+            Kind::from_u8(rng.below(3) as u8).unwrap()
+        },
+        interval_s: if version == 1 { 0 } else { 10 },
+        ts,
+        vals,
+        meta,
+    }
+}
+
+/// Frames `payloads` into one file; returns the bytes and each frame's offset.
+pub fn file_of(payloads: &[P]) -> (Vec<u8>, Vec<u64>) {
+    let mut w = PayloadWriter::new(1);
+    let mut out = Vec::new();
+    let mut offsets = Vec::new();
+    for p in payloads {
+        offsets.push(out.len() as u64);
+        w.write_frame(&p.spec(), &mut out);
+    }
+    (out, offsets)
+}
+
+pub fn shard_map() -> Arc<ShardMap> {
+    Arc::new(ShardMap::parse("modulus = 64\ndedicated = [2, 1001]\n").unwrap())
+}
+
+/// Plants a fake frame start (valid length + zstd magic) at `at` inside a
+/// frame body, chaining to `chain_to` (absolute) when possible.
+pub fn plant_fake_frame(file: &mut [u8], at: usize, body_len: u32) {
+    file[at..at + 4].copy_from_slice(&body_len.to_le_bytes());
+    file[at + 4..at + 8].copy_from_slice(&tailor::format::payload::ZSTD_MAGIC);
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("tailor-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// A current-thread runtime for async tests that must stay on one thread.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -1,0 +1,5 @@
+//! One integration-test binary (as delta-rs and ripgrep do), one module per area.
+
+mod common;
+
+mod ranges;
