@@ -1,5 +1,7 @@
 //! One integration-test binary (as delta-rs and ripgrep do), one module per area.
 
 mod common;
+mod corpus;
 
 mod ranges;
+mod scan;

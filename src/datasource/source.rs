@@ -191,7 +191,10 @@ impl ScanLog {
     /// corruption at that offset was already recorded. An overlap (a frame
     /// read twice) is returned too. Call it after the scan finished.
     pub fn tiling_errors(&self) -> Vec<FrameError> {
-        let ranges = self.ranges();
+        let mut ranges = self.ranges();
+        // A log shared by several scans of the same files holds each range
+        // once per scan.
+        ranges.dedup_by(|a, b| (&a.key, a.start, a.end) == (&b.key, b.start, b.end));
         let corrupt = self.corrupt();
         let known = |key: &str, off: u64| corrupt.iter().any(|c| c.key == key && c.offset == off);
         let mut out = Vec::new();

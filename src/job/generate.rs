@@ -392,6 +392,7 @@ fn gen_file(
     let mut ts = Vec::new();
     let mut vals = Vec::new();
     let mut last_frame: Option<(usize, usize)> = None;
+    let mut last_points = 0u64;
     let mut round = 0u64;
     loop {
         for c in &chunks {
@@ -455,6 +456,7 @@ fn gen_file(
                 // Verbatim re-delivery of the previous frame.
                 out.extend_from_within(a..b);
                 summary.frames += 1;
+                summary.points += last_points;
                 summary.verbatim_duplicates += 1;
             }
             if rng.random_bool(opts.conflict_rate.clamp(0.0, 1.0)) {
@@ -470,9 +472,11 @@ fn gen_file(
                 };
                 w.write_frame(&resent, &mut out);
                 summary.frames += 1;
+                summary.points += ts.len() as u64;
                 summary.conflicting_duplicates += 1;
             }
             last_frame = Some((start, start + len));
+            last_points = ts.len() as u64;
         }
         round += 1;
         if !big || out.len() as u64 >= opts.big_file_bytes || chunks.is_empty() {
