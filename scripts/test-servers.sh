@@ -54,36 +54,54 @@ no generations/preconditions on generation numbers other than 0.
 """
 import argparse
 import os
+from urllib.parse import quote, unquote
 
 from moto.moto_server.werkzeug_app import create_backend_app
 from werkzeug.serving import run_simple
+from werkzeug.test import Client
 
 META_IN, META_OUT = "HTTP_X_GOOG_META_", "x-amz-meta-"
+FAKE_SIGV4 = ("AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/s3/aws4_request, "
+              "SignedHeaders=host, Signature=" + "0" * 64)
+PRECONDITION_FAILED = (
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>PreconditionFailed</Code>"
+    b"<Message>At least one of the pre-conditions you specified did not hold.</Message></Error>"
+)
 
 
 class GcsXmlShim:
     def __init__(self, app):
         self.app = app
+        self.client = Client(app)
 
     def __call__(self, environ, start_response):
+        # object_store percent-encodes bucket and object (incl. "/" as %2F), as GCS accepts;
+        # moto parses the raw URI, so hand it a canonical, S3-style encoding instead.
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
+        path = unquote(raw.split("?", 1)[0])
+        qs = environ.get("QUERY_STRING", "")
+        canon = quote(path, safe="/~")
+        environ["PATH_INFO"] = path.encode("utf-8").decode("latin-1")
+        environ["RAW_URI"] = environ["REQUEST_URI"] = canon + ("?" + qs if qs else "")
+
         for k in [k for k in environ if k.startswith(META_IN)]:
             environ["HTTP_X_AMZ_META_" + k[len(META_IN):]] = environ.pop(k)
         src = environ.pop("HTTP_X_GOOG_COPY_SOURCE", None)
         if src is not None:
-            environ["HTTP_X_AMZ_COPY_SOURCE"] = src
+            environ["HTTP_X_AMZ_COPY_SOURCE"] = quote(unquote(src), safe="/~")
+        environ.pop("HTTP_X_GOOG_STORAGE_CLASS", None)
+        # GCS clients send "Bearer ..." or nothing; moto treats unsigned requests as anonymous
+        # (403 on private objects) but does not verify SigV4 signatures, so present a dummy one.
+        environ["HTTP_AUTHORIZATION"] = FAKE_SIGV4
         gen = environ.pop("HTTP_X_GOOG_IF_GENERATION_MATCH", None)
         if gen is not None:
             if gen.strip() != "0":
                 start_response("501 Not Implemented", [("Content-Type", "text/plain")])
                 return [b"gcs shim: x-goog-if-generation-match other than 0 is not supported\n"]
-            if "HTTP_X_AMZ_COPY_SOURCE" in environ:
-                # S3 CopyObject has no "destination must not exist" precondition.
-                start_response("501 Not Implemented", [("Content-Type", "text/plain")])
-                return [b"gcs shim: copy with x-goog-if-generation-match: 0 is not supported\n"]
-            environ["HTTP_IF_NONE_MATCH"] = "*"
-        environ.pop("HTTP_X_GOOG_STORAGE_CLASS", None)
-        if environ.get("HTTP_AUTHORIZATION", "").startswith("Bearer"):
-            del environ["HTTP_AUTHORIZATION"]
+            # generation-match 0 == "destination must not exist" (PUT and copy)
+            if self.client.head(canon, headers={"Authorization": FAKE_SIGV4}).status_code == 200:
+                start_response("412 Precondition Failed", [("Content-Type", "application/xml")])
+                return [PRECONDITION_FAILED]
 
         def sr(status, headers, exc_info=None):
             out = []
@@ -184,6 +202,7 @@ s3_make_bucket() { # port  (moto does not verify signatures; unsigned PUT is fin
 cmd_start() {
   [ -x "$VENV/bin/python" ] && [ -x "$NODE_PREFIX/bin/azurite-blob" ] && [ -f "$TOOLS/bin/gcs_xml_shim.py" ] \
     || die "not installed; run: $0 install"
+  write_helpers   # cheap; keeps .tools/bin in sync with this script
   mkdir -p "$RUN"
   # moto keeps objects in SpooledTemporaryFiles (spill to disk past the buffer size): keep memory modest.
   export MOTO_S3_DEFAULT_KEY_BUFFER_SIZE="${MOTO_S3_DEFAULT_KEY_BUFFER_SIZE:-1048576}"
@@ -274,7 +293,12 @@ esac
 #  * object_store's GCS client uses only the GCS XML API: GET /<bucket>?list-type=2,
 #    XML multipart (POST ?uploads / PUT ?partNumber&uploadId / POST ?uploadId),
 #    PUT with x-goog-copy-source, HEAD/GET/PUT/DELETE /<bucket>/<object>.
-#  * PyPI gcp-storage-emulator implements the JSON API plus only GET/PUT on
-#    /<bucket>/<object>: list, head, delete, copy and multipart fail.
+#  * PyPI gcp-storage-emulator (2026.7.19) implements the JSON API plus only GET/PUT on
+#    /<bucket>/<object>, matched on the *undecoded* path; object_store encodes "-", "." and
+#    "/" (%2D %2E %2F), so every request, even GET/PUT, gets 501 Not Implemented.
+#  * object_store 0.13.2 bug (apache/arrow-rs-object-store#712, fixed by PR #713): on GCS,
+#    copy()/rename() send x-goog-if-generation-match: 0 (fail with AlreadyExists if the
+#    destination exists) and copy_if_not_exists() sends none (overwrites). The shim
+#    reproduces real GCS here, so tests see the same behaviour as production.
 #  * fsouza/fake-gcs-server (the usual choice, Go/docker) is not on PyPI/npm, and
 #    upstream lacks XML list/multipart too (object_store CI uses a patched fork).

@@ -42,6 +42,29 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Show a manifest's or a data file's contents.
     Inspect(inspect::InspectArgs),
+    /// Benchmark floor: zstd-decompress every input frame, nothing else.
+    Floor(FloorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FloorArgs {
+    /// Input root (local).
+    #[arg(long)]
+    pub input: String,
+    #[arg(long)]
+    pub shard: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+async fn floor_main(a: FloorArgs) -> Result<ExitCode, JobError> {
+    let root = crate::datasource::store::StoreRoot::open(&a.input)?;
+    let listing =
+        crate::datasource::listing::list_inputs(&root, a.shard.as_deref(), &Default::default())
+            .await?;
+    let r = crate::job::floor::floor(&root, &listing, a.threads)?;
+    println!("{}", serde_json::to_string_pretty(&r).expect("json"));
+    Ok(ExitCode::SUCCESS)
 }
 
 pub const EXIT_USAGE: u8 = 64;
@@ -108,6 +131,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
             Command::Query(a) => query::main(a).await,
             Command::Export(a) => export::main(a).await,
             Command::Inspect(a) => inspect::main(a).await,
+            Command::Floor(a) => floor_main(a).await,
         }
     });
     match result {

@@ -21,6 +21,8 @@ pub enum OutputFormat {
     Table,
     Csv,
     Json,
+    /// Only with --out.
+    Parquet,
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +49,10 @@ pub struct QueryArgs {
     /// Byte-range size big files are split into (default 1GiB).
     #[arg(long)]
     pub range_bytes: Option<String>,
+    /// Stream the result into this file (csv, json or parquet) instead of
+    /// printing it; memory stays bounded whatever the result size.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
     /// The SQL; the table is `payloads` (one row per payload; see
     /// `unnest(timestamps)` for one row per point).
     pub sql: String,
@@ -73,10 +79,22 @@ pub async fn main(a: QueryArgs) -> Result<ExitCode, JobError> {
     ctx.register_udf(Compact::udf());
     let log = PayloadTable::new(&root, listing.objects.clone(), opts, ScanLog::new())
         .register(&ctx, &root, "payloads")?;
-    let batches = ctx.sql(&a.sql).await?.collect().await?;
+    let df = ctx.sql(&a.sql).await?;
+    if let Some(path) = &a.out {
+        let rows = write_stream(df, a.format, path).await?;
+        eprintln!("-- {rows} rows written to {}", path.display());
+        report(&listing, &log);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let batches = df.collect().await?;
     let mut out = std::io::stdout().lock();
     use std::io::Write;
     match a.format {
+        OutputFormat::Parquet => {
+            return Err(JobError::Config(
+                "--format parquet needs --out <file>".into(),
+            ));
+        }
         OutputFormat::Table => {
             let t = pretty_format_batches(&batches)
                 .map_err(datafusion::error::DataFusionError::from)?;
@@ -102,6 +120,11 @@ pub async fn main(a: QueryArgs) -> Result<ExitCode, JobError> {
             writeln!(out)?;
         }
     }
+    report(&listing, &log);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(listing: &crate::datasource::listing::Listing, log: &ScanLog) {
     let t = log.totals();
     eprintln!(
         "-- {} objects ({} ignored), {} frames read, {} corrupt frames skipped, {} misrouted payloads",
@@ -114,5 +137,57 @@ pub async fn main(a: QueryArgs) -> Result<ExitCode, JobError> {
     for c in log.corrupt().iter().take(20) {
         eprintln!("-- corrupt: {} @ {}: {}", c.key, c.offset, c.reason);
     }
-    Ok(ExitCode::SUCCESS)
+    for e in log.tiling_errors() {
+        eprintln!("-- unreadable: {e}");
+    }
+}
+
+async fn write_stream(
+    df: datafusion::dataframe::DataFrame,
+    format: OutputFormat,
+    path: &std::path::Path,
+) -> Result<u64, JobError> {
+    use futures::StreamExt;
+    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+    let mut stream = df.execute_stream().await?;
+    let file = std::fs::File::create(path)?;
+    let mut rows = 0u64;
+    let arrow = datafusion::error::DataFusionError::from;
+    match format {
+        OutputFormat::Parquet => {
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                .build();
+            let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, Some(props))
+                .map_err(|e| JobError::Output(format!("parquet: {e}")))?;
+            while let Some(b) = stream.next().await {
+                let b = b?;
+                rows += b.num_rows() as u64;
+                w.write(&b)
+                    .map_err(|e| JobError::Output(format!("parquet: {e}")))?;
+            }
+            w.close()
+                .map_err(|e| JobError::Output(format!("parquet: {e}")))?;
+        }
+        OutputFormat::Csv | OutputFormat::Table => {
+            let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(file);
+            while let Some(b) = stream.next().await {
+                let b = b?;
+                rows += b.num_rows() as u64;
+                w.write(&b).map_err(arrow)?;
+            }
+        }
+        OutputFormat::Json => {
+            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(file);
+            while let Some(b) = stream.next().await {
+                let b = b?;
+                rows += b.num_rows() as u64;
+                w.write(&b).map_err(arrow)?;
+            }
+            w.finish().map_err(arrow)?;
+        }
+    }
+    Ok(rows)
 }

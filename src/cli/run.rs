@@ -64,6 +64,9 @@ pub struct RunArgs {
     /// Print the JSON report on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Test hook: stop after writing the data files, before the commit.
+    #[arg(long, hide = true)]
+    pub fail_before_commit: bool,
 }
 
 /// Merges the job file and the flags into one validated config.
@@ -147,6 +150,7 @@ pub fn config(a: &RunArgs) -> Result<RunConfig, JobError> {
     cfg.spill_dir = a.spill_dir.clone().or(file.spill_dir);
     cfg.report = a.report.clone().or(file.report);
     cfg.progress = true;
+    cfg.fail_before_commit = a.fail_before_commit;
     Ok(cfg)
 }
 

@@ -689,7 +689,7 @@ pub fn encode_payload(p: &PayloadSpec<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out.extend_from_slice(p.metadata.as_bytes());
-    while out.len() % 8 != 0 {
+    while !out.len().is_multiple_of(8) {
         out.push(0);
     }
 }

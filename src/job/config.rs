@@ -94,6 +94,10 @@ pub struct RunConfig {
     pub report: Option<PathBuf>,
     #[serde(skip)]
     pub progress: bool,
+    /// Test hook: stop after the data files are written, before the commit
+    /// (what a job killed at that moment leaves behind).
+    #[serde(skip)]
+    pub fail_before_commit: bool,
 }
 
 impl RunConfig {
@@ -124,6 +128,7 @@ impl RunConfig {
             stage_dir: None,
             report: None,
             progress: false,
+            fail_before_commit: false,
         }
     }
 

@@ -247,7 +247,7 @@ pub async fn generate(
             .par_iter()
             .map(|&(h, si, p)| {
                 let big = big_job == Some((h, si, p));
-                gen_file(opts, &world, &all_shards, start_ms, h, si, p, big)
+                gen_file(opts, map, &world, &all_shards, start_ms, h, si, p, big)
             })
             .collect();
         for (rel, bytes, s) in files {
@@ -344,6 +344,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[allow(clippy::too_many_arguments)]
 fn gen_file(
     opts: &GenerateOptions,
+    map: &ShardMap,
     world: &[(Shard, Vec<Series>)],
     all_shards: &[Shard],
     start_ms: i64,
@@ -368,8 +369,7 @@ fn gen_file(
         let mut c = 0u64;
         while k < n {
             let hash = seed_of(&[opts.seed, 3, h as u64, si as u64, i as u64, c]);
-            let len =
-                1 + (hash >> 40) as i64 % (opts.max_points.max(1) as i64).min(n - k + 0).max(1);
+            let len = 1 + (hash >> 40) as i64 % (opts.max_points.max(1) as i64).min(n - k).max(1);
             let len = len.min(n - k);
             if (hash % parts as u64) as u32 == p {
                 chunks.push(Chunk {
@@ -393,6 +393,7 @@ fn gen_file(
     let mut vals = Vec::new();
     let mut last_frame: Option<(usize, usize)> = None;
     let mut last_points = 0u64;
+    let mut last_misrouted = false;
     let mut round = 0u64;
     loop {
         for c in &chunks {
@@ -424,13 +425,13 @@ fn gen_file(
                 let other = &world[(si + 1 + rng.random_range(0..world.len() - 1)) % world.len()];
                 if let Some(os) = other.1.first() {
                     org = os.org;
-                    summary.misrouted += 1;
                 }
             } else if rng.random_bool(opts.misroute_rate.clamp(0.0, 1.0)) {
-                // An org that belongs to no generated shard at all.
+                // An org that may belong to no generated shard at all.
                 org = u64::MAX / 3 + rng.random_range(0..100);
-                summary.misrouted += 1;
             }
+            let misrouted = map.shard_of(org) != *shard;
+            summary.misrouted += misrouted as u64;
             let version = if rng.random_bool(opts.v1_rate.clamp(0.0, 1.0)) {
                 1
             } else {
@@ -457,6 +458,7 @@ fn gen_file(
                 out.extend_from_within(a..b);
                 summary.frames += 1;
                 summary.points += last_points;
+                summary.misrouted += last_misrouted as u64;
                 summary.verbatim_duplicates += 1;
             }
             if rng.random_bool(opts.conflict_rate.clamp(0.0, 1.0)) {
@@ -473,10 +475,12 @@ fn gen_file(
                 w.write_frame(&resent, &mut out);
                 summary.frames += 1;
                 summary.points += ts.len() as u64;
+                summary.misrouted += misrouted as u64;
                 summary.conflicting_duplicates += 1;
             }
             last_frame = Some((start, start + len));
             last_points = ts.len() as u64;
+            last_misrouted = misrouted;
         }
         round += 1;
         if !big || out.len() as u64 >= opts.big_file_bytes || chunks.is_empty() {

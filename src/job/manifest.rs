@@ -152,7 +152,7 @@ fn encode_loop(
             open = Some(OpenFile {
                 writer: FileWriter::new(
                     std::io::BufWriter::with_capacity(1 << 20, f),
-                    opts.writer.clone(),
+                    opts.writer,
                 )?,
                 name,
                 local,

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod export;
+pub mod floor;
 pub mod generate;
 pub mod manifest;
 pub mod report;

@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float64Type, Int64Type, UInt8Type, UInt32Type, UInt64Type};
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -140,31 +141,54 @@ impl SeriesMerger {
 }
 
 /// The SQL of the group phase.
-pub const GROUP_SQL: &str = "SELECT org_id, metric_id, kind, interval_s, metadata, \
+pub const GROUP_SQL: &str = "SELECT org_id, metric_id, kind, interval_s, arrow_cast(metadata, 'Utf8') AS metadata, \
      compact(timestamps) AS ts, compact(\"values\") AS vals \
      FROM payloads WHERE NOT misrouted \
      ORDER BY org_id, metric_id, object_key, frame_offset";
 
+/// Rows per batch. A row is a payload (hundreds of points); under a memory
+/// limit, batches stay around 1/64 of the pool (at ~2 KiB a row) so that
+/// sorts, their merges and spill read-back always have room for the next one.
+fn batch_rows(limit: Option<u64>) -> usize {
+    match limit {
+        Some(l) => (l / (64 * 2048)).clamp(16, 8192) as usize,
+        None => 8192,
+    }
+}
+
 /// Builds the session: memory pool, spill directory, partitions.
 pub fn session(cfg: &RunConfig, spill_dir: &std::path::Path) -> Result<SessionContext, JobError> {
-    let mut rt = RuntimeEnvBuilder::new().with_temp_file_path(spill_dir);
+    // A bounded merge fan-in keeps the read-back of many spill files (one
+    // batch each) inside the pool; more runs are merged in several passes.
+    let mut rt = RuntimeEnvBuilder::new()
+        .with_temp_file_path(spill_dir)
+        .with_max_spill_merge_fan_in(8);
     if let Some(limit) = cfg.memory_limit {
-        rt = rt.with_memory_limit(limit as usize, 1.0);
+        rt = rt.with_memory_pool(Arc::new(TrackConsumersPool::new(
+            FairSpillPool::new(limit as usize),
+            std::num::NonZeroUsize::new(8).expect("non-zero"),
+        )));
     }
     let runtime = rt.build_arc()?;
     let mut sc = SessionConfig::new()
         .with_target_partitions(cfg.target_partitions.max(1))
-        .with_batch_size(8192)
+        .with_batch_size(batch_rows(cfg.memory_limit))
         .with_repartition_file_scans(true)
         .with_repartition_file_min_size(cfg.range_bytes.min(usize::MAX as u64) as usize)
         .with_information_schema(false);
     let opts = sc.options_mut();
     if let Some(limit) = cfg.memory_limit {
-        // Keep the merge reservation modest relative to the pool.
-        opts.execution.sort_spill_reservation_bytes =
-            (limit / 16).clamp(1 << 20, 64 << 20) as usize;
+        // Under a memory limit the scan stays parallel but one sort takes
+        // all partitions' rows (CoalescePartitions -> SortExec): a single
+        // spilling sort can use the whole pool, instead of N sorts and a
+        // final merge competing for it. Rows are payloads, so sorting them
+        // is cheap next to decoding their points.
+        opts.optimizer.repartition_sorts = false;
+        // The sort reserves room to merge what it buffered before it
+        // spills (sorted copies of its batches): half the pool.
+        opts.execution.sort_spill_reservation_bytes = (limit / 2).clamp(32 << 10, 1 << 30) as usize;
         opts.execution.sort_in_place_threshold_bytes =
-            (limit / 64).clamp(1 << 16, 1 << 20) as usize;
+            (limit / 64).clamp(16 << 10, 1 << 20) as usize;
     }
     let ctx = SessionContext::new_with_config_rt(sc, runtime);
     ctx.register_udf(Compact::udf());
@@ -205,6 +229,12 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     let mut options = PayloadOptions::new(Arc::clone(&cfg.shard_map));
     options.on_corrupt = cfg.on_corrupt;
     options.range_bytes = cfg.range_bytes;
+    if let Some(limit) = cfg.memory_limit {
+        // A batch is one slab of decoded payloads: keep it a small fraction
+        // of the pool so the sorts can always take the next one.
+        options.slab_bytes =
+            (limit / (64 * cfg.target_partitions.max(1) as u64)).clamp(16 << 10, 8 << 20) as usize;
+    }
     let log = PayloadTable::new(&input, listing.objects.clone(), options, ScanLog::new())
         .register(&ctx, &input, "payloads")?;
 
@@ -285,9 +315,10 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     let t = Phase::start("write");
     manifest::upload_files(&output, &manifest, &staged).await?;
     report.phases.push(t.stop());
-    if std::env::var_os("TAILOR_FAILPOINT_BEFORE_COMMIT").is_some() {
+    if cfg.fail_before_commit {
         return Err(JobError::Internal(
-            "failpoint TAILOR_FAILPOINT_BEFORE_COMMIT: stopping after the data files, before the manifest".into(),
+            "--fail-before-commit: stopped after writing the data files, before the manifest"
+                .into(),
         ));
     }
     let t = Phase::start("commit");
@@ -330,7 +361,7 @@ fn feed(
     let metric = batch.column(1).as_primitive::<UInt64Type>();
     let kind = batch.column(2).as_primitive::<UInt8Type>();
     let interval = batch.column(3).as_primitive::<UInt32Type>();
-    let meta = batch.column(4).as_string_view();
+    let meta = batch.column(4).as_string::<i32>();
     let ts = batch.column(5).as_list::<i32>();
     let vals = batch.column(6).as_list::<i32>();
     let ts_values = ts.values().as_primitive::<Int64Type>().values();

@@ -16,7 +16,12 @@ use tailor::job::generate::{GenerateOptions, generate};
 
 use crate::common::{P, Rng, file_of, random_payload, rt, shard_map, tempdir};
 
-async fn table(root: &StoreRoot, shard: Option<&str>, partitions: usize, range_bytes: u64) -> (SessionContext, Arc<ScanLog>) {
+async fn table(
+    root: &StoreRoot,
+    shard: Option<&str>,
+    partitions: usize,
+    range_bytes: u64,
+) -> (SessionContext, Arc<ScanLog>) {
     let listing = list_inputs(root, shard, &Window::default()).await.unwrap();
     let mut opts = PayloadOptions::new(shard_map());
     opts.range_bytes = range_bytes;
@@ -35,7 +40,9 @@ async fn scalar(ctx: &SessionContext, sql: &str) -> u64 {
     let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     let c = b[0].column(0);
     match c.data_type() {
-        datafusion::arrow::datatypes::DataType::Int64 => c.as_primitive::<Int64Type>().value(0) as u64,
+        datafusion::arrow::datatypes::DataType::Int64 => {
+            c.as_primitive::<Int64Type>().value(0) as u64
+        }
         datafusion::arrow::datatypes::DataType::UInt64 => c.as_primitive::<UInt64Type>().value(0),
         t => panic!("unexpected type {t}"),
     }
@@ -57,16 +64,32 @@ fn sql_over_a_generated_tree_sees_every_frame_and_point() {
         let s = generate(&root, &shard_map(), &opts).await.unwrap();
         for (partitions, range) in [(1, 1 << 30), (2, 4096), (3, 100_000)] {
             let (ctx, log) = table(&root, None, partitions, range).await;
-            assert_eq!(scalar(&ctx, "SELECT count(*) FROM payloads").await, s.frames);
-            assert_eq!(scalar(&ctx, "SELECT sum(n_points) FROM payloads").await, s.points);
             assert_eq!(
-                scalar(&ctx, "SELECT count(*) FROM (SELECT unnest(timestamps) FROM payloads)").await,
+                scalar(&ctx, "SELECT count(*) FROM payloads").await,
+                s.frames
+            );
+            assert_eq!(
+                scalar(&ctx, "SELECT sum(n_points) FROM payloads").await,
                 s.points
             );
-            assert_eq!(scalar(&ctx, "SELECT count(*) FROM payloads WHERE misrouted").await, s.misrouted);
+            assert_eq!(
+                scalar(
+                    &ctx,
+                    "SELECT count(*) FROM (SELECT unnest(timestamps) FROM payloads)"
+                )
+                .await,
+                s.points
+            );
+            assert_eq!(
+                scalar(&ctx, "SELECT count(*) FROM payloads WHERE misrouted").await,
+                s.misrouted
+            );
             assert!(log.tiling_errors().is_empty());
             let (ctx, log) = table(&root, None, partitions, range).await;
-            assert_eq!(scalar(&ctx, "SELECT count(*) FROM payloads").await, s.frames);
+            assert_eq!(
+                scalar(&ctx, "SELECT count(*) FROM payloads").await,
+                s.frames
+            );
             assert_eq!(log.totals().misrouted_payloads, s.misrouted);
             assert_eq!(log.misrouted().len() as u64, s.misrouted);
             assert_eq!(log.totals().frames, s.frames);
@@ -81,7 +104,9 @@ fn filters_run_inside_the_scan_and_projection_is_pushed_down() {
     rt.block_on(async {
         let root = StoreRoot::open(tmp.path().to_str().unwrap()).unwrap();
         let mut rng = Rng(3);
-        let payloads: Vec<P> = (0..200).map(|i| random_payload(&mut rng, 7 + 64 * (i % 3), 20)).collect();
+        let payloads: Vec<P> = (0..200)
+            .map(|i| random_payload(&mut rng, 7 + 64 * (i % 3), 20))
+            .collect();
         let (file, _) = file_of(&payloads);
         let dir = tmp.path().join("org-mod-7/dt=2026-11-21/hour=05");
         std::fs::create_dir_all(&dir).unwrap();
@@ -94,14 +119,34 @@ fn filters_run_inside_the_scan_and_projection_is_pushed_down() {
             .collect()
             .await
             .unwrap();
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan).unwrap().to_string();
-        assert!(text.contains("predicate=org_id"), "filter pushed into the scan:\n{text}");
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("predicate=org_id"),
+            "filter pushed into the scan:\n{text}"
+        );
         let want = payloads.iter().filter(|p| p.org == 71).count() as u64;
         assert!(want > 0);
-        assert_eq!(scalar(&ctx, "SELECT count(metric_id) FROM payloads WHERE org_id = 71").await, want);
-        let pts: u64 = payloads.iter().filter(|p| p.org == 71 && p.metric < 10).map(|p| p.ts.len() as u64).sum();
         assert_eq!(
-            scalar(&ctx, "SELECT sum(n_points) FROM payloads WHERE org_id = 71 AND metric_id < 10").await,
+            scalar(
+                &ctx,
+                "SELECT count(metric_id) FROM payloads WHERE org_id = 71"
+            )
+            .await,
+            want
+        );
+        let pts: u64 = payloads
+            .iter()
+            .filter(|p| p.org == 71 && p.metric < 10)
+            .map(|p| p.ts.len() as u64)
+            .sum();
+        assert_eq!(
+            scalar(
+                &ctx,
+                "SELECT sum(n_points) FROM payloads WHERE org_id = 71 AND metric_id < 10"
+            )
+            .await,
             pts
         );
     });
@@ -130,10 +175,22 @@ fn arrays_point_into_the_decode_buffer_and_slabs_return_to_the_pool() {
         b.commit(&h, off, false);
     }
     let batch = b.finish().unwrap().unwrap();
-    let ts = batch.column(5).as_any().downcast_ref::<ListViewArray>().unwrap();
-    let vals = batch.column(6).as_any().downcast_ref::<ListViewArray>().unwrap();
+    let ts = batch
+        .column(5)
+        .as_any()
+        .downcast_ref::<ListViewArray>()
+        .unwrap();
+    let vals = batch
+        .column(6)
+        .as_any()
+        .downcast_ref::<ListViewArray>()
+        .unwrap();
     let ts_child = ts.values().as_primitive::<Int64Type>().values().as_ptr() as usize;
-    let val_child = vals.values().as_primitive::<datafusion::arrow::datatypes::Float64Type>().values().as_ptr() as usize;
+    let val_child = vals
+        .values()
+        .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+        .values()
+        .as_ptr() as usize;
     assert_eq!(ts_child, val_child, "timestamps and values share one slab");
     for (i, &p) in ts_ptrs.iter().enumerate() {
         // The row's list starts exactly where zstd wrote the timestamps.
@@ -151,7 +208,11 @@ fn arrays_point_into_the_decode_buffer_and_slabs_return_to_the_pool() {
     }
     assert_eq!(pool.idle(), 0);
     drop(batch);
-    assert_eq!(pool.idle(), 1, "the slab went back to the pool when the last array dropped");
+    assert_eq!(
+        pool.idle(),
+        1,
+        "the slab went back to the pool when the last array dropped"
+    );
 }
 
 #[test]
@@ -168,7 +229,7 @@ fn a_file_over_4_gib_is_read_whole_and_in_ranges() {
         kind: tailor::format::payload::Kind::Gauge,
         interval_s: 1,
         ts: (0..n as i64).collect(),
-        vals: (0..n).map(|_| rng.next()).collect(),
+        vals: (0..n).map(|_| rng.next_u64()).collect(),
         meta: "x:y".into(),
     };
     let (frame, _) = file_of(&[p]);
@@ -177,7 +238,9 @@ fn a_file_over_4_gib_is_read_whole_and_in_ranges() {
     std::fs::create_dir_all(&dir).unwrap();
     {
         use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("big+0+0000000000.tsp")).unwrap());
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(dir.join("big+0+0000000000.tsp")).unwrap(),
+        );
         for _ in 0..copies {
             f.write_all(&frame).unwrap();
         }
@@ -197,7 +260,10 @@ fn a_file_over_4_gib_is_read_whole_and_in_ranges() {
             assert_eq!(log.totals().frames, copies);
             let ranges = log.ranges();
             assert!(ranges.len() as u64 >= size.div_ceil(range.min(size)));
-            assert!(ranges.iter().all(|r| r.end - r.start <= range), "no range above the range size");
+            assert!(
+                ranges.iter().all(|r| r.end - r.start <= range),
+                "no range above the range size"
+            );
             assert!(ranges.iter().any(|r| r.start > 4 << 30 || r.end > 4 << 30));
         }
     });

@@ -11,7 +11,7 @@ use tailor::format::shard::ShardMap;
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -19,7 +19,7 @@ impl Rng {
         z ^ (z >> 31)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 }
 
@@ -65,7 +65,7 @@ pub fn random_payload(rng: &mut Rng, org: u64, max_points: u64) -> P {
         vals.push(match rng.below(6) {
             0 => f64::NAN.to_bits() | rng.below(1 << 40),
             1 => (-0.0f64).to_bits(),
-            _ => rng.next(),
+            _ => rng.next_u64(),
         });
     }
     let meta = match rng.below(4) {

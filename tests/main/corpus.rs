@@ -59,7 +59,8 @@ fn edited(edit: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
 
 fn zstd_without_content_size(data: &[u8]) -> Vec<u8> {
     let mut cctx = zstd_safe::CCtx::create();
-    cctx.set_parameter(zstd_safe::CParameter::ContentSizeFlag(false)).unwrap();
+    cctx.set_parameter(zstd_safe::CParameter::ContentSizeFlag(false))
+        .unwrap();
     let mut out = Vec::with_capacity(zstd_safe::compress_bound(data.len()) + 64);
     {
         let mut dst = zstd_safe::OutBuffer::around(&mut out);
@@ -80,11 +81,23 @@ fn make_corpus() -> Vec<(&'static str, Vec<u8>, u64, ErrorKind)> {
     let mut v: Vec<(&'static str, Vec<u8>, u64, ErrorKind)> = Vec::new();
     let mut f = 5u32.to_le_bytes().to_vec();
     f.extend_from_slice(&[0x28, 0xB5, 0x2F, 0xFD, 0]);
-    v.push(("body_len_too_small.tsp", f, 0, ErrorKind::BodyLenOutOfRange { found: 5 }));
+    v.push((
+        "body_len_too_small.tsp",
+        f,
+        0,
+        ErrorKind::BodyLenOutOfRange { found: 5 },
+    ));
     let mut f = good.clone();
     f.extend_from_slice(&((64u32 << 20) + 1).to_le_bytes());
     f.extend_from_slice(&[0x28, 0xB5, 0x2F, 0xFD]);
-    v.push(("body_len_too_big.tsp", f, g, ErrorKind::BodyLenOutOfRange { found: (64 << 20) + 1 }));
+    v.push((
+        "body_len_too_big.tsp",
+        f,
+        g,
+        ErrorKind::BodyLenOutOfRange {
+            found: (64 << 20) + 1,
+        },
+    ));
     let mut f = good.clone();
     f.extend_from_slice(&good[..good.len() - 5]);
     v.push((
@@ -98,13 +111,23 @@ fn make_corpus() -> Vec<(&'static str, Vec<u8>, u64, ErrorKind)> {
     ));
     let mut f = good.clone();
     f.extend_from_slice(&[1, 2, 3]);
-    v.push(("trailing_bytes.tsp", f, g, ErrorKind::TrailingBytes { found: 3 }));
+    v.push((
+        "trailing_bytes.tsp",
+        f,
+        g,
+        ErrorKind::TrailingBytes { found: 3 },
+    ));
     let mut f = 20u32.to_le_bytes().to_vec();
     f.extend_from_slice(b"this is not zstd....");
     v.push(("not_zstd.tsp", f, 0, ErrorKind::NotZstd { found: *b"this" }));
     let mut raw = Vec::new();
     encode_payload(&good_spec(&[1], &[2], ""), &mut raw);
-    v.push(("no_content_size.tsp", zstd_without_content_size(&raw), 0, ErrorKind::NoContentSize));
+    v.push((
+        "no_content_size.tsp",
+        zstd_without_content_size(&raw),
+        0,
+        ErrorKind::NoContentSize,
+    ));
     let mut f = good.clone();
     let extra = zstd_safe::compress(&mut vec![0u8; 64], &raw, 1);
     let _ = extra;
@@ -129,8 +152,18 @@ fn make_corpus() -> Vec<(&'static str, Vec<u8>, u64, ErrorKind)> {
         0,
         ErrorKind::BadPayloadMagic { found: *b"XSPL" },
     ));
-    v.push(("version_3.tsp", edited(|r| r[4] = 3), 0, ErrorKind::UnsupportedVersion { found: 3 }));
-    v.push(("nonzero_flags.tsp", edited(|r| r[6] = 1), 0, ErrorKind::NonZeroFlags { found: 1 }));
+    v.push((
+        "version_3.tsp",
+        edited(|r| r[4] = 3),
+        0,
+        ErrorKind::UnsupportedVersion { found: 3 },
+    ));
+    v.push((
+        "nonzero_flags.tsp",
+        edited(|r| r[6] = 1),
+        0,
+        ErrorKind::NonZeroFlags { found: 1 },
+    ));
     v.push((
         "zero_points.tsp",
         edited(|r| r[24..28].copy_from_slice(&0u32.to_le_bytes())),
@@ -141,7 +174,9 @@ fn make_corpus() -> Vec<(&'static str, Vec<u8>, u64, ErrorKind)> {
         "too_many_points.tsp",
         edited(|r| r[24..28].copy_from_slice(&(1u32 << 20 | 1).to_le_bytes())),
         0,
-        ErrorKind::PointCountOutOfRange { found: (1 << 20) + 1 },
+        ErrorKind::PointCountOutOfRange {
+            found: (1 << 20) + 1,
+        },
     ));
     v.push((
         "meta_too_long.tsp",
@@ -149,8 +184,18 @@ fn make_corpus() -> Vec<(&'static str, Vec<u8>, u64, ErrorKind)> {
         0,
         ErrorKind::MetaLenOutOfRange { found: 65_537 },
     ));
-    v.push(("bad_kind.tsp", edited(|r| r[32] = 3), 0, ErrorKind::BadKind { found: 3 }));
-    v.push(("nonzero_reserved.tsp", edited(|r| r[34] = 9), 0, ErrorKind::NonZeroReserved { found: [0, 9, 0] }));
+    v.push((
+        "bad_kind.tsp",
+        edited(|r| r[32] = 3),
+        0,
+        ErrorKind::BadKind { found: 3 },
+    ));
+    v.push((
+        "nonzero_reserved.tsp",
+        edited(|r| r[34] = 9),
+        0,
+        ErrorKind::NonZeroReserved { found: [0, 9, 0] },
+    ));
     v.push((
         "size_mismatch.tsp",
         edited(|r| r.extend_from_slice(&[0; 8])),
@@ -217,9 +262,15 @@ fn every_corpus_file_has_an_expectation_and_vice_versa() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     on_disk.sort();
-    let mut expected: Vec<String> = make_corpus().into_iter().map(|(n, ..)| n.to_string()).collect();
+    let mut expected: Vec<String> = make_corpus()
+        .into_iter()
+        .map(|(n, ..)| n.to_string())
+        .collect();
     expected.sort();
-    assert_eq!(on_disk, expected, "tests/data/bad and make_corpus() disagree");
+    assert_eq!(
+        on_disk, expected,
+        "tests/data/bad and make_corpus() disagree"
+    );
     for (name, bytes, ..) in make_corpus() {
         assert_eq!(
             std::fs::read(corpus_dir().join(name)).unwrap(),
@@ -231,7 +282,10 @@ fn every_corpus_file_has_an_expectation_and_vice_versa() {
 
 /// Scans one corpus file through the DataFusion table (as a payload file of
 /// shard org-mod-7) and returns the error.
-fn scan_error(name: &str, policy: CorruptPolicy) -> (Option<tailor::format::payload::FrameError>, u64) {
+fn scan_error(
+    name: &str,
+    policy: CorruptPolicy,
+) -> (Option<tailor::format::payload::FrameError>, u64) {
     let tmp = crate::common::tempdir();
     let dir = tmp.path().join(SHARD_DIR);
     std::fs::create_dir_all(&dir).unwrap();
@@ -246,8 +300,17 @@ fn scan_error(name: &str, policy: CorruptPolicy) -> (Option<tailor::format::payl
         let log = PayloadTable::new(&root, listing.objects, opts, ScanLog::new())
             .register(&ctx, &root, "payloads")
             .unwrap();
-        let r = ctx.sql("SELECT count(*) FROM payloads").await.unwrap().collect().await;
-        let err = r.err().map(|e| frame_error(&e).cloned().unwrap_or_else(|| panic!("{name}: not a frame error: {e}")));
+        let r = ctx
+            .sql("SELECT count(*) FROM payloads")
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        let err = r.err().map(|e| {
+            frame_error(&e)
+                .cloned()
+                .unwrap_or_else(|| panic!("{name}: not a frame error: {e}"))
+        });
         let mut corrupt = log.totals().corrupt_frames;
         corrupt += log.tiling_errors().len() as u64;
         (err, corrupt)
@@ -260,14 +323,18 @@ fn every_corpus_file_fails_with_its_exact_error() {
         let (err, _) = scan_error(name, CorruptPolicy::Fail);
         let err = err.unwrap_or_else(|| panic!("{name}: the scan must fail"));
         assert!(
-            err.key.ends_with(&format!("{SHARD_DIR}/points+0+0000000000.tsp")),
+            err.key
+                .ends_with(&format!("{SHARD_DIR}/points+0+0000000000.tsp")),
             "{name}: key {}",
             err.key
         );
         assert_eq!((err.offset(), err.kind()), (offset, &kind), "{name}");
         // The message names the key, the offset and what was wrong.
         let msg = err.to_string();
-        assert!(msg.contains("points+0+0000000000.tsp") && msg.contains(&format!("offset {offset}")), "{msg}");
+        assert!(
+            msg.contains("points+0+0000000000.tsp") && msg.contains(&format!("offset {offset}")),
+            "{msg}"
+        );
     }
 }
 
@@ -287,7 +354,9 @@ fn errors_are_classified_as_corruption() {
     let (err, _) = scan_error("garbage.tsp", CorruptPolicy::Fail);
     let e = tailor::job::JobError::Corrupt(
         Box::new(err.unwrap()),
-        Box::new(tailor::job::report::Report::new(&tailor::job::config::RunConfig::new("a", "b", "org-mod-7"))),
+        Box::new(tailor::job::report::Report::new(
+            &tailor::job::config::RunConfig::new("a", "b", "org-mod-7"),
+        )),
     );
     assert_eq!(tailor::cli::exit_code(&e), tailor::cli::EXIT_DATA);
     let io = tailor::job::JobError::ObjectStore(object_store::Error::NotFound {

@@ -2,6 +2,7 @@
 
 mod common;
 mod corpus;
+mod job;
 
 mod ranges;
 mod scan;

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark of tailor against the physical floor and DuckDB.
+
+    python3 scripts/bench.py [--size 2GiB] [--large 8GiB] [--out bench-out] [--spark]
+
+On a generated single-shard dataset of --size (all orgs in shard org-mod-0,
+via a shard map of modulus 1) it measures, in one run on this machine:
+
+  floor      zstd-decompress every frame into one reused buffer (1, 2 threads)
+  scan       tailor query "SELECT sum(n_points)" (1, 2 partitions)
+  job        tailor run, the full shard job (1, 2 partitions)
+  job@limit  tailor run with --memory-limit = input / 10 (peak RSS / limit)
+  duckdb     COPY (SELECT * FROM points ORDER BY org_id, metric_id, ts)
+             TO ... (FORMAT parquet, COMPRESSION zstd), on the input points
+             exported to Parquet (DuckDB from PyPI, in a venv under .tools/)
+  large      the job at --large, for the cost per point at two sizes
+
+Every command runs under /usr/bin/time -v (wall time, peak RSS). Results are
+printed as one table of ratios next to the targets, and written as JSON and
+Markdown into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TAILOR = REPO / "target" / "release" / "tailor"
+TOOLS = REPO / ".tools"
+
+TARGETS = {
+    "scan_vs_floor": (">=", 0.85),
+    "job_speedup_vs_duckdb": (">=", 3.0),
+    "rss_over_limit": ("<=", 1.1),
+    "cost_per_point_growth": ("<=", 1.15),
+    "output_vs_parquet_zstd": ("<=", 0.6),
+}
+
+
+def size(s: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?", s.strip().lower())
+    if not m:
+        raise SystemExit(f"bad size {s!r}")
+    return int(float(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2)])
+
+
+def timed(cmd: list[str], log: pathlib.Path, env: dict | None = None) -> dict:
+    """Runs cmd under /usr/bin/time -v; returns wall seconds, peak RSS bytes, stdout."""
+    t0 = time.monotonic()
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    wall = time.monotonic() - t0
+    log.write_text(f"$ {' '.join(cmd)}\n--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}")
+    if p.returncode != 0:
+        sys.stderr.write(p.stderr[-4000:])
+        raise SystemExit(f"command failed ({p.returncode}): {' '.join(cmd)}; see {log}")
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1)) * 1024
+    return {"wall_s": round(wall, 3), "peak_rss_bytes": rss, "stdout": p.stdout}
+
+
+def ensure_duckdb() -> pathlib.Path:
+    venv = TOOLS / "bench-venv"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    if subprocess.run([str(py), "-c", "import duckdb"], capture_output=True).returncode != 0:
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "duckdb"], check=True)
+    return py
+
+
+def generate(out: pathlib.Path, nbytes: int, shard_map: pathlib.Path, seed: int) -> dict:
+    if (out / "generate.json").exists():
+        return json.loads((out / "generate.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    p = subprocess.run(
+        [str(TAILOR), "generate", "--output", str(out / "input"), "--size", str(nbytes), "--orgs", "400",
+         "--hours", "4", "--partitions", "8", "--shard-map", str(shard_map), "--seed", str(seed)],
+        capture_output=True, text=True, check=True)
+    (out / "generate.json").write_text(p.stdout)
+    return json.loads(p.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="2GiB")
+    ap.add_argument("--large", default="8GiB", help="second size for cost per point ('' to skip)")
+    ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--spark", action="store_true", help="also run Spark local[2] (pyspark from PyPI)")
+    args = ap.parse_args()
+    out = (REPO / args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+    shard_map = out / "one-shard.toml"
+    shard_map.write_text("modulus = 1\ndedicated = []\n")
+    shard = "org-mod-0"
+    results: dict = {"machine": {"cores": os.cpu_count()}, "runs": {}}
+    runs = results["runs"]
+
+    small = out / f"data-{args.size}"
+    gen = generate(small, size(args.size), shard_map, args.seed)
+    inp = str(small / "input")
+    in_bytes = gen["bytes"]
+    results["input"] = gen
+
+    for t in (1, 2):
+        r = timed([str(TAILOR), "floor", "--input", inp, "--threads", str(t)], out / f"floor-{t}.log")
+        r["detail"] = json.loads(r.pop("stdout"))
+        runs[f"floor_{t}"] = r
+    for p in (1, 2):
+        r = timed([str(TAILOR), "query", "--input", inp, "--shard", shard, "--shard-map", str(shard_map),
+                   "--target-partitions", str(p), "SELECT sum(n_points) AS points FROM payloads"], out / f"scan-{p}.log")
+        r.pop("stdout")
+        runs[f"scan_{p}"] = r
+    for p in (1, 2):
+        o = out / f"job-out-{p}"
+        shutil.rmtree(o, ignore_errors=True)
+        rep = out / f"job-{p}.json"
+        r = timed([str(TAILOR), "run", "--input", inp, "--output", str(o), "--shard", shard, "--shard-map", str(shard_map),
+                   "--target-partitions", str(p), "--report", str(rep), "--spill-dir", str(out / "spill")], out / f"job-{p}.log")
+        r.pop("stdout")
+        r["report"] = {k: v for k, v in json.loads(rep.read_text()).items() if k in ("scan", "merge", "output", "spill", "phases")}
+        runs[f"job_{p}"] = r
+    limit = max(in_bytes // 10, 64 << 20)
+    o = out / "job-out-limit"
+    shutil.rmtree(o, ignore_errors=True)
+    rep = out / "job-limit.json"
+    r = timed([str(TAILOR), "run", "--input", inp, "--output", str(o), "--shard", shard, "--shard-map", str(shard_map),
+               "--target-partitions", "2", "--memory-limit", str(limit), "--report", str(rep),
+               "--spill-dir", str(out / "spill")], out / "job-limit.log")
+    r.pop("stdout")
+    r["memory_limit"] = limit
+    r["report"] = {k: v for k, v in json.loads(rep.read_text()).items() if k in ("spill", "output")}
+    runs["job_limit"] = r
+
+    # The input points (with duplicates, in input order) as Parquet, for DuckDB.
+    points_pq = small / "points.parquet"
+    if not points_pq.exists():
+        timed([str(TAILOR), "query", "--input", inp, "--shard", shard, "--shard-map", str(shard_map), "--format", "parquet",
+               "--out", str(points_pq), "SELECT org_id, metric_id, unnest(timestamps) AS ts, unnest(\"values\") AS value "
+               "FROM payloads WHERE NOT misrouted"], out / "export-points.log")
+    py = ensure_duckdb()
+    duck_out = out / "duckdb.parquet"
+    script = (
+        "import duckdb,sys; c=duckdb.connect(); c.execute(\"SET threads=2\"); "
+        f"c.execute(\"COPY (SELECT * FROM read_parquet('{points_pq}') ORDER BY org_id, metric_id, ts) "
+        f"TO '{duck_out}' (FORMAT parquet, COMPRESSION zstd)\")")
+    r = timed([str(py), "-c", script], out / "duckdb.log")
+    r.pop("stdout")
+    runs["duckdb"] = r
+    if args.spark:
+        runs["spark"] = run_spark(out, points_pq)
+
+    job_points = runs["job_2"]["report"]["output"]["points"]
+    out_bytes = runs["job_2"]["report"]["output"]["bytes"]
+    duck_bytes = duck_out.stat().st_size
+    # Parquet + zstd of the job's own output points, for a like-for-like size.
+    ours_pq = out / "job-points.parquet"
+    timed([str(TAILOR), "export", "--output", str(out / "job-out-2"), "--shard", shard, "--format", "parquet",
+           "--out", str(ours_pq)], out / "export-job.log")
+    duck_sorted = out / "job-points-duckdb.parquet"
+    timed([str(py), "-c", f"import duckdb; duckdb.connect().execute(\"COPY (SELECT org_id, metric_id, ts, value FROM read_parquet('{ours_pq}') ORDER BY org_id, metric_id, ts) TO '{duck_sorted}' (FORMAT parquet, COMPRESSION zstd)\")"],
+          out / "duckdb-dedup.log")
+
+    if args.large:
+        big = out / f"data-{args.large}"
+        g2 = generate(big, size(args.large), shard_map, args.seed + 1)
+        o = out / "job-out-large"
+        shutil.rmtree(o, ignore_errors=True)
+        rep = out / "job-large.json"
+        r = timed([str(TAILOR), "run", "--input", str(big / "input"), "--output", str(o), "--shard", shard,
+                   "--shard-map", str(shard_map), "--target-partitions", "2", "--report", str(rep),
+                   "--spill-dir", str(out / "spill")], out / "job-large.log")
+        r.pop("stdout")
+        r["report"] = {k: v for k, v in json.loads(rep.read_text()).items() if k in ("scan", "output", "spill")}
+        r["input_bytes"] = g2["bytes"]
+        runs["job_large"] = r
+
+    def ns_per_point(run: dict) -> float:
+        return run["wall_s"] * 1e9 / max(run["report"]["scan"]["points"], 1)
+
+    ratios = {
+        "scan_vs_floor": runs["floor_2"]["wall_s"] / runs["scan_2"]["wall_s"],
+        "scan_vs_floor_1p": runs["floor_1"]["wall_s"] / runs["scan_1"]["wall_s"],
+        "job_vs_floor": runs["floor_2"]["wall_s"] / runs["job_2"]["wall_s"],
+        "job_speedup_vs_duckdb": runs["duckdb"]["wall_s"] / runs["job_2"]["wall_s"],
+        "rss_over_limit": runs["job_limit"]["peak_rss_bytes"] / runs["job_limit"]["memory_limit"],
+        "output_vs_parquet_zstd": out_bytes / duck_sorted.stat().st_size,
+        "output_bytes_per_point": out_bytes / max(job_points, 1),
+        "parquet_zstd_bytes_per_point": duck_sorted.stat().st_size / max(job_points, 1),
+        "duckdb_input_points_parquet_bytes": duck_bytes,
+    }
+    if "job_large" in runs:
+        ratios["ns_per_point_small"] = ns_per_point(runs["job_2"])
+        ratios["ns_per_point_large"] = ns_per_point(runs["job_large"])
+        ratios["cost_per_point_growth"] = ratios["ns_per_point_large"] / ratios["ns_per_point_small"]
+    mbps = lambda run: in_bytes / 1e6 / run["wall_s"]  # noqa: E731
+    pts = runs["job_2"]["report"]["scan"]["points"]
+    throughput = {name: {"MB_per_s": round(mbps(runs[name]), 1), "points_per_s": round(pts / runs[name]["wall_s"])}
+                  for name in ("floor_1", "floor_2", "scan_1", "scan_2", "job_1", "job_2", "duckdb")}
+    results["ratios"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in ratios.items()}
+    results["throughput"] = throughput
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    md = ["| measure | value | target |", "|---|---|---|"]
+    for k, v in results["ratios"].items():
+        tgt = TARGETS.get(k)
+        ok = ""
+        if tgt and isinstance(v, (int, float)):
+            ok = "met" if (v >= tgt[1] if tgt[0] == ">=" else v <= tgt[1]) else "MISSED"
+        md.append(f"| {k} | {v} | {f'{tgt[0]} {tgt[1]} ({ok})' if tgt else ''} |")
+    md += ["", "| run | wall s | peak RSS MiB | MB/s (compressed input) | points/s |", "|---|---|---|---|---|"]
+    for name, run in runs.items():
+        t = throughput.get(name, {})
+        md.append(f"| {name} | {run['wall_s']} | {run['peak_rss_bytes'] / 2**20:.0f} | {t.get('MB_per_s', '')} | {t.get('points_per_s', '')} |")
+    (out / "results.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+def run_spark(out: pathlib.Path, points_pq: pathlib.Path) -> dict:
+    venv = TOOLS / "bench-venv"
+    py = venv / "bin" / "python"
+    if subprocess.run([str(py), "-c", "import pyspark"], capture_output=True).returncode != 0:
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "pyspark"], check=True)
+    dst = out / "spark-out"
+    shutil.rmtree(dst, ignore_errors=True)
+    script = (
+        "from pyspark.sql import SparkSession; "
+        "s=SparkSession.builder.master('local[2]').config('spark.sql.parquet.compression.codec','zstd').getOrCreate(); "
+        f"s.read.parquet('{points_pq}').orderBy('org_id','metric_id','ts').write.parquet('{dst}'); s.stop()")
+    r = timed([str(py), "-c", script], out / "spark.log")
+    r.pop("stdout")
+    return r
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Every test: formatting, clippy, and the test suite against local S3 / Azure
+# / GCS servers that this script installs (PyPI, npm) and starts on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+if [ -x scripts/test-servers.sh ] && [ "${TAILOR_NO_SERVERS:-}" != 1 ]; then
+  bash scripts/test-servers.sh install
+  eval "$(bash scripts/test-servers.sh start)"
+  trap 'bash scripts/test-servers.sh stop >/dev/null 2>&1 || true' EXIT
+fi
+cargo test --all-targets --no-fail-fast
+cargo test --doc

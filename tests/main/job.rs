@@ -1,0 +1,412 @@
+//! The shard job end to end: exported output against a simple reference
+//! (a BTreeMap keyed by (org, metric, ts), fed in input order), the
+//! determinism matrix, commit / kill / rerun, spilling under a small memory
+//! limit, misrouted and corrupt input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tailor::datasource::store::StoreRoot;
+use tailor::format::payload::{Decoder, check_body, parse_frame_prefix, parse_payload};
+use tailor::format::shard::Shard;
+use tailor::job::config::RunConfig;
+use tailor::job::generate::{GenerateOptions, GenerateSummary, generate};
+use tailor::job::manifest::{for_each_series, list_windows, read_manifest};
+use tailor::job::run::run_shard;
+
+use crate::common::{rt, shard_map, tempdir};
+
+/// Series content: (kind, interval_s, metadata) and points ts -> value bits.
+type Content = BTreeMap<(u64, u64), ((u8, u32, String), BTreeMap<i64, u64>)>;
+
+fn generate_tree(root: &Path, seed: u64, size: u64) -> GenerateSummary {
+    let r = rt();
+    r.block_on(async {
+        let root = StoreRoot::open(root.to_str().unwrap()).unwrap();
+        let opts = GenerateOptions {
+            seed,
+            target_bytes: size,
+            orgs: 40,
+            hours: 2,
+            partitions: 3,
+            dup_rate: 0.05,
+            conflict_rate: 0.05,
+            misroute_rate: 0.01,
+            max_points: 300,
+            ..Default::default()
+        };
+        generate(&root, &shard_map(), &opts).await.unwrap()
+    })
+}
+
+/// The spec, applied the simple way: every frame of every file of the shard
+/// in input order, last write wins per (org, metric, ts), misrouted skipped.
+fn reference(input: &Path, shard: &str) -> Content {
+    let map = shard_map();
+    let want = Shard::parse(shard).unwrap();
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut stack = vec![input.join(shard)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "tsp") {
+                files.push(p);
+            }
+        }
+    }
+    // Input order: object key bytes (the relative paths sort like the keys).
+    files.sort_by(|a, b| {
+        a.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.as_os_str().as_encoded_bytes())
+    });
+    let mut out: Content = BTreeMap::new();
+    let mut dec = Decoder::new();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            let len = parse_frame_prefix(&bytes[pos..], pos as u64, (bytes.len() - pos) as u64)
+                .unwrap() as usize;
+            let body = &bytes[pos + 4..pos + 4 + len];
+            let info = check_body(body, 0).unwrap();
+            let mut buf = vec![0u64; info.content_size / 8];
+            let b = unsafe {
+                std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, info.content_size)
+            };
+            dec.decompress_into(body, info, b, 0).unwrap();
+            let p = parse_payload(b, 0).unwrap();
+            let h = p.header;
+            if map.shard_of(h.org_id) == want {
+                let e = out.entry((h.org_id, h.metric_id)).or_default();
+                e.0 = (h.kind as u8, h.interval_s, p.metadata.to_string());
+                for (t, v) in p.timestamps.iter().zip(p.values) {
+                    e.1.insert(*t, *v);
+                }
+            }
+            pos += 4 + len;
+        }
+    }
+    out
+}
+
+/// The committed output of one shard (every window), read back.
+fn committed(output: &Path, shard: &str) -> Content {
+    let r = rt();
+    r.block_on(async {
+        let root = StoreRoot::open(output.to_str().unwrap()).unwrap();
+        let mut out: Content = BTreeMap::new();
+        for w in list_windows(&root, shard).await.unwrap() {
+            let m = read_manifest(&root, shard, &w).await.unwrap();
+            for_each_series(&root, &m, |e, ts, vals| {
+                assert!(
+                    ts.windows(2).all(|w| w[0] < w[1]),
+                    "timestamps strictly increasing"
+                );
+                let prev = out.insert(
+                    (e.org_id, e.metric_id),
+                    (
+                        (e.kind, e.interval_s, e.metadata.clone()),
+                        ts.iter().copied().zip(vals.iter().copied()).collect(),
+                    ),
+                );
+                assert!(prev.is_none(), "a series appears once");
+                Ok(())
+            })
+            .await
+            .unwrap();
+        }
+        out
+    })
+}
+
+fn cfg(input: &Path, output: &Path, shard: &str) -> RunConfig {
+    let mut c = RunConfig::new(input.to_str().unwrap(), output.to_str().unwrap(), shard);
+    c.shard_map = shard_map();
+    c.target_partitions = 2;
+    c
+}
+
+fn run(c: &RunConfig) -> Result<tailor::job::report::Report, tailor::job::JobError> {
+    rt_multi().block_on(run_shard(c))
+}
+
+fn rt_multi() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The data files and manifests under an output root, by relative path.
+fn tree_bytes(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    if !root.exists() {
+        return out;
+    }
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn shards_of(input: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(input)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn output_matches_the_reference_on_adversarial_input() {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    let output = tmp.path().join("out");
+    let s = generate_tree(&input, 7, 3 << 20);
+    assert!(s.verbatim_duplicates > 0 && s.conflicting_duplicates > 0 && s.misrouted > 0);
+    let mut checked = 0;
+    for shard in shards_of(&input).iter().take(6) {
+        let report = run(&cfg(&input, &output, shard)).unwrap();
+        let want = reference(&input, shard);
+        let got = committed(&output, shard);
+        assert_eq!(got.len(), want.len(), "{shard}: series");
+        for (k, v) in &want {
+            let g = got
+                .get(k)
+                .unwrap_or_else(|| panic!("{shard}: series {k:?} missing"));
+            assert_eq!(
+                g.0, v.0,
+                "{shard} {k:?}: kind/interval/metadata of the last payload"
+            );
+            assert_eq!(g.1, v.1, "{shard} {k:?}: points, bit for bit");
+        }
+        let points: usize = want.values().map(|v| v.1.len()).sum();
+        assert_eq!(report.output.points as usize, points);
+        checked += points;
+    }
+    assert!(checked > 10_000, "checked {checked} points");
+}
+
+#[test]
+fn output_bytes_do_not_depend_on_partitions_or_range_size() {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    generate_tree(&input, 11, 2 << 20);
+    let shard = shards_of(&input)[0].clone();
+    let mut first: Option<BTreeMap<String, Vec<u8>>> = None;
+    for (parts, range) in [
+        (1, 1u64 << 30),
+        (2, 1 << 30),
+        (8, 1 << 30),
+        (2, 65_536),
+        (8, 4096),
+        (1, 777),
+    ] {
+        let out = tmp.path().join(format!("out-{parts}-{range}"));
+        let mut c = cfg(&input, &out, &shard);
+        c.target_partitions = parts;
+        c.range_bytes = range;
+        c.max_file_bytes = 64 << 10; // several files
+        run(&c).unwrap();
+        let t = tree_bytes(&out);
+        assert!(
+            t.keys().filter(|k| k.ends_with(".tsf")).count() > 1,
+            "several files"
+        );
+        match &first {
+            None => first = Some(t),
+            Some(f) => assert!(f == &t, "partitions {parts}, range {range}: output differs"),
+        }
+    }
+}
+
+#[test]
+fn a_job_stopped_before_its_manifest_leaves_the_previous_commit() {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    let output = tmp.path().join("out");
+    generate_tree(&input, 5, 1 << 20);
+    let shard = shards_of(&input)[0].clone();
+    let c = cfg(&input, &output, &shard);
+    run(&c).unwrap();
+    let before = tree_bytes(&output);
+    let content = committed(&output, &shard);
+    // New input arrives; the rerun is stopped before its commit.
+    let extra = generate_tree(&tmp.path().join("more"), 6, 256 << 10);
+    assert!(extra.files > 0);
+    let src = tmp.path().join("more").join(&shard);
+    if src.exists() {
+        copy_dir(&src, &input.join(&shard), "x");
+    }
+    let mut failing = c.clone();
+    failing.fail_before_commit = true;
+    assert!(run(&failing).is_err());
+    assert_eq!(
+        committed(&output, &shard),
+        content,
+        "readers still see the previous commit"
+    );
+    let manifests: Vec<_> = before
+        .keys()
+        .filter(|k| k.ends_with("_manifest.json"))
+        .collect();
+    for m in manifests {
+        assert_eq!(tree_bytes(&output)[m], before[m], "manifest untouched");
+    }
+    // The rerun commits and cleans up the orphaned files.
+    run(&c).unwrap();
+    let after = tree_bytes(&output);
+    let runs: std::collections::BTreeSet<&str> = after
+        .keys()
+        .filter(|k| k.contains("/data/"))
+        .map(|k| k.split("/data/").nth(1).unwrap().split('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        runs.len(),
+        1,
+        "only the committed run's files remain: {runs:?}"
+    );
+    // Same input again: byte-identical output.
+    run(&c).unwrap();
+    assert_eq!(tree_bytes(&output), after);
+}
+
+fn copy_dir(from: &Path, to: &Path, suffix: &str) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if p.is_dir() {
+            std::fs::create_dir_all(to.join(&name)).unwrap();
+            copy_dir(&p, &to.join(&name), suffix);
+        } else {
+            std::fs::copy(&p, to.join(format!("{suffix}{name}"))).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_memory_limit_far_below_the_input_spills_and_gives_the_same_bytes() {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    generate_tree(&input, 13, 48 << 20);
+    // The biggest shard.
+    let shard = shards_of(&input)
+        .into_iter()
+        .max_by_key(|s| dir_size(&input.join(s)))
+        .unwrap();
+    let size = dir_size(&input.join(&shard));
+    let free = tmp.path().join("free");
+    run(&cfg(&input, &free, &shard)).unwrap();
+    let tight = tmp.path().join("tight");
+    let mut c = cfg(&input, &tight, &shard);
+    c.memory_limit = Some(size / 10);
+    let r = run(&c).unwrap();
+    assert!(
+        r.spill.spill_count > 0,
+        "spilled: {:?} (input {size} bytes)",
+        r.spill
+    );
+    assert_eq!(tree_bytes(&free), tree_bytes(&tight));
+}
+
+fn dir_size(p: &Path) -> u64 {
+    tree_bytes(p).values().map(|v| v.len() as u64).sum()
+}
+
+#[test]
+fn misrouted_payloads_are_listed_and_fail_the_job_on_request() {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    let s = generate_tree(&input, 17, 1 << 20);
+    assert!(s.misrouted > 0);
+    let mut total = 0;
+    for shard in shards_of(&input) {
+        let out = tmp.path().join("out");
+        let r = run(&cfg(&input, &out, &shard)).unwrap();
+        for m in &r.misrouted {
+            assert!(m.key.contains(&format!("{shard}/")));
+            assert_ne!(m.expected_shard, shard);
+        }
+        total += r.misrouted.len() as u64;
+        if !r.misrouted.is_empty() {
+            let mut c = cfg(&input, &tmp.path().join("out2"), &shard);
+            c.fail_on_misrouted = true;
+            let e = run(&c).unwrap_err();
+            assert!(matches!(e, tailor::job::JobError::Misrouted(..)), "{e}");
+            assert!(
+                !tmp.path().join("out2").join(&shard).exists()
+                    || list_manifests(&tmp.path().join("out2")).is_empty()
+            );
+        }
+    }
+    assert_eq!(
+        total, s.misrouted,
+        "every misrouted payload is listed by exactly one shard job"
+    );
+}
+
+fn list_manifests(p: &Path) -> Vec<String> {
+    tree_bytes(p)
+        .into_keys()
+        .filter(|k| k.ends_with("_manifest.json"))
+        .collect()
+}
+
+#[test]
+fn corrupt_input_fails_with_key_and_offset_or_is_skipped_and_listed() {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    generate_tree(&input, 19, 1 << 20);
+    let shard = shards_of(&input)[0].clone();
+    // Truncate one payload file mid-frame.
+    let hour_dir = std::fs::read_dir(input.join(&shard))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let hour_dir = std::fs::read_dir(hour_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let victim = std::fs::read_dir(&hour_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "tsp") && std::fs::metadata(p).unwrap().len() > 100
+        })
+        .min()
+        .unwrap();
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() - 7]).unwrap();
+    let out = tmp.path().join("out");
+    let e = run(&cfg(&input, &out, &shard)).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(victim.file_name().unwrap().to_str().unwrap()) && msg.contains("offset"),
+        "{msg}"
+    );
+    assert!(list_manifests(&out).is_empty(), "nothing committed");
+    let mut c = cfg(&input, &out, &shard);
+    c.on_corrupt = tailor::datasource::source::CorruptPolicy::Skip;
+    let r = run(&c).unwrap();
+    assert_eq!(r.corrupt.len(), 1);
+    assert!(victim.to_str().unwrap().ends_with(&r.corrupt[0].key));
+    assert_eq!(r.scan.corrupt_frames, 1);
+}
