@@ -7,10 +7,11 @@ cargo build --release --quiet
 T=target/release/tailor
 DEMO=${DEMO_DIR:-demo}
 rm -rf "$DEMO"
+mkdir -p "$DEMO"
 echo "== generate: 32 MiB of payload files, 2 hours, 60 orgs"
-$T generate --output "$DEMO/input" --size 32MiB --orgs 60 --hours 2 --partitions 4 > "$DEMO.generate.json"
-cat "$DEMO.generate.json"
-SHARD=$(ls "$DEMO/input" | head -1)
+$T generate --output "$DEMO/input" --size 32MiB --orgs 60 --hours 2 --partitions 4 | tee "$DEMO/generate.json"
+# The biggest shard.
+SHARD=$(du -s "$DEMO"/input/* | sort -rn | head -1 | xargs basename)
 echo "== query: the biggest series of $SHARD"
 $T query --input "$DEMO/input" --shard "$SHARD" \
   "SELECT org_id, metric_id, count(*) AS payloads, sum(n_points) AS points FROM payloads GROUP BY 1, 2 ORDER BY points DESC LIMIT 5"
@@ -20,4 +21,6 @@ echo "== inspect the manifest"
 $T inspect "$DEMO"/output/"$SHARD"/*/_manifest.json
 echo "== export to Parquet"
 $T export --output "$DEMO/output" --shard "$SHARD" --format parquet --out "$DEMO/points.parquet"
+echo "== diff the output against itself (exit 0: identical)"
+$T diff --old "$DEMO/output" --new "$DEMO/output" --shard "$SHARD"
 echo "demo done: input in $DEMO/input, output in $DEMO/output, report in $DEMO/report.json"

@@ -7,6 +7,7 @@
 //! (worth a retry); 70 internal error. `tailor diff` uses 0 (identical),
 //! 1 (differences) and 2 (error).
 
+pub mod diff;
 pub mod export;
 pub mod generate;
 pub mod inspect;
@@ -42,6 +43,8 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Show a manifest's or a data file's contents.
     Inspect(inspect::InspectArgs),
+    /// Compare two committed outputs point by point (exit 0 same, 1 different, 2 error).
+    Diff(diff::DiffArgs),
     /// Benchmark floor: zstd-decompress every input frame, nothing else.
     Floor(FloorArgs),
 }
@@ -124,8 +127,10 @@ pub fn main_with(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_SOFTWARE);
         }
     };
+    let is_diff = matches!(cli.command, Command::Diff(_));
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Diff(a) => diff::main(a).await,
             Command::Run(a) => run::main(a).await,
             Command::Generate(a) => generate::main(a).await,
             Command::Query(a) => query::main(a).await,
@@ -141,6 +146,10 @@ pub fn main_with(cli: Cli) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             print_error(&e);
+            if is_diff {
+                // diff: 0 identical, 1 different, 2 error (whatever the error).
+                return ExitCode::from(2);
+            }
             ExitCode::from(exit_code(&e))
         }
     }

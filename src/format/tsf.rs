@@ -1516,18 +1516,34 @@ impl<W: Write> FileWriter<W> {
         if self.poisoned {
             return Err(TsfError::WriterPoisoned);
         }
-        if ts.len() != values.len() {
-            return Err(TsfError::LengthMismatch {
-                timestamps: ts.len(),
-                values: values.len(),
+        self.check_header(h)?;
+        check_points(h, ts, values)?;
+        let encoded = match encode_blocks(&mut self.enc, self.opts.block_points, ts, values) {
+            Ok(e) => e,
+            Err(e) => {
+                self.poisoned = true;
+                return Err(e);
+            }
+        };
+        self.append(h, encoded)
+    }
+
+    /// Append a series encoded by [`encode_series`] (possibly on another
+    /// thread). The bytes are the same as [`Self::add_series`] would write.
+    pub fn add_encoded(&mut self, h: &SeriesHeader<'_>, encoded: EncodedSeries) -> Result<()> {
+        if self.poisoned {
+            return Err(TsfError::WriterPoisoned);
+        }
+        if encoded.block_points != self.opts.block_points {
+            return Err(TsfError::InvalidOptions {
+                reason: "series encoded with another block_points",
             });
         }
-        if ts.is_empty() {
-            return Err(TsfError::EmptySeries {
-                org_id: h.org_id,
-                metric_id: h.metric_id,
-            });
-        }
+        self.check_header(h)?;
+        self.append(h, encoded)
+    }
+
+    fn check_header(&self, h: &SeriesHeader<'_>) -> Result<()> {
         if h.kind > MAX_KIND {
             return Err(TsfError::InvalidKind { found: h.kind });
         }
@@ -1547,48 +1563,35 @@ impl<W: Write> FileWriter<W> {
                 metric_id: h.metric_id,
             });
         }
-        if let Some(i) = ts.windows(2).position(|w| w[1] <= w[0]) {
-            return Err(TsfError::NonIncreasingTimestamp {
-                index: i + 1,
-                prev: ts[i],
-                found: ts[i + 1],
-            });
-        }
+        Ok(())
+    }
 
-        let mut rec = Vec::with_capacity(32 + h.metadata.len());
+    fn append(&mut self, h: &SeriesHeader<'_>, encoded: EncodedSeries) -> Result<()> {
+        let mut rec = Vec::with_capacity(32 + h.metadata.len() + 16 * encoded.blocks.len());
         put_varint(&mut rec, h.org_id);
         put_varint(&mut rec, h.metric_id);
         rec.push(h.kind);
         put_varint(&mut rec, u64::from(h.interval_s));
         put_varint(&mut rec, h.metadata.len() as u64);
         rec.extend_from_slice(h.metadata.as_bytes());
-        let bp = self.opts.block_points;
-        put_varint(&mut rec, ts.len().div_ceil(bp) as u64);
+        put_varint(&mut rec, encoded.blocks.len() as u64);
         let mut prev_max: Option<i64> = None;
-        for (bts, bvals) in ts.chunks(bp).zip(values.chunks(bp)) {
-            let (c, block) = match self.enc.encode_best(bts, bvals) {
-                Ok(x) => x,
-                Err(e) => {
-                    self.poisoned = true;
-                    return Err(e);
-                }
-            };
-            self.write_raw(&block)?;
-            let (min_ts, max_ts) = (bts[0], bts[bts.len() - 1]);
-            rec.push(c);
-            put_varint(&mut rec, block.len() as u64);
-            put_varint(&mut rec, bts.len() as u64);
+        for b in &encoded.blocks {
+            self.write_raw(&b.bytes)?;
+            rec.push(b.codec);
+            put_varint(&mut rec, b.bytes.len() as u64);
+            put_varint(&mut rec, u64::from(b.n_points));
             match prev_max {
-                None => put_varint(&mut rec, zz(min_ts)),
-                Some(pm) => put_varint(&mut rec, min_ts.wrapping_sub(pm) as u64),
+                None => put_varint(&mut rec, zz(b.min_ts)),
+                Some(pm) => put_varint(&mut rec, b.min_ts.wrapping_sub(pm) as u64),
             }
-            put_varint(&mut rec, max_ts.wrapping_sub(min_ts) as u64);
-            rec.extend_from_slice(&crc32c::crc32c(&block).to_le_bytes());
-            prev_max = Some(max_ts);
+            put_varint(&mut rec, b.max_ts.wrapping_sub(b.min_ts) as u64);
+            rec.extend_from_slice(&crc32c::crc32c(&b.bytes).to_le_bytes());
+            prev_max = Some(b.max_ts);
         }
         self.footer_body.extend_from_slice(&rec);
         self.series += 1;
-        self.points += ts.len() as u64;
+        self.points += encoded.points;
         self.last_key = Some((h.org_id, h.metric_id));
         Ok(())
     }
@@ -1642,6 +1645,104 @@ impl<W: Write> FileWriter<W> {
         };
         Ok((self.w, summary))
     }
+}
+
+/// One encoded block of a series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedBlock {
+    pub codec: u8,
+    pub bytes: Vec<u8>,
+    pub n_points: u32,
+    pub min_ts: i64,
+    pub max_ts: i64,
+}
+
+/// A series' blocks, encoded and ready for [`FileWriter::add_encoded`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedSeries {
+    pub block_points: usize,
+    pub points: u64,
+    pub blocks: Vec<EncodedBlock>,
+}
+
+fn check_points(h: &SeriesHeader<'_>, ts: &[i64], values: &[u64]) -> Result<()> {
+    if ts.len() != values.len() {
+        return Err(TsfError::LengthMismatch {
+            timestamps: ts.len(),
+            values: values.len(),
+        });
+    }
+    if ts.is_empty() {
+        return Err(TsfError::EmptySeries {
+            org_id: h.org_id,
+            metric_id: h.metric_id,
+        });
+    }
+    if let Some(i) = ts.windows(2).position(|w| w[1] <= w[0]) {
+        return Err(TsfError::NonIncreasingTimestamp {
+            index: i + 1,
+            prev: ts[i],
+            found: ts[i + 1],
+        });
+    }
+    Ok(())
+}
+
+fn encode_blocks(
+    enc: &mut Encoder,
+    bp: usize,
+    ts: &[i64],
+    values: &[u64],
+) -> Result<EncodedSeries> {
+    let mut blocks = Vec::with_capacity(ts.len().div_ceil(bp));
+    for (bts, bvals) in ts.chunks(bp).zip(values.chunks(bp)) {
+        let (codec, bytes) = enc.encode_best(bts, bvals)?;
+        blocks.push(EncodedBlock {
+            codec,
+            bytes,
+            n_points: bts.len() as u32,
+            min_ts: bts[0],
+            max_ts: bts[bts.len() - 1],
+        });
+    }
+    Ok(EncodedSeries {
+        block_points: bp,
+        points: ts.len() as u64,
+        blocks,
+    })
+}
+
+thread_local! {
+    static ENCODERS: std::cell::RefCell<Vec<(i32, Encoder)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Encodes a series' points into blocks, as [`FileWriter::add_series`]
+/// would, without a writer: a pure function of its inputs, so series can be
+/// encoded on many threads and appended in order. Each thread keeps its own
+/// zstd context per level.
+pub fn encode_series(
+    opts: &WriterOptions,
+    h: &SeriesHeader<'_>,
+    ts: &[i64],
+    values: &[u64],
+) -> Result<EncodedSeries> {
+    if opts.block_points == 0 || opts.block_points > MAX_BLOCK_POINTS {
+        return Err(TsfError::InvalidOptions {
+            reason: "block_points must be in 1..=65536",
+        });
+    }
+    check_points(h, ts, values)?;
+    ENCODERS.with(|cell| {
+        let mut encs = cell.borrow_mut();
+        let i = match encs.iter().position(|(l, _)| *l == opts.zstd_level) {
+            Some(i) => i,
+            None => {
+                encs.push((opts.zstd_level, Encoder::new(opts.zstd_level)?));
+                encs.len() - 1
+            }
+        };
+        encode_blocks(&mut encs[i].1, opts.block_points, ts, values)
+    })
 }
 
 // ---------------------------------------------------------------------------

@@ -37,8 +37,9 @@ use crate::datasource::store::StoreRoot;
 use crate::format::tsf::{self, FileWriter, SeriesHeader, WriterOptions};
 use crate::job::JobError;
 use crate::job::config::RunConfig;
-use crate::job::report::{Phase, thread_cpu_time};
+use crate::job::report::Phase;
 use crate::job::run::MergedSeries;
+use rayon::prelude::*;
 
 pub const MANIFEST_NAME: &str = "_manifest.json";
 pub const MANIFEST_FORMAT: &str = "tailor-manifest";
@@ -134,25 +135,88 @@ struct OpenFile {
     last: [u64; 2],
 }
 
+/// Most series (and points) encoded in one parallel round.
+const ROUND_SERIES: usize = 1024;
+const ROUND_POINTS: usize = 4 << 20;
+
 fn encode_loop(
     dir: PathBuf,
     opts: FileOptions,
     rx: Receiver<MergedSeries>,
 ) -> Result<Staged, JobError> {
     let wall = Instant::now();
-    let cpu0 = thread_cpu_time();
-    let mut files = Vec::new();
-    let mut open: Option<OpenFile> = None;
-    let (mut series, mut points) = (0u64, 0u64);
-    for s in rx {
-        if open.is_none() {
-            let name = format!("part-{:05}.tsf", files.len());
-            let local = dir.join(&name);
+    let cpu0 = crate::job::report::cpu_time();
+    let mut out = Output {
+        dir,
+        opts,
+        files: Vec::new(),
+        open: None,
+        series: 0,
+        points: 0,
+    };
+    let mut round: Vec<MergedSeries> = Vec::new();
+    // Take what the merger has produced (at least one series), encode it on
+    // all cores, append in order. Encoding is a pure function of each
+    // series, so the bytes do not depend on how series fall into rounds.
+    while let Ok(first) = rx.recv() {
+        let mut points = first.timestamps.len();
+        round.push(first);
+        while round.len() < ROUND_SERIES && points < ROUND_POINTS {
+            match rx.try_recv() {
+                Ok(s) => {
+                    points += s.timestamps.len();
+                    round.push(s);
+                }
+                Err(_) => break,
+            }
+        }
+        let writer = out.opts.writer;
+        let encoded: Vec<Result<tsf::EncodedSeries, tsf::TsfError>> = round
+            .par_iter()
+            .map(|s| tsf::encode_series(&writer, &header(s), &s.timestamps, &s.values))
+            .collect();
+        for (s, e) in round.drain(..).zip(encoded) {
+            out.append(&s, e?)?;
+        }
+    }
+    out.finish(Phase::measured(
+        "encode",
+        wall.elapsed(),
+        // Encoding runs on the rayon pool: process CPU over the phase is
+        // the honest figure (it overlaps with the scan).
+        crate::job::report::cpu_time().saturating_sub(cpu0),
+    ))
+}
+
+fn header(s: &MergedSeries) -> SeriesHeader<'_> {
+    SeriesHeader {
+        org_id: s.org_id,
+        metric_id: s.metric_id,
+        kind: s.kind,
+        interval_s: s.interval_s,
+        metadata: &s.metadata,
+    }
+}
+
+struct Output {
+    dir: PathBuf,
+    opts: FileOptions,
+    files: Vec<StagedFile>,
+    open: Option<OpenFile>,
+    series: u64,
+    points: u64,
+}
+
+impl Output {
+    fn append(&mut self, s: &MergedSeries, e: tsf::EncodedSeries) -> Result<(), JobError> {
+        if self.open.is_none() {
+            let name = format!("part-{:05}.tsf", self.files.len());
+            let local = self.dir.join(&name);
             let f = std::fs::File::create(&local)?;
-            open = Some(OpenFile {
+            self.open = Some(OpenFile {
                 writer: FileWriter::new(
                     std::io::BufWriter::with_capacity(1 << 20, f),
-                    opts.writer,
+                    self.opts.writer,
                 )?,
                 name,
                 local,
@@ -162,40 +226,31 @@ fn encode_loop(
                 last: [s.org_id, s.metric_id],
             });
         }
-        let f = open.as_mut().unwrap();
-        f.writer.add_series(
-            &SeriesHeader {
-                org_id: s.org_id,
-                metric_id: s.metric_id,
-                kind: s.kind,
-                interval_s: s.interval_s,
-                metadata: &s.metadata,
-            },
-            &s.timestamps,
-            &s.values,
-        )?;
+        let f = self.open.as_mut().expect("open file");
+        f.writer.add_encoded(&header(s), e)?;
         f.series += 1;
         f.points += s.timestamps.len() as u64;
         f.last = [s.org_id, s.metric_id];
-        series += 1;
-        points += s.timestamps.len() as u64;
-        if f.writer.bytes_written() >= opts.max_file_bytes {
-            files.push(close(open.take().unwrap())?);
+        self.series += 1;
+        self.points += s.timestamps.len() as u64;
+        if f.writer.bytes_written() >= self.opts.max_file_bytes {
+            let f = self.open.take().expect("open file");
+            self.files.push(close(f)?);
         }
+        Ok(())
     }
-    if let Some(f) = open.take() {
-        files.push(close(f)?);
+
+    fn finish(mut self, phase: Phase) -> Result<Staged, JobError> {
+        if let Some(f) = self.open.take() {
+            self.files.push(close(f)?);
+        }
+        Ok(Staged {
+            files: self.files,
+            series: self.series,
+            points: self.points,
+            encode_phase: phase,
+        })
     }
-    Ok(Staged {
-        files,
-        series,
-        points,
-        encode_phase: Phase::measured(
-            "encode",
-            wall.elapsed(),
-            thread_cpu_time().saturating_sub(cpu0),
-        ),
-    })
 }
 
 fn close(f: OpenFile) -> Result<StagedFile, JobError> {

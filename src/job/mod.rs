@@ -2,6 +2,7 @@
 //! (`export`), the report, and the input generator.
 
 pub mod config;
+pub mod diff;
 pub mod export;
 pub mod floor;
 pub mod generate;

@@ -2,7 +2,9 @@
 
 mod common;
 mod corpus;
+mod diff;
 mod job;
 
 mod ranges;
 mod scan;
+mod stores;

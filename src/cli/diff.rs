@@ -1,0 +1,65 @@
+//! `tailor diff`: exit 0 when identical, 1 when different, 2 on error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::cli::parse_hour;
+use crate::datasource::listing::Hour;
+use crate::job::JobError;
+use crate::job::diff::{DiffConfig, diff};
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The old output root (as given to `tailor run --output`).
+    #[arg(long)]
+    pub old: String,
+    /// The new output root.
+    #[arg(long)]
+    pub new: String,
+    /// Shards to compare (repeatable; default: every shard on either side).
+    #[arg(long = "shard")]
+    pub shards: Vec<String>,
+    /// Only windows starting at or after this hour.
+    #[arg(long, value_parser = parse_hour)]
+    pub from: Option<Hour>,
+    /// Only windows ending at or before this hour.
+    #[arg(long, value_parser = parse_hour)]
+    pub to: Option<Hour>,
+    /// Only these orgs (repeatable), for per-customer cutovers.
+    #[arg(long = "org")]
+    pub orgs: Vec<u64>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Write every differing point to this Parquet file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Examples per category and shard in the summary.
+    #[arg(long, default_value_t = 5)]
+    pub examples: usize,
+}
+
+pub async fn main(a: DiffArgs) -> Result<ExitCode, JobError> {
+    let cfg = DiffConfig {
+        old: a.old,
+        new: a.new,
+        shards: a.shards,
+        from: a.from,
+        to: a.to,
+        orgs: a.orgs,
+        examples: a.examples,
+        out: a.out,
+    };
+    let report = diff(&cfg).await?;
+    if let Some(p) = &a.report {
+        std::fs::write(p, serde_json::to_string_pretty(&report).expect("json"))?;
+    }
+    print!("{}", report.summary());
+    Ok(if report.identical() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,772 @@
+//! `tailor diff`: compares the logical content of two committed outputs,
+//! point by point, for a migration's side-by-side run.
+//!
+//! Each side becomes two DataFusion tables read straight from its committed
+//! files, in the order the files already have: `points` (shard, window,
+//! org_id, metric_id, ts, bits) and `series` (shard, window, org_id,
+//! metric_id, kind, interval_s, metadata, n_points), both declared sorted by
+//! their keys (`win` is the window's directory name). A FULL OUTER sort-merge join of old against new on those keys
+//! streams without sorting or hashing either side, so two outputs larger
+//! than memory are compared in bounded memory. Only content counts: file
+//! layout, size caps, codecs and file counts may differ.
+//!
+//! Windows are compared by name (`<from>_<to>`); a window committed on one
+//! side only shows up as series and points present on that side only.
+//! Values are compared by their bits (a NaN equals a NaN only when the bits
+//! match).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt8Array,
+    UInt32Array, UInt64Array,
+};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Int64Type, Schema, SchemaRef, UInt8Type, UInt32Type, UInt64Type,
+};
+use datafusion::catalog::Session;
+use datafusion::common::Result as DfResult;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::expressions::col;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::datasource::listing::Hour;
+use crate::datasource::store::StoreRoot;
+use crate::format::tsf;
+use crate::job::JobError;
+use crate::job::manifest::{Manifest, list_windows, read_data_file, read_manifest};
+
+/// What to compare.
+#[derive(Debug, Clone)]
+pub struct DiffConfig {
+    pub old: String,
+    pub new: String,
+    /// Shards to compare (default: every shard either side has).
+    pub shards: Vec<String>,
+    pub from: Option<Hour>,
+    pub to: Option<Hour>,
+    /// Only these orgs (default: all).
+    pub orgs: Vec<u64>,
+    /// Examples kept per category and shard for the summary.
+    pub examples: usize,
+    /// Where to write every differing point (Parquet), if anywhere.
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// Difference categories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    SeriesOldOnly,
+    SeriesNewOnly,
+    KindDiffers,
+    IntervalDiffers,
+    MetadataDiffers,
+    PointOldOnly,
+    PointNewOnly,
+    ValueDiffers,
+}
+
+impl Category {
+    pub fn name(self) -> &'static str {
+        match self {
+            Category::SeriesOldOnly => "series_old_only",
+            Category::SeriesNewOnly => "series_new_only",
+            Category::KindDiffers => "kind_differs",
+            Category::IntervalDiffers => "interval_differs",
+            Category::MetadataDiffers => "metadata_differs",
+            Category::PointOldOnly => "point_old_only",
+            Category::PointNewOnly => "point_new_only",
+            Category::ValueDiffers => "value_differs",
+        }
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One difference, as shown in the summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Example {
+    pub window: String,
+    pub org_id: u64,
+    pub metric_id: u64,
+    pub ts: Option<i64>,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// Per-shard results.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShardDiff {
+    pub counts: BTreeMap<Category, u64>,
+    pub examples: BTreeMap<Category, Vec<Example>>,
+    pub old_points: u64,
+    pub new_points: u64,
+}
+
+/// The diff report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DiffReport {
+    pub old: String,
+    pub new: String,
+    pub shards: BTreeMap<String, ShardDiff>,
+    pub totals: BTreeMap<Category, u64>,
+    pub compared_points: u64,
+    pub differing_points_file: Option<String>,
+    pub seconds: f64,
+}
+
+impl DiffReport {
+    pub fn identical(&self) -> bool {
+        self.totals.values().all(|&n| n == 0)
+    }
+
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "tailor diff {} -> {}: {} ({} points compared in {:.2}s)",
+            self.old,
+            self.new,
+            if self.identical() {
+                "identical"
+            } else {
+                "DIFFERENT"
+            },
+            self.compared_points,
+            self.seconds
+        );
+        for (shard, d) in &self.shards {
+            let counts: Vec<String> = d
+                .counts
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {shard}: {} old points, {} new points{}{}",
+                d.old_points,
+                d.new_points,
+                if counts.is_empty() { "" } else { ": " },
+                counts.join(", ")
+            );
+            for (c, ex) in &d.examples {
+                for e in ex {
+                    let _ = writeln!(
+                        s,
+                        "    {c} {} {}:{}{} old={} new={}",
+                        e.window,
+                        e.org_id,
+                        e.metric_id,
+                        e.ts.map(|t| format!(" ts={t}")).unwrap_or_default(),
+                        e.old.as_deref().unwrap_or("-"),
+                        e.new.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }
+        s
+    }
+}
+
+/// One side: its windows to read, in (shard, window) order.
+#[derive(Clone)]
+struct Side {
+    root: StoreRoot,
+    manifests: Vec<(String, String, Manifest)>,
+    orgs: Arc<Vec<u64>>,
+}
+
+impl fmt::Debug for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Side({}, {} windows)",
+            self.root.display,
+            self.manifests.len()
+        )
+    }
+}
+
+fn points_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("shard", DataType::Utf8, false),
+        Field::new("win", DataType::Utf8, false),
+        Field::new("org_id", DataType::UInt64, false),
+        Field::new("metric_id", DataType::UInt64, false),
+        Field::new("ts", DataType::Int64, false),
+        Field::new("bits", DataType::UInt64, false),
+    ]))
+}
+
+fn series_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("shard", DataType::Utf8, false),
+        Field::new("win", DataType::Utf8, false),
+        Field::new("org_id", DataType::UInt64, false),
+        Field::new("metric_id", DataType::UInt64, false),
+        Field::new("kind", DataType::UInt8, false),
+        Field::new("interval_s", DataType::UInt32, false),
+        Field::new("metadata", DataType::Utf8, false),
+        Field::new("n_points", DataType::UInt64, false),
+    ]))
+}
+
+/// Points or series of one side, in key order.
+#[derive(Debug)]
+struct SideStream {
+    side: Side,
+    points: bool,
+    schema: SchemaRef,
+}
+
+const BATCH_POINTS: usize = 64 * 1024;
+
+impl PartitionStream for SideStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let side = self.side.clone();
+        let points = self.points;
+        let schema = Arc::clone(&self.schema);
+        let (tx, rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
+        tokio::spawn(async move {
+            if let Err(e) = produce(side, points, &tx).await {
+                let _ = tx
+                    .send(Err(datafusion::error::DataFusionError::External(Box::new(
+                        e,
+                    ))))
+                    .await;
+            }
+        });
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+    }
+}
+
+#[derive(Default)]
+struct Rows {
+    shard: Vec<String>,
+    window: Vec<String>,
+    org: Vec<u64>,
+    metric: Vec<u64>,
+    ts: Vec<i64>,
+    bits: Vec<u64>,
+    kind: Vec<u8>,
+    interval: Vec<u32>,
+    meta: Vec<String>,
+    n: Vec<u64>,
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        self.org.len()
+    }
+    fn take(&mut self, points: bool) -> DfResult<RecordBatch> {
+        let mut r = std::mem::take(self);
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(std::mem::take(&mut r.shard))),
+            Arc::new(StringArray::from(std::mem::take(&mut r.window))),
+            Arc::new(UInt64Array::from(r.org)),
+            Arc::new(UInt64Array::from(r.metric)),
+        ];
+        if points {
+            cols.push(Arc::new(Int64Array::from(r.ts)));
+            cols.push(Arc::new(UInt64Array::from(r.bits)));
+            Ok(RecordBatch::try_new(points_schema(), cols)?)
+        } else {
+            cols.push(Arc::new(UInt8Array::from(r.kind)));
+            cols.push(Arc::new(UInt32Array::from(r.interval)));
+            cols.push(Arc::new(StringArray::from(r.meta)));
+            cols.push(Arc::new(UInt64Array::from(r.n)));
+            Ok(RecordBatch::try_new(series_schema(), cols)?)
+        }
+    }
+}
+
+async fn produce(
+    side: Side,
+    points: bool,
+    tx: &tokio::sync::mpsc::Sender<DfResult<RecordBatch>>,
+) -> Result<(), JobError> {
+    let mut rows = Rows::default();
+    let mut ts = Vec::new();
+    let mut vals = Vec::new();
+    for (shard, window, m) in &side.manifests {
+        for f in &m.files {
+            let bytes = read_data_file(&side.root, m, f).await?;
+            let reader = tsf::FileReader::open(&bytes)?;
+            for e in reader.footer().series() {
+                if !side.orgs.is_empty() && !side.orgs.contains(&e.org_id) {
+                    continue;
+                }
+                if points {
+                    ts.clear();
+                    vals.clear();
+                    reader.read_series_into(e, &mut ts, &mut vals)?;
+                    for (&t, &v) in ts.iter().zip(&vals) {
+                        rows.shard.push(shard.clone());
+                        rows.window.push(window.clone());
+                        rows.org.push(e.org_id);
+                        rows.metric.push(e.metric_id);
+                        rows.ts.push(t);
+                        rows.bits.push(v);
+                    }
+                } else {
+                    rows.shard.push(shard.clone());
+                    rows.window.push(window.clone());
+                    rows.org.push(e.org_id);
+                    rows.metric.push(e.metric_id);
+                    rows.kind.push(e.kind);
+                    rows.interval.push(e.interval_s);
+                    rows.meta.push(e.metadata.clone());
+                    rows.n.push(e.n_points);
+                }
+                if rows.len() >= BATCH_POINTS && tx.send(rows.take(points)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    if rows.len() > 0 {
+        let _ = tx.send(rows.take(points)).await;
+    }
+    Ok(())
+}
+
+/// A side's points or series as a table, declared sorted by its keys.
+#[derive(Debug)]
+struct SideTable {
+    stream: Arc<SideStream>,
+}
+
+#[async_trait]
+impl TableProvider for SideTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.stream.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = self.schema();
+        let projected = match projection {
+            Some(p) => Arc::new(schema.project(p)?),
+            None => Arc::clone(&schema),
+        };
+        let mut keys = vec!["shard", "win", "org_id", "metric_id"];
+        if self.stream.points {
+            keys.push("ts");
+        }
+        // The ordering, if every key column is projected.
+        let sort: Option<Vec<PhysicalSortExpr>> = keys
+            .iter()
+            .map(|k| {
+                col(k, &projected)
+                    .ok()
+                    .map(|c| PhysicalSortExpr::new_default(c))
+            })
+            .collect();
+        let ordering: Vec<LexOrdering> = sort.and_then(LexOrdering::new).into_iter().collect();
+        Ok(Arc::new(StreamingTableExec::try_new(
+            schema,
+            vec![Arc::clone(&self.stream) as Arc<dyn PartitionStream>],
+            projection,
+            ordering,
+            false,
+            limit,
+        )?))
+    }
+}
+
+/// The shards under an output root (directories holding a committed window).
+async fn shards_of(root: &StoreRoot) -> Result<Vec<String>, JobError> {
+    let listing = root.store.list_with_delimiter(Some(&root.prefix)).await?;
+    Ok(listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(|s| s.to_string()))
+        .collect())
+}
+
+async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, JobError> {
+    let root = StoreRoot::open(url)?;
+    let mut manifests = Vec::new();
+    for shard in shards {
+        let windows = list_windows(&root, shard).await?;
+        if windows.is_empty() {
+            // Data without any commit is an error, not a difference.
+            let any = root
+                .store
+                .list(Some(&root.child(shard)))
+                .next()
+                .await
+                .is_some();
+            if any {
+                return Err(JobError::Output(format!(
+                    "{url}: shard {shard} holds files but no committed window ({} missing)",
+                    crate::job::manifest::MANIFEST_NAME
+                )));
+            }
+        }
+        for w in windows {
+            let m = read_manifest(&root, shard, &w).await?;
+            let inside = cfg
+                .from
+                .as_ref()
+                .is_none_or(|f| m.window_from.as_str() >= f.as_str())
+                && cfg
+                    .to
+                    .as_ref()
+                    .is_none_or(|t| m.window_to.as_str() <= t.as_str());
+            if inside {
+                manifests.push((shard.clone(), w, m));
+            }
+        }
+    }
+    Ok(Side {
+        root,
+        manifests,
+        orgs: Arc::new(cfg.orgs.clone()),
+    })
+}
+
+const POINTS_SQL: &str = "SELECT coalesce(o.shard, n.shard) AS shard, coalesce(o.win, n.win) AS win, \
+     coalesce(o.org_id, n.org_id) AS org_id, coalesce(o.metric_id, n.metric_id) AS metric_id, \
+     coalesce(o.ts, n.ts) AS ts, o.bits AS old_bits, n.bits AS new_bits \
+     FROM old_points o FULL OUTER JOIN new_points n \
+     ON o.shard = n.shard AND o.win = n.win AND o.org_id = n.org_id AND o.metric_id = n.metric_id AND o.ts = n.ts \
+     WHERE o.bits IS NULL OR n.bits IS NULL OR o.bits <> n.bits";
+
+const SERIES_SQL: &str = "SELECT coalesce(o.shard, n.shard) AS shard, coalesce(o.win, n.win) AS win, \
+     coalesce(o.org_id, n.org_id) AS org_id, coalesce(o.metric_id, n.metric_id) AS metric_id, \
+     o.kind AS old_kind, n.kind AS new_kind, o.interval_s AS old_interval, n.interval_s AS new_interval, \
+     o.metadata AS old_meta, n.metadata AS new_meta, o.n_points AS old_n, n.n_points AS new_n \
+     FROM old_series o FULL OUTER JOIN new_series n \
+     ON o.shard = n.shard AND o.win = n.win AND o.org_id = n.org_id AND o.metric_id = n.metric_id";
+
+/// Runs the diff.
+pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
+    let started = std::time::Instant::now();
+    let shards: Vec<String> = if cfg.shards.is_empty() {
+        let mut s = shards_of(&StoreRoot::open(&cfg.old)?).await?;
+        s.extend(shards_of(&StoreRoot::open(&cfg.new)?).await?);
+        s.sort();
+        s.dedup();
+        s
+    } else {
+        let mut s = cfg.shards.clone();
+        s.sort();
+        s.dedup();
+        s
+    };
+    let old = side(&cfg.old, &shards, cfg).await?;
+    let new = side(&cfg.new, &shards, cfg).await?;
+    if old.manifests.is_empty() && new.manifests.is_empty() {
+        return Err(JobError::Output(
+            "neither side has a committed window to compare".into(),
+        ));
+    }
+    let mut sc = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_batch_size(BATCH_POINTS);
+    sc.options_mut().optimizer.prefer_hash_join = false;
+    let ctx = SessionContext::new_with_config(sc);
+    for (name, s, points) in [
+        ("old_points", &old, true),
+        ("new_points", &new, true),
+        ("old_series", &old, false),
+        ("new_series", &new, false),
+    ] {
+        let stream = Arc::new(SideStream {
+            side: s.clone(),
+            points,
+            schema: if points {
+                points_schema()
+            } else {
+                series_schema()
+            },
+        });
+        ctx.register_table(name, Arc::new(SideTable { stream }))?;
+    }
+    let mut report = DiffReport {
+        old: cfg.old.clone(),
+        new: cfg.new.clone(),
+        ..Default::default()
+    };
+    for shard in &shards {
+        report.shards.insert(shard.clone(), ShardDiff::default());
+    }
+
+    // Series level: presence, kind, interval, metadata; and point counts.
+    let mut stream = ctx.sql(SERIES_SQL).await?.execute_stream().await?;
+    while let Some(b) = stream.next().await {
+        let b = b?;
+        let shard = b.column(0).as_string::<i32>();
+        let window = b.column(1).as_string::<i32>();
+        let org = b.column(2).as_primitive::<UInt64Type>();
+        let metric = b.column(3).as_primitive::<UInt64Type>();
+        let (ok, nk) = (
+            b.column(4).as_primitive::<UInt8Type>(),
+            b.column(5).as_primitive::<UInt8Type>(),
+        );
+        let (oi, ni) = (
+            b.column(6).as_primitive::<UInt32Type>(),
+            b.column(7).as_primitive::<UInt32Type>(),
+        );
+        let (om, nm) = (
+            b.column(8).as_string::<i32>(),
+            b.column(9).as_string::<i32>(),
+        );
+        let (on, nn) = (
+            b.column(10).as_primitive::<UInt64Type>(),
+            b.column(11).as_primitive::<UInt64Type>(),
+        );
+        for i in 0..b.num_rows() {
+            let d = report.shards.entry(shard.value(i).to_string()).or_default();
+            let ex = |old: Option<String>, new: Option<String>| Example {
+                window: window.value(i).to_string(),
+                org_id: org.value(i),
+                metric_id: metric.value(i),
+                ts: None,
+                old,
+                new,
+            };
+            let s = |a: &dyn Array, f: &dyn Fn(usize) -> String| (!a.is_null(i)).then(|| f(i));
+            let mut hits = Vec::new();
+            if ok.is_null(i) {
+                hits.push((
+                    Category::SeriesNewOnly,
+                    ex(None, Some(format!("{} points", nn.value(i)))),
+                ));
+            } else if nk.is_null(i) {
+                hits.push((
+                    Category::SeriesOldOnly,
+                    ex(Some(format!("{} points", on.value(i))), None),
+                ));
+            } else {
+                if ok.value(i) != nk.value(i) {
+                    hits.push((
+                        Category::KindDiffers,
+                        ex(
+                            s(ok, &|i| ok.value(i).to_string()),
+                            s(nk, &|i| nk.value(i).to_string()),
+                        ),
+                    ));
+                }
+                if oi.value(i) != ni.value(i) {
+                    hits.push((
+                        Category::IntervalDiffers,
+                        ex(
+                            s(oi, &|i| oi.value(i).to_string()),
+                            s(ni, &|i| ni.value(i).to_string()),
+                        ),
+                    ));
+                }
+                if om.value(i) != nm.value(i) {
+                    hits.push((
+                        Category::MetadataDiffers,
+                        ex(
+                            Some(format!("{:?}", om.value(i))),
+                            Some(format!("{:?}", nm.value(i))),
+                        ),
+                    ));
+                }
+            }
+            if !on.is_null(i) {
+                d.old_points += on.value(i);
+            }
+            if !nn.is_null(i) {
+                d.new_points += nn.value(i);
+            }
+            for (c, e) in hits {
+                record(d, c, e, cfg.examples);
+            }
+        }
+    }
+
+    // Point level: every differing point, streamed to Parquet.
+    let mut writer = match &cfg.out {
+        Some(p) => Some(DiffWriter::create(p)?),
+        None => None,
+    };
+    let mut stream = ctx.sql(POINTS_SQL).await?.execute_stream().await?;
+    while let Some(b) = stream.next().await {
+        let b = b?;
+        let shard = b.column(0).as_string::<i32>();
+        let window = b.column(1).as_string::<i32>();
+        let org = b.column(2).as_primitive::<UInt64Type>();
+        let metric = b.column(3).as_primitive::<UInt64Type>();
+        let ts = b.column(4).as_primitive::<Int64Type>();
+        let ob = b.column(5).as_primitive::<UInt64Type>();
+        let nb = b.column(6).as_primitive::<UInt64Type>();
+        let mut cats = Vec::with_capacity(b.num_rows());
+        for i in 0..b.num_rows() {
+            let c = if ob.is_null(i) {
+                Category::PointNewOnly
+            } else if nb.is_null(i) {
+                Category::PointOldOnly
+            } else {
+                Category::ValueDiffers
+            };
+            cats.push(c);
+            let d = report.shards.entry(shard.value(i).to_string()).or_default();
+            let show = |a: &UInt64Array| {
+                (!a.is_null(i))
+                    .then(|| format!("{} (0x{:016x})", f64::from_bits(a.value(i)), a.value(i)))
+            };
+            let e = Example {
+                window: window.value(i).to_string(),
+                org_id: org.value(i),
+                metric_id: metric.value(i),
+                ts: Some(ts.value(i)),
+                old: show(ob),
+                new: show(nb),
+            };
+            record(d, c, e, cfg.examples);
+        }
+        if let Some(w) = writer.as_mut() {
+            w.write(&b, &cats)?;
+        }
+    }
+    if let Some(w) = writer {
+        w.close()?;
+        report.differing_points_file = cfg.out.as_ref().map(|p| p.display().to_string());
+    }
+    for d in report.shards.values() {
+        for (c, n) in &d.counts {
+            *report.totals.entry(*c).or_default() += n;
+        }
+        report.compared_points += d.old_points.max(d.new_points);
+    }
+    for c in [
+        Category::SeriesOldOnly,
+        Category::SeriesNewOnly,
+        Category::KindDiffers,
+        Category::IntervalDiffers,
+        Category::MetadataDiffers,
+        Category::PointOldOnly,
+        Category::PointNewOnly,
+        Category::ValueDiffers,
+    ] {
+        report.totals.entry(c).or_default();
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn record(d: &mut ShardDiff, c: Category, e: Example, keep: usize) {
+    *d.counts.entry(c).or_default() += 1;
+    let ex = d.examples.entry(c).or_default();
+    if ex.len() < keep {
+        ex.push(e);
+    }
+}
+
+/// Writes differing points: side, org_id, metric_id, ts, old/new value
+/// (f64 with the bits kept) and bits, category.
+struct DiffWriter {
+    w: parquet::arrow::ArrowWriter<std::fs::File>,
+}
+
+fn diff_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("side", DataType::Utf8, false),
+        Field::new("shard", DataType::Utf8, false),
+        Field::new("win", DataType::Utf8, false),
+        Field::new("org_id", DataType::UInt64, false),
+        Field::new("metric_id", DataType::UInt64, false),
+        Field::new("ts", DataType::Int64, false),
+        Field::new("old_value", DataType::Float64, true),
+        Field::new("new_value", DataType::Float64, true),
+        Field::new("old_bits", DataType::UInt64, true),
+        Field::new("new_bits", DataType::UInt64, true),
+        Field::new("category", DataType::Utf8, false),
+    ]))
+}
+
+impl DiffWriter {
+    fn create(path: &std::path::Path) -> Result<Self, JobError> {
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .build();
+        let w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(path)?,
+            diff_schema(),
+            Some(props),
+        )
+        .map_err(|e| JobError::Output(format!("parquet: {e}")))?;
+        Ok(Self { w })
+    }
+
+    fn write(&mut self, b: &RecordBatch, cats: &[Category]) -> Result<(), JobError> {
+        let ob = b.column(5).as_primitive::<UInt64Type>();
+        let nb = b.column(6).as_primitive::<UInt64Type>();
+        let to_f64 =
+            |a: &UInt64Array| -> Float64Array { a.iter().map(|v| v.map(f64::from_bits)).collect() };
+        let side: StringArray = cats
+            .iter()
+            .map(|c| {
+                Some(match c {
+                    Category::PointOldOnly => "old",
+                    Category::PointNewOnly => "new",
+                    _ => "both",
+                })
+            })
+            .collect();
+        let category: StringArray = cats.iter().map(|c| Some(c.name())).collect();
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(side),
+            Arc::clone(b.column(0)),
+            Arc::clone(b.column(1)),
+            Arc::clone(b.column(2)),
+            Arc::clone(b.column(3)),
+            Arc::clone(b.column(4)),
+            Arc::new(to_f64(ob)),
+            Arc::new(to_f64(nb)),
+            Arc::clone(b.column(5)),
+            Arc::clone(b.column(6)),
+            Arc::new(category),
+        ];
+        let batch = RecordBatch::try_new(diff_schema(), cols)
+            .map_err(datafusion::error::DataFusionError::from)?;
+        self.w
+            .write(&batch)
+            .map_err(|e| JobError::Output(format!("parquet: {e}")))
+    }
+
+    fn close(self) -> Result<(), JobError> {
+        self.w
+            .close()
+            .map_err(|e| JobError::Output(format!("parquet: {e}")))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,339 @@
+//! `tailor diff`: a self-diff is identical; hand-made changes give exactly
+//! the expected counts; different file-size caps do not count.
+
+use std::path::Path;
+
+use tailor::datasource::store::StoreRoot;
+use tailor::format::tsf::{FileWriter, SeriesHeader, WriterOptions};
+use tailor::job::config::RunConfig;
+use tailor::job::diff::{Category, DiffConfig, diff};
+use tailor::job::generate::{GenerateOptions, generate};
+use tailor::job::manifest::{
+    Dropped, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestFile, OutputSettings,
+    for_each_series, list_windows, read_manifest,
+};
+use tailor::job::run::run_shard;
+
+use crate::common::{shard_map, tempdir};
+
+#[derive(Debug, Clone, PartialEq)]
+struct S {
+    org: u64,
+    metric: u64,
+    kind: u8,
+    interval: u32,
+    meta: String,
+    ts: Vec<i64>,
+    vals: Vec<u64>,
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// (shard, window, manifest, series) of every committed window.
+async fn read_all(root: &StoreRoot) -> Vec<(String, String, Manifest, Vec<S>)> {
+    let mut out = Vec::new();
+    let mut shards: Vec<String> = std::fs::read_dir(Path::new("/").join(root.prefix.as_ref()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    shards.sort();
+    for shard in shards {
+        for w in list_windows(root, &shard).await.unwrap() {
+            let m = read_manifest(root, &shard, &w).await.unwrap();
+            let mut series = Vec::new();
+            for_each_series(root, &m, |e, ts, vals| {
+                series.push(S {
+                    org: e.org_id,
+                    metric: e.metric_id,
+                    kind: e.kind,
+                    interval: e.interval_s,
+                    meta: e.metadata.clone(),
+                    ts: ts.to_vec(),
+                    vals: vals.to_vec(),
+                });
+                Ok(())
+            })
+            .await
+            .unwrap();
+            out.push((shard.clone(), w, m, series));
+        }
+    }
+    out
+}
+
+/// Writes one committed window by hand, with a given file size cap.
+fn write_window(dir: &Path, shard: &str, window: &str, base: &Manifest, series: &[S], cap: u64) {
+    let wdir = dir.join(shard).join(window);
+    let data = wdir.join("data").join("hand");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut files = Vec::new();
+    let mut chunk: Vec<&S> = Vec::new();
+    let mut flush = |chunk: &mut Vec<&S>, files: &mut Vec<ManifestFile>| {
+        if chunk.is_empty() {
+            return;
+        }
+        let mut w = FileWriter::new(Vec::new(), WriterOptions::default()).unwrap();
+        for s in chunk.iter() {
+            w.add_series(
+                &SeriesHeader {
+                    org_id: s.org,
+                    metric_id: s.metric,
+                    kind: s.kind,
+                    interval_s: s.interval,
+                    metadata: &s.meta,
+                },
+                &s.ts,
+                &s.vals,
+            )
+            .unwrap();
+        }
+        let (bytes, sum) = w.finish().unwrap();
+        let name = format!("part-{:05}.tsf", files.len());
+        std::fs::write(data.join(&name), &bytes).unwrap();
+        files.push(ManifestFile {
+            path: format!("data/hand/{name}"),
+            bytes: sum.bytes,
+            crc32c: sum.crc32c,
+            series: chunk.len() as u64,
+            points: chunk.iter().map(|s| s.ts.len() as u64).sum(),
+            first_series: [chunk[0].org, chunk[0].metric],
+            last_series: [chunk.last().unwrap().org, chunk.last().unwrap().metric],
+        });
+        chunk.clear();
+    };
+    let mut size = 0u64;
+    for s in series {
+        chunk.push(s);
+        size += s.ts.len() as u64 * 4 + 64;
+        if size >= cap {
+            flush(&mut chunk, &mut files);
+            size = 0;
+        }
+    }
+    flush(&mut chunk, &mut files);
+    let m = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        version: MANIFEST_VERSION,
+        shard: shard.into(),
+        window_from: base.window_from.clone(),
+        window_to: base.window_to.clone(),
+        location: format!("{shard}/{window}"),
+        run_id: "hand".into(),
+        series: series.len() as u64,
+        points: series.iter().map(|s| s.ts.len() as u64).sum(),
+        files,
+        dropped: Dropped::default(),
+        inputs: vec![],
+        settings: OutputSettings {
+            max_file_bytes: cap,
+            ..base.settings.clone()
+        },
+    };
+    std::fs::write(wdir.join("_manifest.json"), m.to_json()).unwrap();
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    old: std::path::PathBuf,
+    base: Vec<(String, String, Manifest, Vec<S>)>,
+    dir: std::path::PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    let old = tmp.path().join("old");
+    let rt = rt();
+    let base = rt.block_on(async {
+        let root = StoreRoot::open(input.to_str().unwrap()).unwrap();
+        let s = generate(
+            &root,
+            &shard_map(),
+            &GenerateOptions {
+                target_bytes: 1 << 20,
+                orgs: 12,
+                hours: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        for shard in s.shards.iter().take(3) {
+            let mut c = RunConfig::new(input.to_str().unwrap(), old.to_str().unwrap(), shard);
+            c.shard_map = shard_map();
+            run_shard(&c).await.unwrap();
+        }
+        read_all(&StoreRoot::open(old.to_str().unwrap()).unwrap()).await
+    });
+    let dir = tmp.path().to_path_buf();
+    Fixture {
+        _tmp: tmp,
+        old,
+        base,
+        dir,
+    }
+}
+
+fn run_diff(old: &Path, new: &Path, orgs: Vec<u64>) -> tailor::job::diff::DiffReport {
+    rt().block_on(diff(&DiffConfig {
+        old: old.to_str().unwrap().into(),
+        new: new.to_str().unwrap().into(),
+        shards: vec![],
+        from: None,
+        to: None,
+        orgs,
+        examples: 3,
+        out: Some(
+            old.parent()
+                .unwrap()
+                .join(format!("diff-{}.parquet", rand_suffix())),
+        ),
+    }))
+    .unwrap()
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Writes a new side from the base with `edit` applied to the first window's series.
+fn new_side(f: &Fixture, name: &str, cap: u64, edit: impl Fn(&mut Vec<S>)) -> std::path::PathBuf {
+    let new = f.dir.join(name);
+    for (i, (shard, w, m, series)) in f.base.iter().enumerate() {
+        let mut s = series.clone();
+        if i == 0 {
+            edit(&mut s);
+        }
+        write_window(&new, shard, w, m, &s, cap);
+    }
+    new
+}
+
+fn counts(r: &tailor::job::diff::DiffReport) -> Vec<(Category, u64)> {
+    r.totals
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, n)| (*c, *n))
+        .collect()
+}
+
+#[test]
+fn self_diff_and_different_file_caps_are_identical() {
+    let f = fixture();
+    let r = run_diff(&f.old, &f.old, vec![]);
+    assert!(r.identical(), "{}", r.summary());
+    assert!(r.compared_points > 1000);
+    let small = new_side(&f, "small-files", 2_000, |_| {});
+    let r = run_diff(&f.old, &small, vec![]);
+    assert!(r.identical(), "{}", r.summary());
+}
+
+#[test]
+fn hand_made_changes_give_exact_counts() {
+    let f = fixture();
+    let first = &f.base[0].3;
+    assert!(first.len() >= 4 && first[1].ts.len() >= 5);
+    let dropped_n = first[0].ts.len() as u64;
+
+    let new = new_side(&f, "drop-series", u64::MAX, |s| {
+        s.remove(0);
+    });
+    let r = run_diff(&f.old, &new, vec![]);
+    assert_eq!(
+        counts(&r),
+        vec![
+            (Category::SeriesOldOnly, 1),
+            (Category::PointOldOnly, dropped_n)
+        ]
+    );
+
+    let new = new_side(&f, "drop-points", u64::MAX, |s| {
+        for _ in 0..3 {
+            s[1].ts.remove(1);
+            s[1].vals.remove(1);
+        }
+    });
+    assert_eq!(
+        counts(&run_diff(&f.old, &new, vec![])),
+        vec![(Category::PointOldOnly, 3)]
+    );
+
+    let new = new_side(&f, "flip-bit", u64::MAX, |s| s[2].vals[0] ^= 1);
+    let r = run_diff(&f.old, &new, vec![]);
+    assert_eq!(counts(&r), vec![(Category::ValueDiffers, 1)]);
+
+    let new = new_side(&f, "metadata", u64::MAX, |s| {
+        s[3].meta.push_str(",changed:yes")
+    });
+    assert_eq!(
+        counts(&run_diff(&f.old, &new, vec![])),
+        vec![(Category::MetadataDiffers, 1)]
+    );
+
+    // NaN == NaN only when the bits match.
+    let nan_a = new_side(&f, "nan-a", u64::MAX, |s| {
+        s[1].vals[0] = 0x7ff8_0000_0000_0001
+    });
+    let nan_a2 = new_side(&f, "nan-a2", 5_000, |s| {
+        s[1].vals[0] = 0x7ff8_0000_0000_0001
+    });
+    let nan_b = new_side(&f, "nan-b", u64::MAX, |s| {
+        s[1].vals[0] = 0x7ff8_0000_0000_0002
+    });
+    assert!(run_diff(&nan_a, &nan_a2, vec![]).identical());
+    assert_eq!(
+        counts(&run_diff(&nan_a, &nan_b, vec![])),
+        vec![(Category::ValueDiffers, 1)]
+    );
+
+    // --org narrows the comparison: the change is outside the selected org.
+    let changed_org = first[2].org;
+    let other = f
+        .base
+        .iter()
+        .flat_map(|b| b.3.iter())
+        .map(|s| s.org)
+        .find(|&o| o != changed_org)
+        .unwrap();
+    let new = new_side(&f, "flip-bit-2", u64::MAX, |s| s[2].vals[0] ^= 1);
+    assert!(run_diff(&f.old, &new, vec![other]).identical());
+    assert_eq!(
+        counts(&run_diff(&f.old, &new, vec![changed_org])),
+        vec![(Category::ValueDiffers, 1)]
+    );
+}
+
+#[test]
+fn an_uncommitted_side_is_an_error() {
+    let f = fixture();
+    let broken = f.dir.join("broken");
+    let (shard, w, _, _) = &f.base[0];
+    std::fs::create_dir_all(broken.join(shard).join(w).join("data/x")).unwrap();
+    std::fs::write(
+        broken.join(shard).join(w).join("data/x/part-00000.tsf"),
+        b"partial",
+    )
+    .unwrap();
+    let e = rt()
+        .block_on(diff(&DiffConfig {
+            old: f.old.to_str().unwrap().into(),
+            new: broken.to_str().unwrap().into(),
+            shards: vec![shard.clone()],
+            from: None,
+            to: None,
+            orgs: vec![],
+            examples: 3,
+            out: None,
+        }))
+        .unwrap_err();
+    assert!(e.to_string().contains("no committed window"), "{e}");
+}
