@@ -9,9 +9,10 @@ DEMO=${DEMO_DIR:-demo}
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
 echo "== generate: 32 MiB of payload files, 2 hours, 60 orgs"
-$T generate --output "$DEMO/input" --size 32MiB --orgs 60 --hours 2 --partitions 4 | tee "$DEMO/generate.json"
+$T generate --output "$DEMO/input" --size 32MiB --orgs 60 --hours 2 --partitions 4 > "$DEMO/generate.json"
+grep -v '"org-' "$DEMO/generate.json"
 # The biggest shard.
-SHARD=$(du -s "$DEMO"/input/* | sort -rn | head -1 | xargs basename)
+SHARD=$(basename "$(du -s "$DEMO"/input/* | sort -rn | head -1 | cut -f2)")
 echo "== query: the biggest series of $SHARD"
 $T query --input "$DEMO/input" --shard "$SHARD" \
   "SELECT org_id, metric_id, count(*) AS payloads, sum(n_points) AS points FROM payloads GROUP BY 1, 2 ORDER BY points DESC LIMIT 5"

@@ -94,6 +94,7 @@ pub mod codec {
         TS_DELTA_BITS,
         TS_DELTA_VARINT,
     ];
+    #[cfg(test)]
     pub(crate) const VAL_ENCODINGS: [u8; 5] = [
         VAL_RAW,
         VAL_GORILLA,
@@ -846,6 +847,7 @@ impl Encoder {
     }
 
     /// Section for one stream: plain or zstd depending on `zstd`.
+    #[cfg(test)]
     fn section(&mut self, zstd: bool) -> Result<Vec<u8>> {
         if zstd {
             Ok(self.comp.compress(&self.plain)?)
@@ -864,36 +866,75 @@ impl Encoder {
         Ok(assemble(c, &tsec, &vsec))
     }
 
-    /// Encode choosing the smallest codec. Ties go to the first candidate in
-    /// the order: encoding id ascending, plain before zstd.
+    /// Encode choosing a small codec, deterministically (a pure function of
+    /// the block). Not every one of the 100 codecs is tried; zstd runs at
+    /// most three times per block:
+    ///
+    /// * timestamps: every bit-level encoding plain, then zstd over the
+    ///   smallest one (when it is over 64 bytes);
+    /// * values: raw, Gorilla and decimal plain; zstd over the byte-shuffled
+    ///   XOR stream, and over the decimal stream when the block's values are
+    ///   decimals (judged from its first 16 values).
+    ///
+    /// Ties go to the first candidate in that order.
     fn encode_best(&mut self, ts: &[i64], vals: &[u64]) -> Result<(u8, Vec<u8>)> {
+        let ts_cost = |s: &[u8]| varint_len(s.len() as u64) + s.len();
         let mut best_ts: Option<(u8, Vec<u8>)> = None;
         for enc in codec::TS_ENCODINGS {
             encode_ts(enc, ts, &mut self.codes, &mut self.plain);
-            for z in [false, true] {
-                let sec = self.section(z)?;
-                let cost = |s: &[u8]| varint_len(s.len() as u64) + s.len();
-                if best_ts.as_ref().is_none_or(|(_, b)| cost(&sec) < cost(b)) {
-                    best_ts = Some((enc | if z { codec::TS_ZSTD } else { 0 }, sec));
-                }
+            if best_ts.as_ref().is_none_or(|(_, b)| ts_cost(&self.plain) < ts_cost(b)) {
+                best_ts = Some((enc, self.plain.clone()));
             }
         }
+        let (mut tc, mut tsec) = best_ts.ok_or_else(|| corrupt(0, "no candidate encoding"))?;
+        if tsec.len() > ZSTD_MIN_INPUT {
+            let z = self.comp.compress(&tsec)?;
+            if ts_cost(&z) < ts_cost(&tsec) {
+                tc |= codec::TS_ZSTD;
+                tsec = z;
+            }
+        }
+        let decimals = looks_decimal(vals);
         let mut best_val: Option<(u8, Vec<u8>)> = None;
-        for enc in codec::VAL_ENCODINGS {
+        let consider = |c: u8, sec: Vec<u8>, best: &mut Option<(u8, Vec<u8>)>| {
+            if best.as_ref().is_none_or(|(_, b)| sec.len() < b.len()) {
+                *best = Some((c, sec));
+            }
+        };
+        for enc in [codec::VAL_RAW, codec::VAL_GORILLA, codec::VAL_DECIMAL] {
+            if enc == codec::VAL_DECIMAL && !decimals {
+                continue;
+            }
             encode_vals(enc, vals, &mut self.plain);
-            for z in [false, true] {
-                let sec = self.section(z)?;
-                if best_val.as_ref().is_none_or(|(_, b)| sec.len() < b.len()) {
-                    best_val = Some((enc | if z { codec::VAL_ZSTD } else { 0 }, sec));
-                }
+            let plain = self.plain.clone();
+            if enc == codec::VAL_DECIMAL && plain.len() > ZSTD_MIN_INPUT {
+                let z = self.comp.compress(&plain)?;
+                consider(enc, plain, &mut best_val);
+                consider(enc | codec::VAL_ZSTD, z, &mut best_val);
+            } else {
+                consider(enc, plain, &mut best_val);
             }
         }
-        let (Some((tc, tsec)), Some((vc, vsec))) = (best_ts, best_val) else {
-            return Err(corrupt(0, "no candidate encoding"));
-        };
+        if vals.len() * 8 > ZSTD_MIN_INPUT {
+            encode_vals(codec::VAL_XOR_SHUFFLE, vals, &mut self.plain);
+            let z = self.comp.compress(&self.plain)?;
+            consider(codec::VAL_XOR_SHUFFLE | codec::VAL_ZSTD, z, &mut best_val);
+        }
+        let (vc, vsec) = best_val.ok_or_else(|| corrupt(0, "no candidate encoding"))?;
         let c = tc | vc;
         Ok((c, assemble(c, &tsec, &vsec)))
     }
+}
+
+/// Streams this small are never worth a zstd frame.
+const ZSTD_MIN_INPUT: usize = 64;
+
+/// Whether a block's values look like decimals (its first 16 values all
+/// have an exact representation with at most 15 decimal digits).
+fn looks_decimal(vals: &[u64]) -> bool {
+    vals.iter()
+        .take(16)
+        .all(|&v| (0..=MAX_DECIMALS).any(|d| decimal_exact(v, d).is_some()))
 }
 
 fn assemble(c: u8, tsec: &[u8], vsec: &[u8]) -> Vec<u8> {

@@ -103,7 +103,8 @@ struct Series {
     kind: Kind,
     interval_s: u32,
     metadata: String,
-    /// 0 gauge random walk, 1 counter, 2 constant, 3 wild (special values)
+    /// 0 gauge (2 decimals), 1 counter, 2 constant, 3 gauge with special
+    /// values, 4 full-precision gauge
     shape: u8,
 }
 
@@ -117,6 +118,9 @@ fn splitmix(mut x: u64) -> u64 {
 fn seed_of(parts: &[u64]) -> u64 {
     parts.iter().fold(0x5EED_u64, |acc, &p| splitmix(acc ^ p))
 }
+
+/// Compressed bytes a generated point takes, measured (duplicates included).
+const BYTES_PER_POINT: f64 = 6.3;
 
 const HOSTS: &[&str] = &[
     "web-1",
@@ -149,14 +153,15 @@ fn world(opts: &GenerateOptions, map: &ShardMap) -> Vec<(Shard, Vec<Series>)> {
         .map(|r| 1.0 / ((r + 1) as f64).powf(1.1))
         .collect();
     let total_w: f64 = weights.iter().sum();
-    // Points per hour the target asks for, assuming ~6 compressed bytes a point.
+    // Points per hour the target asks for, at the compressed bytes a point
+    // these series measure at (zstd level 1 frames).
     let hours = opts.hours.max(1) as f64;
-    let points_per_hour = (opts.target_bytes as f64 / 6.0 / hours).max(1.0);
+    let points_per_hour = (opts.target_bytes as f64 / BYTES_PER_POINT / hours).max(1.0);
     let mut by_shard: std::collections::BTreeMap<Shard, Vec<Series>> = Default::default();
     for (rank, &org) in orgs.iter().enumerate() {
         let org_points = points_per_hour * weights[rank] / total_w;
-        // Series at a mean 240 points an hour (15 s).
-        let n_series = (org_points / 240.0).ceil().max(1.0) as u64;
+        // Intervals 1, 10, 15, 15, 60 s: a mean 900 points a series and hour.
+        let n_series = (org_points / 900.0).ceil().max(1.0) as u64;
         let shard = map.shard_of(org);
         for m in 0..n_series {
             let interval_s = [10u32, 15, 15, 60, 1][rng.random_range(0..5)];
@@ -181,25 +186,36 @@ fn world(opts: &GenerateOptions, map: &ShardMap) -> Vec<(Shard, Vec<Series>)> {
                 kind,
                 interval_s,
                 metadata,
-                shape: [0u8, 0, 0, 1, 1, 2, 3][rng.random_range(0..7)],
+                shape: [0u8, 0, 0, 1, 1, 2, 3, 4][rng.random_range(0..8)],
             });
         }
     }
     by_shard.into_iter().collect()
 }
 
+/// A gauge reading with two decimals, as agents report most gauges.
+fn gauge(s: &Series, k: i64, rng: &mut ChaCha8Rng) -> f64 {
+    let base = 50.0 + (s.metric % 200) as f64;
+    let v = base + (k as f64 * 0.01).sin() * 20.0 + rng.random_range(-1.0..1.0);
+    (v * 100.0).round() / 100.0
+}
+
 fn value(s: &Series, k: i64, rng: &mut ChaCha8Rng) -> u64 {
     match s.shape {
-        0 => (100.0 + (k as f64 * 0.01).sin() * 20.0 + rng.random_range(-1.0..1.0)).to_bits(),
+        0 => gauge(s, k, rng).to_bits(),
         1 => ((k * 3 + (s.metric as i64 % 7)) as f64).to_bits(),
         2 => 42.5f64.to_bits(),
-        _ => match rng.random_range(0..8) {
+        // Full precision (rates, ratios computed by the agent).
+        4 => (gauge(s, k, rng) / 3.0).to_bits(),
+        // A gauge with the odd special value.
+        _ => match rng.random_range(0..40) {
             0 => f64::NAN.to_bits() | rng.random_range(1..0x7_ffff_ffffu64),
             1 => f64::INFINITY.to_bits(),
             2 => f64::NEG_INFINITY.to_bits(),
             3 => (-0.0f64).to_bits(),
             4 => rng.random_range(1..(1u64 << 52)), // subnormal
-            _ => rng.next_u64(),
+            5 => rng.next_u64(),                    // any bit pattern
+            _ => gauge(s, k, rng).to_bits(),
         },
     }
 }
