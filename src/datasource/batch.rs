@@ -23,9 +23,9 @@ use crate::datasource::schema::{payload_schema, ts_item, value_item};
 use crate::format::payload::PayloadHeader;
 
 /// Default slab size: 8 MiB of decompressed payloads per batch.
-pub const DEFAULT_SLAB_BYTES: usize = 8 << 20;
+pub const DEFAULT_SLAB_BYTES: usize = 2 << 20;
 /// Slabs kept for reuse per pool; more are freed when they come back.
-const POOL_KEEP: usize = 8;
+const POOL_KEEP: usize = 2;
 
 /// A pool of aligned decode buffers shared by the batches of a scan.
 #[derive(Debug)]

@@ -32,8 +32,12 @@ use crate::format::payload::{
 /// Where an object's bytes come from.
 #[derive(Clone)]
 pub enum ObjectBytes {
-    /// The whole object, memory-mapped (local files) or already in memory.
+    /// The whole object, already in memory.
     Mapped(Bytes),
+    /// A memory-mapped local file: zero-copy like `Mapped`, and the cursor
+    /// hands the pages it has read back to the kernel as it goes, so a scan
+    /// of a big file does not keep it all resident.
+    MappedFile(Bytes, Arc<memmap2::Mmap>),
     /// Ranged GETs against an object store.
     Store {
         store: Arc<dyn ObjectStore>,
@@ -44,12 +48,17 @@ pub enum ObjectBytes {
 impl ObjectBytes {
     /// Memory-maps a local file.
     pub fn map_file(path: &std::path::Path) -> std::io::Result<Self> {
-        map_file(path).map(ObjectBytes::Mapped)
+        Ok(match map(path)? {
+            Some(m) => ObjectBytes::MappedFile(Bytes::from_owner(MapOwner(Arc::clone(&m))), m),
+            None => ObjectBytes::Mapped(Bytes::new()),
+        })
     }
 
     async fn fetch(&self, range: Range<u64>) -> Result<Bytes, object_store::Error> {
         match self {
-            ObjectBytes::Mapped(b) => Ok(b.slice(range.start as usize..range.end as usize)),
+            ObjectBytes::Mapped(b) | ObjectBytes::MappedFile(b, _) => {
+                Ok(b.slice(range.start as usize..range.end as usize))
+            }
             ObjectBytes::Store { store, location } => store.get_range(location, range).await,
         }
     }
@@ -57,9 +66,25 @@ impl ObjectBytes {
 
 /// Memory-maps a local file as [`Bytes`] (zero-copy slices).
 pub fn map_file(path: &std::path::Path) -> std::io::Result<Bytes> {
+    Ok(match map(path)? {
+        Some(m) => Bytes::from_owner(MapOwner(m)),
+        None => Bytes::new(),
+    })
+}
+
+struct MapOwner(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for MapOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Maps a file (`None` for an empty one, which cannot be mapped).
+fn map(path: &std::path::Path) -> std::io::Result<Option<Arc<memmap2::Mmap>>> {
     let file = std::fs::File::open(path)?;
     if file.metadata()?.len() == 0 {
-        return Ok(Bytes::new());
+        return Ok(None);
     }
     // SAFETY: payload and output files are immutable once written (writers
     // replace objects, they never modify them in place); a file truncated
@@ -67,8 +92,11 @@ pub fn map_file(path: &std::path::Path) -> std::io::Result<Bytes> {
     let map = unsafe { memmap2::Mmap::map(&file)? };
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Sequential);
-    Ok(Bytes::from_owner(map))
+    Ok(Some(Arc::new(map)))
 }
+
+/// Pages of a mapping the cursor has read are released in steps of this size.
+const RELEASE_STEP: u64 = 4 << 20;
 
 /// Errors of the cursor: corruption (a property of the bytes) or I/O.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +153,7 @@ pub struct FrameCursor {
     fetched: u64,
     first_frame: Option<u64>,
     stop: u64,
+    released: u64,
 }
 
 /// Largest fetch for a remote range read.
@@ -140,7 +169,7 @@ impl FrameCursor {
         let end = range.end.min(object_len);
         let start = range.start.min(end);
         let chunk = match source {
-            ObjectBytes::Mapped(_) => u64::MAX,
+            ObjectBytes::Mapped(_) | ObjectBytes::MappedFile(..) => u64::MAX,
             ObjectBytes::Store { .. } => DEFAULT_CHUNK,
         };
         Self {
@@ -159,6 +188,7 @@ impl FrameCursor {
             fetched: 0,
             first_frame: None,
             stop: end,
+            released: start,
         }
     }
 
@@ -271,6 +301,7 @@ impl FrameCursor {
                     }
                 },
                 State::At(p) => {
+                    self.release_before(p);
                     if p >= self.object_len {
                         self.done_at(p);
                         return Ok(None);
@@ -311,6 +342,35 @@ impl FrameCursor {
                 }
             }
         }
+    }
+
+    /// Returns the pages of a mapped file below `p` (all read) to the
+    /// kernel; they stay in the page cache, so this only lowers the
+    /// process's resident set.
+    fn release_before(&mut self, p: u64) {
+        let ObjectBytes::MappedFile(_, map) = &self.source else {
+            return;
+        };
+        if p < self.released + RELEASE_STEP {
+            return;
+        }
+        const PAGE: u64 = 4096;
+        let from = self.released.div_ceil(PAGE) * PAGE;
+        let to = p / PAGE * PAGE;
+        if to > from {
+            // SAFETY: a private read-only file mapping; DONTNEED only drops
+            // this process's page table entries, later reads refault the
+            // same file contents. No slice into [from, to) is alive: frames
+            // below `p` were decoded before the cursor was asked for `p`.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    from as usize,
+                    (to - from) as usize,
+                )
+            };
+        }
+        self.released = p;
     }
 
     fn done_at(&mut self, p: u64) {

@@ -87,6 +87,7 @@ pub mod codec {
     /// Codec (c): raw little-endian.
     pub const RAW: u8 = TS_RAW | VAL_RAW;
 
+    #[cfg(test)]
     pub(crate) const TS_ENCODINGS: [u8; 5] = [
         TS_RAW,
         TS_DOD_BITS,
@@ -422,6 +423,23 @@ fn median_delta(ts: &[i64]) -> i64 {
     d[(d.len() - 1) / 2] as i64
 }
 
+/// Bits [`pack_bucket`] writes for `z`.
+fn bucket_bits(z: u64) -> u64 {
+    if z == 0 {
+        1
+    } else if z < 1 << 6 {
+        8
+    } else if z < 1 << 13 {
+        16
+    } else if z < 1 << 20 {
+        24
+    } else if z < 1 << 32 {
+        37
+    } else {
+        69
+    }
+}
+
 fn pack_bucket(bw: &mut BitWriter, z: u64) {
     if z == 0 {
         bw.write(0, 1);
@@ -673,28 +691,17 @@ fn decimal_encode_with(vals: &[u64], d: u8, out: &mut Vec<u8>) {
 }
 
 fn decimal_encode(vals: &[u64], out: &mut Vec<u8>) {
-    // Smallest number of decimals that makes each value exact (if any).
-    let mut present = [false; MAX_DECIMALS as usize + 1];
-    for &v in vals {
-        if let Some(d) = (0..=MAX_DECIMALS).find(|&d| decimal_exact(v, d).is_some()) {
-            present[usize::from(d)] = true;
-        }
-    }
-    let mut best: Option<Vec<u8>> = None;
-    let mut tmp = Vec::new();
-    for d in 0..=MAX_DECIMALS {
-        if !present[usize::from(d)] {
-            continue;
-        }
-        decimal_encode_with(vals, d, &mut tmp);
-        if best.as_ref().is_none_or(|b| tmp.len() < b.len()) {
-            best = Some(std::mem::take(&mut tmp));
-        }
-    }
-    match best {
-        Some(b) => *out = b,
-        None => decimal_encode_with(vals, 0, out),
-    }
+    // The digit count: the largest minimal one among the first 16 values
+    // (what `looks_decimal` judged the block by); values that need more
+    // digits, or are not finite, become exceptions. One pass, one exactness
+    // check a value.
+    let d = vals
+        .iter()
+        .take(16)
+        .filter_map(|&v| (0..=MAX_DECIMALS).find(|&d| decimal_exact(v, d).is_some()))
+        .max()
+        .unwrap_or(0);
+    decimal_encode_with(vals, d, out);
 }
 
 fn decimal_decode(data: &[u8], n: usize, base: u64, out: &mut Vec<u64>) -> Result<()> {
@@ -872,21 +879,35 @@ impl Encoder {
     ///
     /// * timestamps: every bit-level encoding plain, then zstd over the
     ///   smallest one (when it is over 64 bytes);
-    /// * values: raw, Gorilla and decimal plain; zstd over the byte-shuffled
-    ///   XOR stream, and over the decimal stream when the block's values are
-    ///   decimals (judged from its first 16 values).
+    /// * values: when the block's values are decimals (judged from its first
+    ///   16 values) the decimal stream plain and under zstd, otherwise
+    ///   Gorilla; and the byte-shuffled XOR stream under zstd; raw when
+    ///   nothing is smaller than 8 bytes a value.
     ///
     /// Ties go to the first candidate in that order.
     fn encode_best(&mut self, ts: &[i64], vals: &[u64]) -> Result<(u8, Vec<u8>)> {
         let ts_cost = |s: &[u8]| varint_len(s.len() as u64) + s.len();
-        let mut best_ts: Option<(u8, Vec<u8>)> = None;
-        for enc in codec::TS_ENCODINGS {
-            encode_ts(enc, ts, &mut self.codes, &mut self.plain);
-            if best_ts.as_ref().is_none_or(|(_, b)| ts_cost(&self.plain) < ts_cost(b)) {
-                best_ts = Some((enc, self.plain.clone()));
+        // The plain sizes of the five encodings are computed from the codes
+        // (no bytes written); only the smallest is encoded.
+        let len_cost = |n: usize| varint_len(n as u64) + n;
+        let mut best: (u8, usize) = (codec::TS_RAW, ts.len() * 8);
+        for (median, bits_enc, varint_enc) in [
+            (false, codec::TS_DOD_BITS, codec::TS_DOD_VARINT),
+            (true, codec::TS_DELTA_BITS, codec::TS_DELTA_VARINT),
+        ] {
+            ts_codes(ts, median, &mut self.codes);
+            let bits: u64 = self.codes.iter().map(|&z| bucket_bits(z)).sum();
+            let bits_len = bits.div_ceil(8) as usize;
+            let varint_len_sum: usize = self.codes.iter().map(|&z| varint_len(z)).sum();
+            for (enc, n) in [(bits_enc, bits_len), (varint_enc, varint_len_sum)] {
+                if len_cost(n) < len_cost(best.1) {
+                    best = (enc, n);
+                }
             }
         }
-        let (mut tc, mut tsec) = best_ts.ok_or_else(|| corrupt(0, "no candidate encoding"))?;
+        encode_ts(best.0, ts, &mut self.codes, &mut self.plain);
+        debug_assert_eq!(self.plain.len(), best.1);
+        let (mut tc, mut tsec) = (best.0, self.plain.clone());
         if tsec.len() > ZSTD_MIN_INPUT {
             let z = self.comp.compress(&tsec)?;
             if ts_cost(&z) < ts_cost(&tsec) {
@@ -901,24 +922,34 @@ impl Encoder {
                 *best = Some((c, sec));
             }
         };
-        for enc in [codec::VAL_RAW, codec::VAL_GORILLA, codec::VAL_DECIMAL] {
-            if enc == codec::VAL_DECIMAL && !decimals {
-                continue;
-            }
-            encode_vals(enc, vals, &mut self.plain);
-            let plain = self.plain.clone();
-            if enc == codec::VAL_DECIMAL && plain.len() > ZSTD_MIN_INPUT {
-                let z = self.comp.compress(&plain)?;
-                consider(enc, plain, &mut best_val);
-                consider(enc | codec::VAL_ZSTD, z, &mut best_val);
-            } else {
-                consider(enc, plain, &mut best_val);
-            }
+        // Decimal blocks: decimal plain and zstd (Gorilla rarely beats them
+        // there); other blocks: Gorilla. Both: the byte-shuffled XOR stream
+        // under zstd. Raw only when nothing beats 8 bytes a value.
+        let first = if decimals {
+            codec::VAL_DECIMAL
+        } else {
+            codec::VAL_GORILLA
+        };
+        encode_vals(first, vals, &mut self.plain);
+        let plain = self.plain.clone();
+        if decimals && plain.len() > ZSTD_MIN_INPUT {
+            let z = self.comp.compress(&plain)?;
+            consider(first, plain, &mut best_val);
+            consider(first | codec::VAL_ZSTD, z, &mut best_val);
+        } else {
+            consider(first, plain, &mut best_val);
         }
         if vals.len() * 8 > ZSTD_MIN_INPUT {
             encode_vals(codec::VAL_XOR_SHUFFLE, vals, &mut self.plain);
             let z = self.comp.compress(&self.plain)?;
             consider(codec::VAL_XOR_SHUFFLE | codec::VAL_ZSTD, z, &mut best_val);
+        }
+        if best_val
+            .as_ref()
+            .is_some_and(|(_, b)| b.len() > vals.len() * 8)
+        {
+            encode_vals(codec::VAL_RAW, vals, &mut self.plain);
+            best_val = Some((codec::VAL_RAW, self.plain.clone()));
         }
         let (vc, vsec) = best_val.ok_or_else(|| corrupt(0, "no candidate encoding"))?;
         let c = tc | vc;

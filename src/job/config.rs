@@ -139,6 +139,11 @@ impl RunConfig {
                 block_points: self.block_points,
                 zstd_level: self.zstd_level,
             },
+            // 16 bytes a point in, about as much out: a 64th of the budget.
+            round_points: match self.memory_limit {
+                Some(l) => (l / 64 / 32).clamp(64 << 10, 4 << 20) as usize,
+                None => 4 << 20,
+            },
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct FileOptions {
     /// (so a file exceeds it by at most one series).
     pub max_file_bytes: u64,
     pub writer: WriterOptions,
+    /// Most points held by one parallel encoding round (memory bound).
+    pub round_points: usize,
 }
 
 /// A data file staged locally, ready to upload.
@@ -85,7 +87,7 @@ pub struct OutputWriter {
 
 impl OutputWriter {
     pub fn spawn(dir: PathBuf, opts: FileOptions) -> Self {
-        let (tx, rx) = sync_channel::<MergedSeries>(256);
+        let (tx, rx) = sync_channel::<MergedSeries>(64);
         let handle = std::thread::Builder::new()
             .name("tailor-encode".into())
             .spawn(move || encode_loop(dir, opts, rx))
@@ -96,7 +98,7 @@ impl OutputWriter {
         }
     }
 
-    /// Hands one series to the encoder (blocks when it is 256 series behind).
+    /// Hands one series to the encoder (blocks when it is 64 series behind).
     pub fn send(&self, s: MergedSeries) -> Result<(), JobError> {
         let tx = self.tx.as_ref().expect("writer open");
         if tx.send(s).is_err() {
@@ -137,7 +139,6 @@ struct OpenFile {
 
 /// Most series (and points) encoded in one parallel round.
 const ROUND_SERIES: usize = 1024;
-const ROUND_POINTS: usize = 4 << 20;
 
 fn encode_loop(
     dir: PathBuf,
@@ -161,7 +162,7 @@ fn encode_loop(
     while let Ok(first) = rx.recv() {
         let mut points = first.timestamps.len();
         round.push(first);
-        while round.len() < ROUND_SERIES && points < ROUND_POINTS {
+        while round.len() < ROUND_SERIES && points < out.opts.round_points {
             match rx.try_recv() {
                 Ok(s) => {
                     points += s.timestamps.len();

@@ -156,6 +156,15 @@ fn batch_rows(limit: Option<u64>) -> usize {
     }
 }
 
+/// The share of `--memory-limit` given to DataFusion's pool; the rest is
+/// for what the pool does not track: decode slabs, mapped input pages, the
+/// encoder's rounds, the merger's current series, the allocator.
+pub const POOL_FRACTION: f64 = 0.6;
+
+fn pool_bytes(limit: u64) -> usize {
+    (limit as f64 * POOL_FRACTION) as usize
+}
+
 /// Builds the session: memory pool, spill directory, partitions.
 pub fn session(cfg: &RunConfig, spill_dir: &std::path::Path) -> Result<SessionContext, JobError> {
     // A bounded merge fan-in keeps the read-back of many spill files (one
@@ -165,7 +174,7 @@ pub fn session(cfg: &RunConfig, spill_dir: &std::path::Path) -> Result<SessionCo
         .with_max_spill_merge_fan_in(8);
     if let Some(limit) = cfg.memory_limit {
         rt = rt.with_memory_pool(Arc::new(TrackConsumersPool::new(
-            FairSpillPool::new(limit as usize),
+            FairSpillPool::new(pool_bytes(limit)),
             std::num::NonZeroUsize::new(8).expect("non-zero"),
         )));
     }
@@ -186,7 +195,8 @@ pub fn session(cfg: &RunConfig, spill_dir: &std::path::Path) -> Result<SessionCo
         opts.optimizer.repartition_sorts = false;
         // The sort reserves room to merge what it buffered before it
         // spills (sorted copies of its batches): half the pool.
-        opts.execution.sort_spill_reservation_bytes = (limit / 2).clamp(32 << 10, 1 << 30) as usize;
+        opts.execution.sort_spill_reservation_bytes =
+            (pool_bytes(limit) / 2).clamp(32 << 10, 1 << 30);
         opts.execution.sort_in_place_threshold_bytes =
             (limit / 64).clamp(16 << 10, 1 << 20) as usize;
     }
