@@ -87,23 +87,6 @@ pub mod codec {
     /// Codec (c): raw little-endian.
     pub const RAW: u8 = TS_RAW | VAL_RAW;
 
-    #[cfg(test)]
-    pub(crate) const TS_ENCODINGS: [u8; 5] = [
-        TS_RAW,
-        TS_DOD_BITS,
-        TS_DOD_VARINT,
-        TS_DELTA_BITS,
-        TS_DELTA_VARINT,
-    ];
-    #[cfg(test)]
-    pub(crate) const VAL_ENCODINGS: [u8; 5] = [
-        VAL_RAW,
-        VAL_GORILLA,
-        VAL_XOR_SHUFFLE,
-        VAL_DECIMAL,
-        VAL_DELTA_SHUFFLE,
-    ];
-
     /// Whether a codec byte is defined in format version 1.
     pub fn is_known(c: u8) -> bool {
         (c & 0x07) <= TS_DELTA_VARINT && (c & 0x70) <= VAL_DELTA_SHUFFLE

@@ -389,11 +389,7 @@ impl TableProvider for SideTable {
         // The ordering, if every key column is projected.
         let sort: Option<Vec<PhysicalSortExpr>> = keys
             .iter()
-            .map(|k| {
-                col(k, &projected)
-                    .ok()
-                    .map(|c| PhysicalSortExpr::new_default(c))
-            })
+            .map(|k| col(k, &projected).ok().map(PhysicalSortExpr::new_default))
             .collect();
         let ordering: Vec<LexOrdering> = sort.and_then(LexOrdering::new).into_iter().collect();
         Ok(Arc::new(StreamingTableExec::try_new(

@@ -74,7 +74,7 @@ fn write_window(dir: &Path, shard: &str, window: &str, base: &Manifest, series: 
     std::fs::create_dir_all(&data).unwrap();
     let mut files = Vec::new();
     let mut chunk: Vec<&S> = Vec::new();
-    let mut flush = |chunk: &mut Vec<&S>, files: &mut Vec<ManifestFile>| {
+    let flush = |chunk: &mut Vec<&S>, files: &mut Vec<ManifestFile>| {
         if chunk.is_empty() {
             return;
         }
