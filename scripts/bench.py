@@ -62,7 +62,7 @@ def timed(cmd: list[str], log: pathlib.Path, env: dict | None = None) -> dict:
         sys.stderr.write(p.stderr[-4000:])
         raise SystemExit(f"command failed ({p.returncode}): {' '.join(cmd)}; see {log}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1)) * 1024
-    return {"wall_s": round(wall, 3), "peak_rss_bytes": rss, "stdout": p.stdout}
+    return {"wall_s": round(wall, 3), "peak_rss_bytes": rss, "stdout": p.stdout, "stderr": p.stderr}
 
 
 def ensure_duckdb() -> pathlib.Path:
@@ -119,7 +119,15 @@ def main() -> None:
         r = timed([str(TAILOR), "query", "--input", inp, "--shard", shard, "--shard-map", str(shard_map),
                    "--target-partitions", str(p), "SELECT sum(n_points) AS points FROM payloads"], out / f"scan-{p}.log")
         r.pop("stdout")
+        r.pop("stderr")
         runs[f"scan_{p}"] = r
+    # Bytes read / file size: one range per file, and many small ranges.
+    read_ratio = {}
+    for label, rb in (("one_range", "1TiB"), ("ranges_4MiB", "4MiB"), ("ranges_256KiB", "256KiB")):
+        r = timed([str(TAILOR), "query", "--input", inp, "--shard", shard, "--shard-map", str(shard_map),
+                   "--target-partitions", "2", "--range-bytes", rb, "SELECT count(*) FROM payloads"], out / f"read-{label}.log")
+        read_ratio[label] = float(re.search(r"\(([0-9.]+) of the input\)", r["stderr"]).group(1))
+    results["bytes_read_over_size"] = read_ratio
     for p in (1, 2):
         o = out / f"job-out-{p}"
         shutil.rmtree(o, ignore_errors=True)
@@ -127,8 +135,16 @@ def main() -> None:
         r = timed([str(TAILOR), "run", "--input", inp, "--output", str(o), "--shard", shard, "--shard-map", str(shard_map),
                    "--target-partitions", str(p), "--report", str(rep), "--spill-dir", str(out / "spill")], out / f"job-{p}.log")
         r.pop("stdout")
+        r.pop("stderr")
         r["report"] = {k: v for k, v in json.loads(rep.read_text()).items() if k in ("scan", "merge", "output", "spill", "phases")}
         runs[f"job_{p}"] = r
+    # Diff of the two outputs (same content, written by 1 and 2 partitions).
+    r = timed([str(TAILOR), "diff", "--old", str(out / "job-out-1"), "--new", str(out / "job-out-2"),
+               "--shard", shard], out / "diff.log")
+    r.pop("stdout")
+    r.pop("stderr")
+    r["output_bytes"] = sum(f.stat().st_size for f in (out / "job-out-2").rglob("*.tsf"))
+    runs["diff"] = r
     limit = max(in_bytes // 10, 64 << 20)
     o = out / "job-out-limit"
     shutil.rmtree(o, ignore_errors=True)
@@ -137,6 +153,7 @@ def main() -> None:
                "--target-partitions", "2", "--memory-limit", str(limit), "--report", str(rep),
                "--spill-dir", str(out / "spill")], out / "job-limit.log")
     r.pop("stdout")
+    r.pop("stderr")
     r["memory_limit"] = limit
     r["report"] = {k: v for k, v in json.loads(rep.read_text()).items() if k in ("spill", "output")}
     runs["job_limit"] = r
@@ -155,6 +172,7 @@ def main() -> None:
         f"TO '{duck_out}' (FORMAT parquet, COMPRESSION zstd)\")")
     r = timed([str(py), "-c", script], out / "duckdb.log")
     r.pop("stdout")
+    r.pop("stderr")
     runs["duckdb"] = r
     if args.spark:
         runs["spark"] = run_spark(out, points_pq)
@@ -180,6 +198,7 @@ def main() -> None:
                    "--shard-map", str(shard_map), "--target-partitions", "2", "--report", str(rep),
                    "--spill-dir", str(out / "spill")], out / "job-large.log")
         r.pop("stdout")
+        r.pop("stderr")
         r["report"] = {k: v for k, v in json.loads(rep.read_text()).items() if k in ("scan", "output", "spill")}
         r["input_bytes"] = g2["bytes"]
         runs["job_large"] = r
@@ -206,6 +225,10 @@ def main() -> None:
     pts = runs["job_2"]["report"]["scan"]["points"]
     throughput = {name: {"MB_per_s": round(mbps(runs[name]), 1), "points_per_s": round(pts / runs[name]["wall_s"])}
                   for name in ("floor_1", "floor_2", "scan_1", "scan_2", "job_1", "job_2", "duckdb")}
+    throughput["diff"] = {"points_per_s": round(job_points / runs["diff"]["wall_s"])}
+    ratios["diff_rss_over_output_bytes"] = runs["diff"]["peak_rss_bytes"] / max(runs["diff"]["output_bytes"], 1)
+    for k, v in read_ratio.items():
+        ratios[f"bytes_read_over_size_{k}"] = v
     results["ratios"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in ratios.items()}
     results["throughput"] = throughput
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -237,6 +260,7 @@ def run_spark(out: pathlib.Path, points_pq: pathlib.Path) -> dict:
         f"s.read.parquet('{points_pq}').orderBy('org_id','metric_id','ts').write.parquet('{dst}'); s.stop()")
     r = timed([str(py), "-c", script], out / "spark.log")
     r.pop("stdout")
+    r.pop("stderr")
     return r
 
 

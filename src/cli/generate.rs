@@ -68,9 +68,7 @@ pub async fn main(a: GenerateArgs) -> Result<ExitCode, JobError> {
         max_points: a.max_points.clamp(1, crate::format::payload::MAX_POINTS),
         ..GenerateOptions::default()
     };
-    let s = generate(&root, &map, &opts)
-        .await
-        .map_err(|e| JobError::Output(e.to_string()))?;
+    let s = generate(&root, &map, &opts).await?;
     println!("{}", serde_json::to_string_pretty(&s).expect("json"));
     Ok(ExitCode::SUCCESS)
 }

@@ -127,9 +127,12 @@ pub async fn main(a: QueryArgs) -> Result<ExitCode, JobError> {
 fn report(listing: &crate::datasource::listing::Listing, log: &ScanLog) {
     let t = log.totals();
     eprintln!(
-        "-- {} objects ({} ignored), {} frames read, {} corrupt frames skipped, {} misrouted payloads",
+        "-- {} objects ({} ignored), {} bytes, {} bytes read ({:.4} of the input), {} frames read, {} corrupt frames skipped, {} misrouted payloads",
         listing.objects.len(),
         listing.ignored.len(),
+        listing.total_bytes(),
+        t.bytes_fetched,
+        t.bytes_fetched as f64 / listing.total_bytes().max(1) as f64,
         t.frames,
         t.corrupt_frames,
         t.misrouted_payloads

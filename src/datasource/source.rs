@@ -33,7 +33,7 @@ use datafusion::physical_expr::projection::ProjectionExprs;
 use datafusion::physical_expr_common::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::DisplayFormatType;
 use datafusion::physical_plan::filter_pushdown::{FilterPushdownPropagation, PushedDown};
-use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, Time};
 use futures::StreamExt;
 use object_store::ObjectStore;
 use serde::Serialize;
@@ -359,6 +359,7 @@ impl FileSource for PayloadSource {
             points: MetricBuilder::new(&self.metrics).counter("points", partition),
             bytes_fetched: MetricBuilder::new(&self.metrics).counter("bytes_fetched", partition),
             corrupt: MetricBuilder::new(&self.metrics).counter("corrupt_frames_skipped", partition),
+            decode_time: MetricBuilder::new(&self.metrics).elapsed_compute(partition),
         }) as Arc<dyn FileOpener>;
         ProjectionOpener::try_new(
             self.projection.clone(),
@@ -508,6 +509,7 @@ pub struct PayloadOpener {
     points: Count,
     bytes_fetched: Count,
     corrupt: Count,
+    decode_time: Time,
 }
 
 impl FileOpener for PayloadOpener {
@@ -521,6 +523,7 @@ impl FileOpener for PayloadOpener {
             self.bytes_fetched.clone(),
             self.corrupt.clone(),
         ];
+        let decode_time = self.decode_time.clone();
         Ok(Box::pin(async move {
             let key = file.object_meta.location.to_string();
             let size = file.object_meta.size;
@@ -539,7 +542,16 @@ impl FileOpener for PayloadOpener {
                     location: file.object_meta.location.clone(),
                 }
             };
-            let scan = RangeScan::new(source, key, size, start..end, bytes, file_indices, counters);
+            let scan = RangeScan::new(
+                source,
+                key,
+                size,
+                start..end,
+                bytes,
+                file_indices,
+                counters,
+                decode_time,
+            );
             let stream = futures::stream::try_unfold(scan, |mut scan| async move {
                 let batch = scan.next_batch().await?;
                 Ok(batch.map(|b| (b, scan)))
@@ -562,10 +574,13 @@ struct RangeScan {
     file_indices: Vec<usize>,
     local: LocalLog,
     counters: [Count; 4],
+    /// CPU spent decoding (frame checks, zstd, validation, batch building).
+    decode_time: Time,
     done: bool,
 }
 
 impl RangeScan {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         source: Arc<PayloadSource>,
         key: String,
@@ -574,6 +589,7 @@ impl RangeScan {
         bytes: ObjectBytes,
         file_indices: Vec<usize>,
         counters: [Count; 4],
+        decode_time: Time,
     ) -> Self {
         let skip = source.options.on_corrupt == CorruptPolicy::Skip;
         let cursor = FrameCursor::new(bytes, size, range.clone(), skip)
@@ -596,6 +612,7 @@ impl RangeScan {
             file_indices,
             local: LocalLog::default(),
             counters,
+            decode_time,
             done: false,
             source,
         }
@@ -705,7 +722,10 @@ impl RangeScan {
                         .fetch_add(frame.body.len() as u64 + 4, AtomicOrdering::Relaxed);
                     self.local.totals.frames += 1;
                     self.counters[0].add(1);
-                    self.decode_frame(frame.offset, &frame.body)?
+                    let start = std::time::Instant::now();
+                    let b = self.decode_frame(frame.offset, &frame.body);
+                    self.decode_time.add_duration(start.elapsed());
+                    b?
                 }
                 Some(Step::Skipped { error, skipped }) => {
                     self.corrupt(error, skipped)?;

@@ -864,7 +864,7 @@ impl Encoder {
     ///   smallest one (when it is over 64 bytes);
     /// * values: when the block's values are decimals (judged from its first
     ///   16 values) the decimal stream plain and under zstd, otherwise
-    ///   Gorilla; and the byte-shuffled XOR stream under zstd; raw when
+    ///   Gorilla and the byte-shuffled XOR stream under zstd; raw when
     ///   nothing is smaller than 8 bytes a value.
     ///
     /// Ties go to the first candidate in that order.
@@ -905,9 +905,10 @@ impl Encoder {
                 *best = Some((c, sec));
             }
         };
-        // Decimal blocks: decimal plain and zstd (Gorilla rarely beats them
-        // there); other blocks: Gorilla. Both: the byte-shuffled XOR stream
-        // under zstd. Raw only when nothing beats 8 bytes a value.
+        // Decimal blocks: decimal plain and zstd (Gorilla and the XOR
+        // streams rarely beat them there); other blocks: Gorilla, and the
+        // byte-shuffled XOR stream under zstd. Raw only when nothing beats 8
+        // bytes a value.
         let first = if decimals {
             codec::VAL_DECIMAL
         } else {
@@ -922,7 +923,7 @@ impl Encoder {
         } else {
             consider(first, plain, &mut best_val);
         }
-        if vals.len() * 8 > ZSTD_MIN_INPUT {
+        if !decimals && vals.len() * 8 > ZSTD_MIN_INPUT {
             encode_vals(codec::VAL_XOR_SHUFFLE, vals, &mut self.plain);
             let z = self.comp.compress(&self.plain)?;
             consider(codec::VAL_XOR_SHUFFLE | codec::VAL_ZSTD, z, &mut best_val);

@@ -27,6 +27,7 @@ use tokio::io::AsyncWriteExt;
 use crate::datasource::store::StoreRoot;
 use crate::format::payload::{Kind, PayloadSpec, PayloadWriter};
 use crate::format::shard::{Shard, ShardMap};
+use crate::job::JobError;
 
 /// What to generate.
 #[derive(Debug, Clone, Serialize)]
@@ -232,9 +233,13 @@ pub async fn generate(
     root: &StoreRoot,
     map: &ShardMap,
     opts: &GenerateOptions,
-) -> anyhow_like::Result<GenerateSummary> {
-    let start = crate::datasource::listing::Hour::parse(&opts.start_hour)
-        .ok_or_else(|| anyhow_like::msg(format!("bad --start-hour {:?}", opts.start_hour)))?;
+) -> Result<GenerateSummary, JobError> {
+    let start = crate::datasource::listing::Hour::parse(&opts.start_hour).ok_or_else(|| {
+        JobError::Config(format!(
+            "--start-hour {:?} is not an hour (YYYY-MM-DDTHH)",
+            opts.start_hour
+        ))
+    })?;
     let start_ms = hour_to_ms(&start);
     let mut world = world(opts, map);
     if let Some(only) = &opts.only_shards {
@@ -296,24 +301,19 @@ pub async fn generate(
     Ok(summary)
 }
 
-async fn write_object(root: &StoreRoot, rel: &str, bytes: Vec<u8>) -> anyhow_like::Result<()> {
+async fn write_object(root: &StoreRoot, rel: &str, bytes: Vec<u8>) -> Result<(), JobError> {
     let path = root.child(rel);
     if bytes.len() < (64 << 20) {
         root.store
             .put(&path, PutPayload::from(Bytes::from(bytes)))
-            .await
-            .map_err(|e| anyhow_like::msg(format!("writing {path}: {e}")))?;
+            .await?;
         return Ok(());
     }
-    let mut w = BufWriter::new(Arc::clone(&root.store), path.clone());
+    let mut w = BufWriter::new(Arc::clone(&root.store), path);
     for chunk in bytes.chunks(16 << 20) {
-        w.write_all(chunk)
-            .await
-            .map_err(|e| anyhow_like::msg(format!("writing {path}: {e}")))?;
+        w.write_all(chunk).await?;
     }
-    w.shutdown()
-        .await
-        .map_err(|e| anyhow_like::msg(format!("writing {path}: {e}")))?;
+    w.shutdown().await?;
     Ok(())
 }
 
@@ -511,17 +511,6 @@ fn gen_file(
         &hour[11..]
     );
     (rel, out, summary)
-}
-
-/// A tiny error type for the generator (a message).
-pub mod anyhow_like {
-    #[derive(Debug, thiserror::Error)]
-    #[error("{0}")]
-    pub struct Error(pub String);
-    pub type Result<T> = std::result::Result<T, Error>;
-    pub fn msg(s: impl Into<String>) -> Error {
-        Error(s.into())
-    }
 }
 
 #[cfg(test)]

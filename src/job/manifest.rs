@@ -18,6 +18,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -146,7 +147,9 @@ fn encode_loop(
     rx: Receiver<MergedSeries>,
 ) -> Result<Staged, JobError> {
     let wall = Instant::now();
-    let cpu0 = crate::job::report::cpu_time();
+    // Time spent encoding on the worker threads (compute-bound, so this is
+    // their CPU time) plus appending on this one.
+    let busy = AtomicU64::new(0);
     let mut out = Output {
         dir,
         opts,
@@ -174,18 +177,23 @@ fn encode_loop(
         let writer = out.opts.writer;
         let encoded: Vec<Result<tsf::EncodedSeries, tsf::TsfError>> = round
             .par_iter()
-            .map(|s| tsf::encode_series(&writer, &header(s), &s.timestamps, &s.values))
+            .map(|s| {
+                let t = Instant::now();
+                let e = tsf::encode_series(&writer, &header(s), &s.timestamps, &s.values);
+                busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                e
+            })
             .collect();
+        let t = Instant::now();
         for (s, e) in round.drain(..).zip(encoded) {
             out.append(&s, e?)?;
         }
+        busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
     out.finish(Phase::measured(
         "encode",
         wall.elapsed(),
-        // Encoding runs on the rayon pool: process CPU over the phase is
-        // the honest figure (it overlaps with the scan).
-        crate::job::report::cpu_time().saturating_sub(cpu0),
+        std::time::Duration::from_nanos(busy.load(Ordering::Relaxed)),
     ))
 }
 

@@ -251,11 +251,18 @@ impl Report {
         let phases: Vec<String> = self
             .phases
             .iter()
-            .map(|p| format!("{} {:.2}s", p.name, p.wall.as_secs_f64()))
+            .map(|p| {
+                format!(
+                    "{} {:.2}s/{:.2}s",
+                    p.name,
+                    p.wall.as_secs_f64(),
+                    p.cpu.as_secs_f64()
+                )
+            })
             .collect();
         let _ = writeln!(
             s,
-            "  time    {:.2}s wall, {:.2}s CPU: {}",
+            "  time    {:.2}s wall, {:.2}s CPU; phases wall/CPU (scan, group and encode overlap): {}",
             self.wall.as_secs_f64(),
             self.cpu.as_secs_f64(),
             phases.join(", ")

@@ -159,7 +159,7 @@ fn batch_rows(limit: Option<u64>) -> usize {
 /// The share of `--memory-limit` given to DataFusion's pool; the rest is
 /// for what the pool does not track: decode slabs, mapped input pages, the
 /// encoder's rounds, the merger's current series, the allocator.
-pub const POOL_FRACTION: f64 = 0.6;
+pub const POOL_FRACTION: f64 = 0.5;
 
 fn pool_bytes(limit: u64) -> usize {
     (limit as f64 * POOL_FRACTION) as usize
@@ -171,7 +171,7 @@ pub fn session(cfg: &RunConfig, spill_dir: &std::path::Path) -> Result<SessionCo
     // batch each) inside the pool; more runs are merged in several passes.
     let mut rt = RuntimeEnvBuilder::new()
         .with_temp_file_path(spill_dir)
-        .with_max_spill_merge_fan_in(8);
+        .with_max_spill_merge_fan_in(16);
     if let Some(limit) = cfg.memory_limit {
         rt = rt.with_memory_pool(Arc::new(TrackConsumersPool::new(
             FairSpillPool::new(pool_bytes(limit)),
@@ -248,7 +248,9 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     let log = PayloadTable::new(&input, listing.objects.clone(), options, ScanLog::new())
         .register(&ctx, &input, "payloads")?;
 
-    let t_group = Phase::start("scan+decode+group");
+    // scan + decode, group and encode run as one pipeline: their wall times
+    // overlap; the CPU of each is measured where it is spent.
+    let t_pipeline = Phase::start("pipeline");
     let df = ctx.sql(GROUP_SQL).await?;
     let plan: Arc<dyn ExecutionPlan> = df.create_physical_plan().await?;
     let mut stream = execute_stream(Arc::clone(&plan), ctx.task_ctx())?;
@@ -258,6 +260,7 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
         crate::job::report::progress(cfg.progress, listing.total_bytes(), Arc::clone(&log));
     let mut merger = SeriesMerger::default();
     let mut scan_error = None;
+    let mut merge_time = std::time::Duration::ZERO;
     while let Some(batch) = stream.next().await {
         let batch = match batch {
             Ok(b) => b,
@@ -266,7 +269,9 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
                 break;
             }
         };
+        let t = Instant::now();
         feed(&mut merger, &batch, &writer)?;
+        merge_time += t.elapsed();
     }
     if let Some(last) = merger.take() {
         writer.send(last)?;
@@ -275,14 +280,31 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     if let Some(p) = &progress {
         p.finish_and_clear();
     }
-    let mut group_phase = t_group.stop();
+    let pipeline = t_pipeline.stop();
     report.merge = merger.counts;
     report.scan = log.totals();
     report.corrupt = log.corrupt();
     report.misrouted = log.misrouted();
     report.spill = crate::job::report::spill_metrics(&plan);
-    group_phase.detail = crate::job::report::operator_times(&plan);
-    report.phases.push(group_phase);
+    let ops = crate::job::report::operator_times(&plan);
+    let op_cpu = |names: &[&str]| {
+        std::time::Duration::from_secs_f64(
+            ops.iter()
+                .filter(|(n, _)| names.contains(&n.as_str()))
+                .map(|(_, s)| s)
+                .sum(),
+        )
+    };
+    let mut scan_phase = Phase::measured("scan+decode", pipeline.wall, op_cpu(&["DataSourceExec"]));
+    scan_phase.detail = ops.clone();
+    report.phases.push(scan_phase);
+    // Sorting and merging payload rows (DataFusion) plus merging each
+    // series' points (the merger, on the consuming thread).
+    report.phases.push(Phase::measured(
+        "group",
+        pipeline.wall,
+        op_cpu(&["SortExec", "SortPreservingMergeExec"]) + merge_time,
+    ));
 
     let written = writer.finish();
     if let Some(e) = scan_error {
