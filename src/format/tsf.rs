@@ -961,6 +961,43 @@ fn assemble(c: u8, tsec: &[u8], vsec: &[u8]) -> Vec<u8> {
     b
 }
 
+/// Checks that a section (a block, the footer) has its expected length and
+/// CRC32C; `offset` is where it starts in the file.
+fn check_section(
+    bytes: &[u8],
+    offset: u64,
+    len: u64,
+    crc: u32,
+    what_len: &'static str,
+    what: &'static str,
+) -> Result<()> {
+    if (bytes.len() as u64) < len {
+        return Err(TsfError::Truncated {
+            offset,
+            needed: len,
+            available: bytes.len() as u64,
+        });
+    }
+    if bytes.len() as u64 != len {
+        return Err(TsfError::CountMismatch {
+            offset,
+            what: what_len,
+            expected: len,
+            found: bytes.len() as u64,
+        });
+    }
+    let actual = crc32c::crc32c(bytes);
+    if actual != crc {
+        return Err(TsfError::ChecksumMismatch {
+            what,
+            offset,
+            expected: crc,
+            actual,
+        });
+    }
+    Ok(())
+}
+
 /// Decode one block, appending its points to `ts_out` / `val_out`.
 ///
 /// Checks, in order: length, CRC32C, codec byte (known and equal to the
@@ -988,30 +1025,7 @@ fn decode_block_inner(
     val_out: &mut Vec<u64>,
 ) -> Result<()> {
     let off = entry.offset;
-    if (bytes.len() as u64) < entry.len {
-        return Err(TsfError::Truncated {
-            offset: off,
-            needed: entry.len,
-            available: bytes.len() as u64,
-        });
-    }
-    if bytes.len() as u64 != entry.len {
-        return Err(TsfError::CountMismatch {
-            offset: off,
-            what: "block length",
-            expected: entry.len,
-            found: bytes.len() as u64,
-        });
-    }
-    let actual = crc32c::crc32c(bytes);
-    if actual != entry.crc {
-        return Err(TsfError::ChecksumMismatch {
-            what: "block",
-            offset: off,
-            expected: entry.crc,
-            actual,
-        });
-    }
+    check_section(bytes, off, entry.len, entry.crc, "block length", "block")?;
     let n = entry.n_points as usize;
     if n == 0 || n > MAX_BLOCK_POINTS {
         return Err(TsfError::ValueOutOfRange {
@@ -1283,30 +1297,14 @@ impl Footer {
     /// (`trailer.footer_len` bytes starting at `trailer.footer_offset`).
     pub fn parse(bytes: &[u8], trailer: &Trailer) -> Result<Footer> {
         let fo = trailer.footer_offset;
-        if (bytes.len() as u64) < trailer.footer_len {
-            return Err(TsfError::Truncated {
-                offset: fo,
-                needed: trailer.footer_len,
-                available: bytes.len() as u64,
-            });
-        }
-        if bytes.len() as u64 != trailer.footer_len {
-            return Err(TsfError::CountMismatch {
-                offset: fo,
-                what: "footer length",
-                expected: trailer.footer_len,
-                found: bytes.len() as u64,
-            });
-        }
-        let actual = crc32c::crc32c(bytes);
-        if actual != trailer.footer_crc {
-            return Err(TsfError::ChecksumMismatch {
-                what: "footer",
-                offset: fo,
-                expected: trailer.footer_crc,
-                actual,
-            });
-        }
+        check_section(
+            bytes,
+            fo,
+            trailer.footer_len,
+            trailer.footer_crc,
+            "footer length",
+            "footer",
+        )?;
         let mut c = Cur::new(bytes, fo);
         let cnt_off = c.off();
         let count = c.varint()?;

@@ -5,9 +5,10 @@
 //! files, in the order the files already have: `points` (shard, window,
 //! org_id, metric_id, ts, bits) and `series` (shard, window, org_id,
 //! metric_id, kind, interval_s, metadata, n_points), both declared sorted by
-//! their keys (`win` is the window's directory name). A FULL OUTER sort-merge join of old against new on those keys
-//! streams without sorting or hashing either side, so two outputs larger
-//! than memory are compared in bounded memory. Only content counts: file
+//! their keys (`win` is the window's directory name). A FULL OUTER
+//! sort-merge join (DataFusion's `SortMergeJoinExec`) of old against new on
+//! those keys streams without sorting or hashing either side, so two outputs
+//! larger than memory are compared in bounded memory. Only content counts: file
 //! layout, size caps, codecs and file counts may differ.
 //!
 //! Windows are compared by name (`<from>_<to>`); a window committed on one
@@ -19,21 +20,29 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use arrow::compute::SortOptions;
 use async_trait::async_trait;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt8Array,
     UInt32Array, UInt64Array,
 };
+use datafusion::arrow::compute::kernels::boolean::{or, or_kleene};
+use datafusion::arrow::compute::kernels::cmp::neq;
+use datafusion::arrow::compute::kernels::zip::zip;
+use datafusion::arrow::compute::{filter_record_batch, is_not_null, is_null};
 use datafusion::arrow::datatypes::{
     DataType, Field, Int64Type, Schema, SchemaRef, UInt8Type, UInt32Type, UInt64Type,
 };
 use datafusion::catalog::Session;
+use datafusion::common::NullEquality;
 use datafusion::common::Result as DfResult;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::JoinType;
 use datafusion::physical_expr::expressions::col;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::joins::SortMergeJoinExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
@@ -455,19 +464,170 @@ async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, Jo
     })
 }
 
-const POINTS_SQL: &str = "SELECT coalesce(o.shard, n.shard) AS shard, coalesce(o.win, n.win) AS win, \
-     coalesce(o.org_id, n.org_id) AS org_id, coalesce(o.metric_id, n.metric_id) AS metric_id, \
-     coalesce(o.ts, n.ts) AS ts, o.bits AS old_bits, n.bits AS new_bits \
-     FROM old_points o FULL OUTER JOIN new_points n \
-     ON o.shard = n.shard AND o.win = n.win AND o.org_id = n.org_id AND o.metric_id = n.metric_id AND o.ts = n.ts \
-     WHERE o.bits IS NULL OR n.bits IS NULL OR o.bits <> n.bits";
+/// A FULL OUTER sort-merge join of two sorted side tables on their first
+/// `keys` columns; DataFusion's `SortMergeJoinExec`, built directly because
+/// the SQL planner only picks it with several partitions (which would
+/// repartition and then sort both sides).
+async fn join(
+    ctx: &SessionContext,
+    left: &str,
+    right: &str,
+    keys: usize,
+) -> Result<SendableRecordBatchStream, JobError> {
+    let state = ctx.state();
+    let l = ctx
+        .table_provider(left)
+        .await?
+        .scan(&state, None, &[], None)
+        .await?;
+    let r = ctx
+        .table_provider(right)
+        .await?
+        .scan(&state, None, &[], None)
+        .await?;
+    let (ls, rs) = (l.schema(), r.schema());
+    let on = (0..keys)
+        .map(|i| {
+            let name = ls.field(i).name();
+            Ok((col(name, &ls)?, col(name, &rs)?))
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    let smj = SortMergeJoinExec::try_new(
+        l,
+        r,
+        on,
+        None,
+        JoinType::Full,
+        vec![SortOptions::default(); keys],
+        NullEquality::NullEqualsNothing,
+    )?;
+    Ok(datafusion::physical_plan::execute_stream(
+        Arc::new(smj),
+        ctx.task_ctx(),
+    )?)
+}
 
-const SERIES_SQL: &str = "SELECT coalesce(o.shard, n.shard) AS shard, coalesce(o.win, n.win) AS win, \
-     coalesce(o.org_id, n.org_id) AS org_id, coalesce(o.metric_id, n.metric_id) AS metric_id, \
-     o.kind AS old_kind, n.kind AS new_kind, o.interval_s AS old_interval, n.interval_s AS new_interval, \
-     o.metadata AS old_meta, n.metadata AS new_meta, o.n_points AS old_n, n.n_points AS new_n \
-     FROM old_series o FULL OUTER JOIN new_series n \
-     ON o.shard = n.shard AND o.win = n.win AND o.org_id = n.org_id AND o.metric_id = n.metric_id";
+/// `a` where it is not null, else `b`.
+fn coalesce(a: &ArrayRef, b: &ArrayRef) -> DfResult<ArrayRef> {
+    Ok(zip(&is_not_null(a.as_ref())?, a, b)?)
+}
+
+/// The series join's rows as (shard, win, org_id, metric_id, old_kind,
+/// new_kind, old_interval, new_interval, old_meta, new_meta, old_n, new_n).
+fn series_rows(b: &RecordBatch) -> DfResult<Vec<ArrayRef>> {
+    let c = |i: usize| Arc::clone(b.column(i));
+    let k = 8; // columns per side
+    let mut out = (0..4)
+        .map(|i| coalesce(b.column(i), b.column(k + i)))
+        .collect::<DfResult<Vec<_>>>()?;
+    for i in 4..8 {
+        out.push(c(i));
+        out.push(c(k + i));
+    }
+    Ok(out)
+}
+
+/// The points join's differing rows as (shard, win, org_id, metric_id, ts,
+/// old_bits, new_bits).
+fn differing_points(b: &RecordBatch) -> DfResult<RecordBatch> {
+    let k = 6; // columns per side
+    let (ob, nb) = (b.column(5), b.column(k + 5));
+    // One side missing, or both present with other bits. (Kleene OR: a
+    // missing side makes `neq` null, and true OR null is true.)
+    let differs = or_kleene(
+        &or(&is_null(ob.as_ref())?, &is_null(nb.as_ref())?)?,
+        &neq(ob, nb)?,
+    )?;
+    let mut cols = (0..5)
+        .map(|i| coalesce(b.column(i), b.column(k + i)))
+        .collect::<DfResult<Vec<_>>>()?;
+    cols.push(Arc::clone(ob));
+    cols.push(Arc::clone(nb));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("shard", DataType::Utf8, true),
+        Field::new("win", DataType::Utf8, true),
+        Field::new("org_id", DataType::UInt64, true),
+        Field::new("metric_id", DataType::UInt64, true),
+        Field::new("ts", DataType::Int64, true),
+        Field::new("old_bits", DataType::UInt64, true),
+        Field::new("new_bits", DataType::UInt64, true),
+    ]));
+    let all = RecordBatch::try_new(schema, cols)?;
+    Ok(filter_record_batch(&all, &differs)?)
+}
+
+/// The session with both sides' tables registered.
+fn session(old: &Side, new: &Side) -> Result<SessionContext, JobError> {
+    let sc = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_batch_size(BATCH_POINTS);
+    let ctx = SessionContext::new_with_config(sc);
+    for (name, s, points) in [
+        ("old_points", old, true),
+        ("new_points", new, true),
+        ("old_series", old, false),
+        ("new_series", new, false),
+    ] {
+        let stream = Arc::new(SideStream {
+            side: s.clone(),
+            points,
+            schema: if points {
+                points_schema()
+            } else {
+                series_schema()
+            },
+        });
+        ctx.register_table(name, Arc::new(SideTable { stream }))?;
+    }
+    Ok(ctx)
+}
+
+/// The physical plans of the two joins (tests check that they stream).
+pub async fn explain(cfg: &DiffConfig) -> Result<String, JobError> {
+    let old = side(&cfg.old, &cfg.shards, cfg).await?;
+    let new = side(&cfg.new, &cfg.shards, cfg).await?;
+    let ctx = session(&old, &new)?;
+    let mut out = String::new();
+    for (l, r, keys) in [
+        ("old_series", "new_series", 4),
+        ("old_points", "new_points", 5),
+    ] {
+        let state = ctx.state();
+        let lp = ctx
+            .table_provider(l)
+            .await?
+            .scan(&state, None, &[], None)
+            .await?;
+        let rp = ctx
+            .table_provider(r)
+            .await?
+            .scan(&state, None, &[], None)
+            .await?;
+        let (ls, rs) = (lp.schema(), rp.schema());
+        let on = (0..keys)
+            .map(|i| {
+                let name = ls.field(i).name();
+                Ok((col(name, &ls)?, col(name, &rs)?))
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        let smj = SortMergeJoinExec::try_new(
+            lp,
+            rp,
+            on,
+            None,
+            JoinType::Full,
+            vec![SortOptions::default(); keys],
+            NullEquality::NullEqualsNothing,
+        )?;
+        out.push_str(
+            &datafusion::physical_plan::displayable(&smj)
+                .indent(true)
+                .to_string(),
+        );
+        out.push('\n');
+    }
+    Ok(out)
+}
 
 /// Runs the diff.
 pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
@@ -491,28 +651,7 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
             "neither side has a committed window to compare".into(),
         ));
     }
-    let mut sc = SessionConfig::new()
-        .with_target_partitions(1)
-        .with_batch_size(BATCH_POINTS);
-    sc.options_mut().optimizer.prefer_hash_join = false;
-    let ctx = SessionContext::new_with_config(sc);
-    for (name, s, points) in [
-        ("old_points", &old, true),
-        ("new_points", &new, true),
-        ("old_series", &old, false),
-        ("new_series", &new, false),
-    ] {
-        let stream = Arc::new(SideStream {
-            side: s.clone(),
-            points,
-            schema: if points {
-                points_schema()
-            } else {
-                series_schema()
-            },
-        });
-        ctx.register_table(name, Arc::new(SideTable { stream }))?;
-    }
+    let ctx = session(&old, &new)?;
     let mut report = DiffReport {
         old: cfg.old.clone(),
         new: cfg.new.clone(),
@@ -523,9 +662,20 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
     }
 
     // Series level: presence, kind, interval, metadata; and point counts.
-    let mut stream = ctx.sql(SERIES_SQL).await?.execute_stream().await?;
+    let mut stream = join(&ctx, "old_series", "new_series", 4).await?;
     while let Some(b) = stream.next().await {
         let b = b?;
+        let cols = series_rows(&b)?;
+        let b = RecordBatch::try_new(
+            Arc::new(Schema::new(
+                cols.iter()
+                    .enumerate()
+                    .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+                    .collect::<Vec<_>>(),
+            )),
+            cols,
+        )
+        .map_err(datafusion::error::DataFusionError::from)?;
         let shard = b.column(0).as_string::<i32>();
         let window = b.column(1).as_string::<i32>();
         let org = b.column(2).as_primitive::<UInt64Type>();
@@ -556,7 +706,6 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
                 old,
                 new,
             };
-            let s = |a: &dyn Array, f: &dyn Fn(usize) -> String| (!a.is_null(i)).then(|| f(i));
             let mut hits = Vec::new();
             if ok.is_null(i) {
                 hits.push((
@@ -572,19 +721,13 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
                 if ok.value(i) != nk.value(i) {
                     hits.push((
                         Category::KindDiffers,
-                        ex(
-                            s(ok, &|i| ok.value(i).to_string()),
-                            s(nk, &|i| nk.value(i).to_string()),
-                        ),
+                        ex(Some(ok.value(i).to_string()), Some(nk.value(i).to_string())),
                     ));
                 }
                 if oi.value(i) != ni.value(i) {
                     hits.push((
                         Category::IntervalDiffers,
-                        ex(
-                            s(oi, &|i| oi.value(i).to_string()),
-                            s(ni, &|i| ni.value(i).to_string()),
-                        ),
+                        ex(Some(oi.value(i).to_string()), Some(ni.value(i).to_string())),
                     ));
                 }
                 if om.value(i) != nm.value(i) {
@@ -614,9 +757,12 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
         Some(p) => Some(DiffWriter::create(p)?),
         None => None,
     };
-    let mut stream = ctx.sql(POINTS_SQL).await?.execute_stream().await?;
+    let mut stream = join(&ctx, "old_points", "new_points", 5).await?;
     while let Some(b) = stream.next().await {
-        let b = b?;
+        let b = differing_points(&b?)?;
+        if b.num_rows() == 0 {
+            continue;
+        }
         let shard = b.column(0).as_string::<i32>();
         let window = b.column(1).as_string::<i32>();
         let org = b.column(2).as_primitive::<UInt64Type>();

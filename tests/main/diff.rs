@@ -227,6 +227,28 @@ fn counts(r: &tailor::job::diff::DiffReport) -> Vec<(Category, u64)> {
 }
 
 #[test]
+fn the_joins_stream_without_sorting_or_hashing() {
+    let f = fixture();
+    let plans = rt()
+        .block_on(tailor::job::diff::explain(&DiffConfig {
+            old: f.old.to_str().unwrap().into(),
+            new: f.old.to_str().unwrap().into(),
+            shards: f.base.iter().map(|b| b.0.clone()).collect(),
+            from: None,
+            to: None,
+            orgs: vec![],
+            examples: 3,
+            out: None,
+        }))
+        .unwrap();
+    assert!(plans.contains("SortMergeJoin"), "{plans}");
+    assert!(
+        !plans.contains("SortExec") && !plans.contains("HashJoin"),
+        "{plans}"
+    );
+}
+
+#[test]
 fn self_diff_and_different_file_caps_are_identical() {
     let f = fixture();
     let r = run_diff(&f.old, &f.old, vec![]);
