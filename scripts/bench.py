@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end benchmark of tailor against the physical floor and DuckDB.
 
-    python3 scripts/bench.py [--size 2GiB] [--large 8GiB] [--out bench-out] [--spark]
+    python3 scripts/bench.py [--size 2GiB] [--large 4GiB] [--out bench-out] [--spark]
 
 On a generated single-shard dataset of --size (all orgs in shard org-mod-0,
 via a shard map of modulus 1) it measures, in one run on this machine:
@@ -91,7 +91,7 @@ def generate(out: pathlib.Path, nbytes: int, shard_map: pathlib.Path, seed: int)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="2GiB")
-    ap.add_argument("--large", default="8GiB", help="second size for cost per point ('' to skip)")
+    ap.add_argument("--large", default="4GiB", help="second size for cost per point ('' to skip)")
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--spark", action="store_true", help="also run Spark local[2] (pyspark from PyPI)")
@@ -139,11 +139,13 @@ def main() -> None:
         r["report"] = {k: v for k, v in json.loads(rep.read_text()).items() if k in ("scan", "merge", "output", "spill", "phases")}
         runs[f"job_{p}"] = r
     # Diff of the two outputs (same content, written by 1 and 2 partitions).
+    out_bytes_2 = sum(f.stat().st_size for f in (out / "job-out-2").rglob("*.tsf"))
     r = timed([str(TAILOR), "diff", "--old", str(out / "job-out-1"), "--new", str(out / "job-out-2"),
-               "--shard", shard], out / "diff.log")
+               "--shard", shard, "--memory-limit", str(max(out_bytes_2 // 10, 1 << 20))], out / "diff.log")
     r.pop("stdout")
     r.pop("stderr")
-    r["output_bytes"] = sum(f.stat().st_size for f in (out / "job-out-2").rglob("*.tsf"))
+    r["output_bytes"] = out_bytes_2
+    r["memory_limit"] = max(out_bytes_2 // 10, 1 << 20)
     runs["diff"] = r
     limit = max(in_bytes // 10, 64 << 20)
     o = out / "job-out-limit"
@@ -227,6 +229,7 @@ def main() -> None:
                   for name in ("floor_1", "floor_2", "scan_1", "scan_2", "job_1", "job_2", "duckdb")}
     throughput["diff"] = {"points_per_s": round(job_points / runs["diff"]["wall_s"])}
     ratios["diff_rss_over_output_bytes"] = runs["diff"]["peak_rss_bytes"] / max(runs["diff"]["output_bytes"], 1)
+    ratios["diff_rss_over_limit"] = runs["diff"]["peak_rss_bytes"] / runs["diff"]["memory_limit"]
     for k, v in read_ratio.items():
         ratios[f"bytes_read_over_size_{k}"] = v
     results["ratios"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in ratios.items()}

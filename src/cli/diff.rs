@@ -39,6 +39,9 @@ pub struct DiffArgs {
     /// Examples per category and shard in the summary.
     #[arg(long, default_value_t = 5)]
     pub examples: usize,
+    /// Memory pool for the joins (e.g. 256MiB); the diff streams either way.
+    #[arg(long)]
+    pub memory_limit: Option<String>,
 }
 
 pub async fn main(a: DiffArgs) -> Result<ExitCode, JobError> {
@@ -51,6 +54,12 @@ pub async fn main(a: DiffArgs) -> Result<ExitCode, JobError> {
         orgs: a.orgs,
         examples: a.examples,
         out: a.out,
+        memory_limit: a
+            .memory_limit
+            .as_deref()
+            .map(crate::job::config::parse_size)
+            .transpose()
+            .map_err(JobError::Config)?,
     };
     let report = diff(&cfg).await?;
     if let Some(p) = &a.report {

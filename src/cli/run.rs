@@ -118,7 +118,9 @@ pub fn config(a: &RunArgs) -> Result<RunConfig, JobError> {
             .map(|s| parse_size(s).map_err(JobError::Config))
             .transpose()
     };
-    cfg.memory_limit = size(&a.memory_limit, &file.memory_limit)?;
+    if let Some(l) = size(&a.memory_limit, &file.memory_limit)? {
+        cfg.memory_limit = Some(l);
+    }
     if let Some(n) = a.target_partitions.or(file.target_partitions) {
         if n == 0 {
             return Err(JobError::Config(

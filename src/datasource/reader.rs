@@ -72,7 +72,8 @@ pub fn map_file(path: &std::path::Path) -> std::io::Result<Bytes> {
     })
 }
 
-struct MapOwner(Arc<memmap2::Mmap>);
+/// Owns a mapping for [`Bytes::from_owner`].
+pub struct MapOwner(pub Arc<memmap2::Mmap>);
 
 impl AsRef<[u8]> for MapOwner {
     fn as_ref(&self) -> &[u8] {
@@ -81,7 +82,7 @@ impl AsRef<[u8]> for MapOwner {
 }
 
 /// Maps a file (`None` for an empty one, which cannot be mapped).
-fn map(path: &std::path::Path) -> std::io::Result<Option<Arc<memmap2::Mmap>>> {
+pub fn map(path: &std::path::Path) -> std::io::Result<Option<Arc<memmap2::Mmap>>> {
     let file = std::fs::File::open(path)?;
     if file.metadata()?.len() == 0 {
         return Ok(None);
@@ -96,7 +97,28 @@ fn map(path: &std::path::Path) -> std::io::Result<Option<Arc<memmap2::Mmap>>> {
 }
 
 /// Pages of a mapping the cursor has read are released in steps of this size.
-const RELEASE_STEP: u64 = 4 << 20;
+pub const RELEASE_STEP: u64 = 4 << 20;
+
+/// Returns the whole pages of `[from, to)` of a mapped file to the kernel:
+/// they stay in the page cache, so this only lowers the process's resident
+/// set; reading them again refaults the same file contents.
+pub fn release_pages(map: &memmap2::Mmap, from: u64, to: u64) {
+    const PAGE: u64 = 4096;
+    let from = from.div_ceil(PAGE) * PAGE;
+    let to = to.min(map.len() as u64) / PAGE * PAGE;
+    if to > from {
+        // SAFETY: a private read-only file mapping; DONTNEED only drops this
+        // process's page table entries and later reads refault the same,
+        // immutable, file contents.
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                from as usize,
+                (to - from) as usize,
+            )
+        };
+    }
+}
 
 /// Errors of the cursor: corruption (a property of the bytes) or I/O.
 #[derive(Debug, thiserror::Error)]
@@ -354,22 +376,7 @@ impl FrameCursor {
         if p < self.released + RELEASE_STEP {
             return;
         }
-        const PAGE: u64 = 4096;
-        let from = self.released.div_ceil(PAGE) * PAGE;
-        let to = p / PAGE * PAGE;
-        if to > from {
-            // SAFETY: a private read-only file mapping; DONTNEED only drops
-            // this process's page table entries, later reads refault the
-            // same file contents. No slice into [from, to) is alive: frames
-            // below `p` were decoded before the cursor was asked for `p`.
-            let _ = unsafe {
-                map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    from as usize,
-                    (to - from) as usize,
-                )
-            };
-        }
+        release_pages(map, self.released, p);
         self.released = p;
     }
 

@@ -71,6 +71,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+/// The memory limit when none is given: 60% of the machine's physical
+/// memory, so that a shard bigger than memory spills instead of being
+/// killed.
+pub fn default_memory_limit() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || page <= 0 {
+        return 4 << 30;
+    }
+    (pages as u64 * page as u64) / 10 * 6
+}
+
 /// Everything `tailor run` needs, validated.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunConfig {
@@ -114,7 +131,7 @@ impl RunConfig {
             window: Window::default(),
             shard_map: Arc::new(ShardMap::parse(DEFAULT_SHARD_MAP).expect("built-in shard map")),
             shard_map_source: "built-in shards/production.toml".into(),
-            memory_limit: None,
+            memory_limit: Some(default_memory_limit()),
             target_partitions: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),

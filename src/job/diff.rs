@@ -71,6 +71,8 @@ pub struct DiffConfig {
     pub examples: usize,
     /// Where to write every differing point (Parquet), if anywhere.
     pub out: Option<std::path::PathBuf>,
+    /// A memory pool for the joins (they stream, so little is needed).
+    pub memory_limit: Option<u64>,
 }
 
 /// Difference categories.
@@ -323,9 +325,11 @@ async fn produce(
     let mut vals = Vec::new();
     for (shard, window, m) in &side.manifests {
         for f in &m.files {
-            let bytes = read_data_file(&side.root, m, f).await?;
+            let mut data = read_data_file(&side.root, m, f).await?;
+            let bytes = data.bytes.clone();
             let reader = tsf::FileReader::open(&bytes)?;
             for e in reader.footer().series() {
+                data.release_before(e.byte_range().start);
                 if !side.orgs.is_empty() && !side.orgs.contains(&e.org_id) {
                     continue;
                 }
@@ -557,11 +561,17 @@ fn differing_points(b: &RecordBatch) -> DfResult<RecordBatch> {
 }
 
 /// The session with both sides' tables registered.
-fn session(old: &Side, new: &Side) -> Result<SessionContext, JobError> {
+fn session(old: &Side, new: &Side, memory_limit: Option<u64>) -> Result<SessionContext, JobError> {
     let sc = SessionConfig::new()
         .with_target_partitions(1)
         .with_batch_size(BATCH_POINTS);
-    let ctx = SessionContext::new_with_config(sc);
+    let mut rt = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+    if let Some(l) = memory_limit {
+        rt = rt.with_memory_pool(Arc::new(
+            datafusion::execution::memory_pool::FairSpillPool::new(l as usize),
+        ));
+    }
+    let ctx = SessionContext::new_with_config_rt(sc, rt.build_arc()?);
     for (name, s, points) in [
         ("old_points", old, true),
         ("new_points", new, true),
@@ -586,7 +596,7 @@ fn session(old: &Side, new: &Side) -> Result<SessionContext, JobError> {
 pub async fn explain(cfg: &DiffConfig) -> Result<String, JobError> {
     let old = side(&cfg.old, &cfg.shards, cfg).await?;
     let new = side(&cfg.new, &cfg.shards, cfg).await?;
-    let ctx = session(&old, &new)?;
+    let ctx = session(&old, &new, cfg.memory_limit)?;
     let mut out = String::new();
     for (l, r, keys) in [
         ("old_series", "new_series", 4),
@@ -651,7 +661,7 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
             "neither side has a committed window to compare".into(),
         ));
     }
-    let ctx = session(&old, &new)?;
+    let ctx = session(&old, &new, cfg.memory_limit)?;
     let mut report = DiffReport {
         old: cfg.old.clone(),
         new: cfg.new.clone(),

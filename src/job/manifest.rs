@@ -32,7 +32,6 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::datasource::listing::{Listing, Window};
-use crate::datasource::reader::map_file;
 use crate::datasource::source::CorruptPolicy;
 use crate::datasource::store::StoreRoot;
 use crate::format::tsf::{self, FileWriter, SeriesHeader, WriterOptions};
@@ -528,18 +527,45 @@ pub async fn read_manifest(
     Manifest::parse(&bytes, path.as_ref())
 }
 
-/// Reads one data file of a manifest whole (memory-mapped when local), and
-/// checks its size and CRC against the manifest.
+/// One data file of a committed output, checked against its manifest.
+pub struct DataFile {
+    pub bytes: Bytes,
+    map: Option<Arc<memmap2::Mmap>>,
+    released: u64,
+}
+
+impl DataFile {
+    /// Tells the file that everything before `offset` has been read: a
+    /// mapped file hands those pages back, so reading a file many times
+    /// the memory limit keeps a small resident set.
+    pub fn release_before(&mut self, offset: u64) {
+        if let Some(map) = &self.map
+            && offset >= self.released + crate::datasource::reader::RELEASE_STEP
+        {
+            crate::datasource::reader::release_pages(map, self.released, offset);
+            self.released = offset;
+        }
+    }
+}
+
+/// Opens one data file of a manifest (memory-mapped when local, one GET
+/// otherwise) and checks its size and CRC32C against the manifest.
 pub async fn read_data_file(
     root: &StoreRoot,
     m: &Manifest,
     f: &ManifestFile,
-) -> Result<Bytes, JobError> {
+) -> Result<DataFile, JobError> {
     let path = root.child(&format!("{}/{}", m.location, f.path));
-    let bytes = if root.local {
-        map_file(&std::path::Path::new("/").join(path.as_ref()))?
+    let (bytes, map) = if root.local {
+        match crate::datasource::reader::map(&std::path::Path::new("/").join(path.as_ref()))? {
+            Some(map) => (
+                Bytes::from_owner(crate::datasource::reader::MapOwner(Arc::clone(&map))),
+                Some(map),
+            ),
+            None => (Bytes::new(), None),
+        }
     } else {
-        root.store.get(&path).await?.bytes().await?
+        (root.store.get(&path).await?.bytes().await?, None)
     };
     if bytes.len() as u64 != f.bytes {
         return Err(JobError::Output(format!(
@@ -548,14 +574,27 @@ pub async fn read_data_file(
             f.bytes
         )));
     }
-    let crc = crc32c::crc32c(&bytes);
+    // The CRC in steps, releasing what it has read.
+    let mut file = DataFile {
+        bytes,
+        map,
+        released: 0,
+    };
+    let mut crc = 0u32;
+    let step = crate::datasource::reader::RELEASE_STEP as usize;
+    for (i, chunk) in file.bytes.clone().chunks(step).enumerate() {
+        crc = crc32c::crc32c_append(crc, chunk);
+        file.release_before(((i + 1) * step) as u64);
+    }
+    file.release_before(u64::MAX / 2);
+    file.released = 0;
     if crc != f.crc32c {
         return Err(JobError::Output(format!(
             "data file {path} has CRC32C {crc:08x}, the manifest says {:08x}",
             f.crc32c
         )));
     }
-    Ok(bytes)
+    Ok(file)
 }
 
 /// Calls `f` for every series of a committed output, in (org, metric) order.
@@ -567,9 +606,11 @@ pub async fn for_each_series(
     let mut ts = Vec::new();
     let mut vals = Vec::new();
     for file in &m.files {
-        let bytes = read_data_file(root, m, file).await?;
+        let mut data = read_data_file(root, m, file).await?;
+        let bytes = data.bytes.clone();
         let reader = tsf::FileReader::open(&bytes)?;
         for entry in reader.footer().series() {
+            data.release_before(entry.byte_range().start);
             ts.clear();
             vals.clear();
             reader.read_series_into(entry, &mut ts, &mut vals)?;

@@ -166,7 +166,13 @@ fn pool_bytes(limit: u64) -> usize {
 }
 
 /// Builds the session: memory pool, spill directory, partitions.
-pub fn session(cfg: &RunConfig, spill_dir: &std::path::Path) -> Result<SessionContext, JobError> {
+/// `input_bytes` (compressed) tells whether the decoded points are likely to
+/// fit in the pool, in which case the sorts stay parallel.
+pub fn session(
+    cfg: &RunConfig,
+    spill_dir: &std::path::Path,
+    input_bytes: u64,
+) -> Result<SessionContext, JobError> {
     // A bounded merge fan-in keeps the read-back of many spill files (one
     // batch each) inside the pool; more runs are merged in several passes.
     let mut rt = RuntimeEnvBuilder::new()
@@ -187,12 +193,15 @@ pub fn session(cfg: &RunConfig, spill_dir: &std::path::Path) -> Result<SessionCo
         .with_information_schema(false);
     let opts = sc.options_mut();
     if let Some(limit) = cfg.memory_limit {
-        // Under a memory limit the scan stays parallel but one sort takes
-        // all partitions' rows (CoalescePartitions -> SortExec): a single
-        // spilling sort can use the whole pool, instead of N sorts and a
-        // final merge competing for it. Rows are payloads, so sorting them
-        // is cheap next to decoding their points.
-        opts.optimizer.repartition_sorts = false;
+        // When the decoded input (~4x the compressed bytes) may not fit,
+        // the scan stays parallel but one sort takes all partitions' rows
+        // (CoalescePartitions -> SortExec): a single spilling sort can use
+        // the whole pool, instead of N sorts and a final merge competing
+        // for it. Rows are payloads, so sorting them is cheap next to
+        // decoding their points.
+        if input_bytes.saturating_mul(4) > pool_bytes(limit) as u64 {
+            opts.optimizer.repartition_sorts = false;
+        }
         // The sort reserves room to merge what it buffered before it
         // spills (sorted copies of its batches): half the pool.
         opts.execution.sort_spill_reservation_bytes =
@@ -235,7 +244,7 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     let stage = tempfile::Builder::new()
         .prefix("tailor-stage-")
         .tempdir_in(cfg.stage_dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    let ctx = session(cfg, spill.path())?;
+    let ctx = session(cfg, spill.path(), listing.total_bytes())?;
     let mut options = PayloadOptions::new(Arc::clone(&cfg.shard_map));
     options.on_corrupt = cfg.on_corrupt;
     options.range_bytes = cfg.range_bytes;
@@ -260,7 +269,9 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
         crate::job::report::progress(cfg.progress, listing.total_bytes(), Arc::clone(&log));
     let mut merger = SeriesMerger::default();
     let mut scan_error = None;
-    let mut merge_time = std::time::Duration::ZERO;
+    // The consuming thread drives the final merge of sorted runs and merges
+    // each series' points: its CPU time (not its waits) is part of "group".
+    let consumer_cpu0 = crate::job::report::thread_cpu_time();
     while let Some(batch) = stream.next().await {
         let batch = match batch {
             Ok(b) => b,
@@ -269,9 +280,7 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
                 break;
             }
         };
-        let t = Instant::now();
         feed(&mut merger, &batch, &writer)?;
-        merge_time += t.elapsed();
     }
     if let Some(last) = merger.take() {
         writer.send(last)?;
@@ -280,6 +289,7 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     if let Some(p) = &progress {
         p.finish_and_clear();
     }
+    let consumer_cpu = crate::job::report::thread_cpu_time().saturating_sub(consumer_cpu0);
     let pipeline = t_pipeline.stop();
     report.merge = merger.counts;
     report.scan = log.totals();
@@ -298,12 +308,13 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     let mut scan_phase = Phase::measured("scan+decode", pipeline.wall, op_cpu(&["DataSourceExec"]));
     scan_phase.detail = ops.clone();
     report.phases.push(scan_phase);
-    // Sorting and merging payload rows (DataFusion) plus merging each
-    // series' points (the merger, on the consuming thread).
+    // Sorting payload rows (DataFusion's sorts, on the worker threads) plus
+    // the consuming thread: the final merge of sorted runs and each
+    // series' merge.
     report.phases.push(Phase::measured(
         "group",
         pipeline.wall,
-        op_cpu(&["SortExec", "SortPreservingMergeExec"]) + merge_time,
+        op_cpu(&["SortExec"]) + consumer_cpu,
     ));
 
     let written = writer.finish();

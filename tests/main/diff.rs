@@ -189,6 +189,7 @@ fn run_diff(old: &Path, new: &Path, orgs: Vec<u64>) -> tailor::job::diff::DiffRe
         to: None,
         orgs,
         examples: 3,
+        memory_limit: Some(64 << 20),
         out: Some(
             old.parent()
                 .unwrap()
@@ -238,6 +239,7 @@ fn the_joins_stream_without_sorting_or_hashing() {
             to: None,
             orgs: vec![],
             examples: 3,
+            memory_limit: None,
             out: None,
         }))
         .unwrap();
@@ -354,6 +356,7 @@ fn an_uncommitted_side_is_an_error() {
             to: None,
             orgs: vec![],
             examples: 3,
+            memory_limit: None,
             out: None,
         }))
         .unwrap_err();
