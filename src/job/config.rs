@@ -71,7 +71,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
-/// The memory limit when none is given: 60% of the machine's physical
+/// The memory limit when none is given: 75% of the machine's physical
 /// memory, so that a shard bigger than memory spills instead of being
 /// killed.
 pub fn default_memory_limit() -> u64 {
@@ -85,7 +85,7 @@ pub fn default_memory_limit() -> u64 {
     if pages <= 0 || page <= 0 {
         return 4 << 30;
     }
-    (pages as u64 * page as u64) / 10 * 6
+    (pages as u64 * page as u64) / 4 * 3
 }
 
 /// Everything `tailor run` needs, validated.

@@ -20,17 +20,6 @@ pub fn cpu_time() -> Duration {
     rusage(libc::RUSAGE_SELF).0
 }
 
-/// CPU time of the calling thread.
-pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// Peak resident set size of this process, in bytes.
 pub fn peak_rss_bytes() -> u64 {
     rusage(libc::RUSAGE_SELF).1

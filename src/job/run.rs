@@ -271,7 +271,7 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     let mut scan_error = None;
     // The consuming thread drives the final merge of sorted runs and merges
     // each series' points: its CPU time (not its waits) is part of "group".
-    let consumer_cpu0 = crate::job::report::thread_cpu_time();
+    let pipeline_cpu0 = crate::job::report::cpu_time();
     while let Some(batch) = stream.next().await {
         let batch = match batch {
             Ok(b) => b,
@@ -289,8 +289,8 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     if let Some(p) = &progress {
         p.finish_and_clear();
     }
-    let consumer_cpu = crate::job::report::thread_cpu_time().saturating_sub(consumer_cpu0);
     let pipeline = t_pipeline.stop();
+    let pipeline_cpu = crate::job::report::cpu_time().saturating_sub(pipeline_cpu0);
     report.merge = merger.counts;
     report.scan = log.totals();
     report.corrupt = log.corrupt();
@@ -308,14 +308,7 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     let mut scan_phase = Phase::measured("scan+decode", pipeline.wall, op_cpu(&["DataSourceExec"]));
     scan_phase.detail = ops.clone();
     report.phases.push(scan_phase);
-    // Sorting payload rows (DataFusion's sorts, on the worker threads) plus
-    // the consuming thread: the final merge of sorted runs and each
-    // series' merge.
-    report.phases.push(Phase::measured(
-        "group",
-        pipeline.wall,
-        op_cpu(&["SortExec"]) + consumer_cpu,
-    ));
+    let decode_cpu = op_cpu(&["DataSourceExec"]);
 
     let written = writer.finish();
     if let Some(e) = scan_error {
@@ -326,6 +319,13 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
         });
     }
     let staged = written?;
+    // Grouping (DataFusion's sorts and merges, each series' merge) is what
+    // the pipeline spent besides decoding and encoding.
+    report.phases.push(Phase::measured(
+        "group",
+        pipeline.wall,
+        pipeline_cpu.saturating_sub(decode_cpu + staged.encode_phase.cpu),
+    ));
     report.phases.push(staged.encode_phase.clone());
     let gaps = log.tiling_errors();
     if !gaps.is_empty() {
