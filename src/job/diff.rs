@@ -478,6 +478,19 @@ async fn join(
     right: &str,
     keys: usize,
 ) -> Result<SendableRecordBatchStream, JobError> {
+    let plan = join_plan(ctx, left, right, keys).await?;
+    Ok(datafusion::physical_plan::execute_stream(
+        plan,
+        ctx.task_ctx(),
+    )?)
+}
+
+async fn join_plan(
+    ctx: &SessionContext,
+    left: &str,
+    right: &str,
+    keys: usize,
+) -> Result<Arc<dyn ExecutionPlan>, JobError> {
     let state = ctx.state();
     let l = ctx
         .table_provider(left)
@@ -496,7 +509,7 @@ async fn join(
             Ok((col(name, &ls)?, col(name, &rs)?))
         })
         .collect::<DfResult<Vec<_>>>()?;
-    let smj = SortMergeJoinExec::try_new(
+    Ok(Arc::new(SortMergeJoinExec::try_new(
         l,
         r,
         on,
@@ -504,11 +517,7 @@ async fn join(
         JoinType::Full,
         vec![SortOptions::default(); keys],
         NullEquality::NullEqualsNothing,
-    )?;
-    Ok(datafusion::physical_plan::execute_stream(
-        Arc::new(smj),
-        ctx.task_ctx(),
-    )?)
+    )?))
 }
 
 /// `a` where it is not null, else `b`.
@@ -602,35 +611,9 @@ pub async fn explain(cfg: &DiffConfig) -> Result<String, JobError> {
         ("old_series", "new_series", 4),
         ("old_points", "new_points", 5),
     ] {
-        let state = ctx.state();
-        let lp = ctx
-            .table_provider(l)
-            .await?
-            .scan(&state, None, &[], None)
-            .await?;
-        let rp = ctx
-            .table_provider(r)
-            .await?
-            .scan(&state, None, &[], None)
-            .await?;
-        let (ls, rs) = (lp.schema(), rp.schema());
-        let on = (0..keys)
-            .map(|i| {
-                let name = ls.field(i).name();
-                Ok((col(name, &ls)?, col(name, &rs)?))
-            })
-            .collect::<DfResult<Vec<_>>>()?;
-        let smj = SortMergeJoinExec::try_new(
-            lp,
-            rp,
-            on,
-            None,
-            JoinType::Full,
-            vec![SortOptions::default(); keys],
-            NullEquality::NullEqualsNothing,
-        )?;
+        let plan = join_plan(&ctx, l, r, keys).await?;
         out.push_str(
-            &datafusion::physical_plan::displayable(&smj)
+            &datafusion::physical_plan::displayable(plan.as_ref())
                 .indent(true)
                 .to_string(),
         );
