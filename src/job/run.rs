@@ -156,14 +156,16 @@ fn batch_rows(limit: Option<u64>) -> usize {
     }
 }
 
-/// The share of `--memory-limit` given to DataFusion's pool; the rest is
-/// for what the pool does not track: decode slabs, mapped input pages, the
-/// encoder's rounds, the merger's current series, the allocator.
-pub const POOL_FRACTION: f64 = 0.5;
-
-fn pool_bytes(limit: u64) -> usize {
-    (limit as f64 * POOL_FRACTION) as usize
+/// The part of `--memory-limit` given to DataFusion's pool. The rest is
+/// for what the pool does not track (decode slabs, mapped input pages, the
+/// encoder's rounds, the merger's current series, the runtime, the
+/// allocator): half the limit, at most [`UNTRACKED_MAX`].
+pub fn pool_bytes(limit: u64) -> usize {
+    limit.saturating_sub((limit / 2).min(UNTRACKED_MAX)) as usize
 }
+
+/// The most of the limit kept outside DataFusion's pool.
+pub const UNTRACKED_MAX: u64 = 1 << 30;
 
 /// Builds the session: memory pool, spill directory, partitions.
 /// `input_bytes` (compressed) tells whether the decoded points are likely to
