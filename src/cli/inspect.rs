@@ -19,6 +19,10 @@ pub struct InspectArgs {
     /// Most series (or points) to list.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Bytes by codec: for each codec byte, blocks, points and the bytes a
+    /// point its timestamp and value sections take.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
@@ -78,6 +82,9 @@ pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
         return Ok(ExitCode::SUCCESS);
     }
     let points: u64 = series.iter().map(|s| s.n_points).sum();
+    if a.stats {
+        return stats(&bytes, &reader, points);
+    }
     println!(
         "{}: {} bytes, {} series, {} points ({:.2} bytes/point)",
         a.path.display(),
@@ -102,6 +109,47 @@ pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
     }
     if series.len() > a.limit {
         println!("  … {} more", series.len() - a.limit);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--stats`: where a file's bytes go, by codec.
+fn stats(bytes: &[u8], reader: &tsf::FileReader<'_>, points: u64) -> Result<ExitCode, JobError> {
+    // codec -> (blocks, points, timestamp section bytes, value section bytes)
+    let mut by_codec = std::collections::BTreeMap::<u8, [u64; 4]>::new();
+    for s in reader.footer().series() {
+        for b in &s.blocks {
+            let block = tsf::block_bytes(bytes, b)?;
+            let (ts_len, val_len) = tsf::block_sections(b, block)?;
+            let e = by_codec.entry(b.codec).or_default();
+            e[0] += 1;
+            e[1] += u64::from(b.n_points);
+            e[2] += ts_len as u64;
+            e[3] += val_len as u64;
+        }
+    }
+    let p = points.max(1) as f64;
+    let t = reader.trailer();
+    println!(
+        "{} bytes, {} points: {:.3} bytes/point ({:.3} footer)",
+        bytes.len(),
+        points,
+        bytes.len() as f64 / p,
+        t.footer_len as f64 / p
+    );
+    println!(
+        "codec  timestamps           values                   blocks     points  ts B/pt  val B/pt"
+    );
+    for (c, [blocks, n, ts, vals]) in &by_codec {
+        let n = (*n).max(1) as f64;
+        println!(
+            "0x{c:02x}   {:<20} {:<24} {blocks:>6} {:>10} {:>8.3} {:>9.3}",
+            tsf::codec::ts_name(*c),
+            tsf::codec::value_name(*c),
+            n as u64,
+            *ts as f64 / n,
+            *vals as f64 / n
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
