@@ -38,7 +38,7 @@ use crate::format::tsf::{self, FileWriter, SeriesHeader, WriterOptions};
 use crate::job::JobError;
 use crate::job::config::RunConfig;
 use crate::job::report::Phase;
-use crate::job::run::MergedSeries;
+use crate::job::run::{MergeCounts, MergedSeries, SeriesInput};
 use rayon::prelude::*;
 
 pub const MANIFEST_NAME: &str = "_manifest.json";
@@ -75,19 +75,21 @@ pub struct Staged {
     pub files: Vec<StagedFile>,
     pub series: u64,
     pub points: u64,
+    /// What merging the series dropped.
+    pub merge: MergeCounts,
     pub encode_phase: Phase,
 }
 
 /// Encodes merged series into size-capped files on its own thread, so that
 /// encoding overlaps with DataFusion's scan and sort.
 pub struct OutputWriter {
-    tx: Option<SyncSender<MergedSeries>>,
+    tx: Option<SyncSender<SeriesInput>>,
     handle: Option<JoinHandle<Result<Staged, JobError>>>,
 }
 
 impl OutputWriter {
     pub fn spawn(dir: PathBuf, opts: FileOptions) -> Self {
-        let (tx, rx) = sync_channel::<MergedSeries>(64);
+        let (tx, rx) = sync_channel::<SeriesInput>(64);
         let handle = std::thread::Builder::new()
             .name("tailor-encode".into())
             .spawn(move || encode_loop(dir, opts, rx))
@@ -99,7 +101,7 @@ impl OutputWriter {
     }
 
     /// Hands one series to the encoder (blocks when it is 64 series behind).
-    pub fn send(&self, s: MergedSeries) -> Result<(), JobError> {
+    pub fn send(&self, s: SeriesInput) -> Result<(), JobError> {
         let tx = self.tx.as_ref().expect("writer open");
         if tx.send(s).is_err() {
             // The encoder stopped: its error comes out of `finish`.
@@ -143,7 +145,7 @@ const ROUND_SERIES: usize = 1024;
 fn encode_loop(
     dir: PathBuf,
     opts: FileOptions,
-    rx: Receiver<MergedSeries>,
+    rx: Receiver<SeriesInput>,
 ) -> Result<Staged, JobError> {
     let wall = Instant::now();
     // Time spent encoding on the worker threads (compute-bound, so this is
@@ -156,35 +158,44 @@ fn encode_loop(
         open: None,
         series: 0,
         points: 0,
+        merge: MergeCounts::default(),
     };
-    let mut round: Vec<MergedSeries> = Vec::new();
+    let mut round: Vec<SeriesInput> = Vec::new();
     // Take what the merger has produced (at least one series), encode it on
     // all cores, append in order. Encoding is a pure function of each
     // series, so the bytes do not depend on how series fall into rounds.
     while let Ok(first) = rx.recv() {
-        let mut points = first.timestamps.len();
+        let mut points = first.points.len();
         round.push(first);
         while round.len() < ROUND_SERIES && points < out.opts.round_points {
             match rx.try_recv() {
                 Ok(s) => {
-                    points += s.timestamps.len();
+                    points += s.points.len();
                     round.push(s);
                 }
                 Err(_) => break,
             }
         }
         let writer = out.opts.writer;
-        let encoded: Vec<Result<tsf::EncodedSeries, tsf::TsfError>> = round
-            .par_iter()
+        // Merge (sort, deduplicate) and encode each series on all cores.
+        type Done = (
+            MergedSeries,
+            MergeCounts,
+            Result<tsf::EncodedSeries, tsf::TsfError>,
+        );
+        let encoded: Vec<Done> = round
+            .par_drain(..)
             .map(|s| {
+                let (m, counts) = s.merge();
                 let t = Instant::now();
-                let e = tsf::encode_series(&writer, &header(s), &s.timestamps, &s.values);
+                let e = tsf::encode_series(&writer, &header(&m), &m.timestamps, &m.values);
                 busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                e
+                (m, counts, e)
             })
             .collect();
         let t = Instant::now();
-        for (s, e) in round.drain(..).zip(encoded) {
+        for (s, counts, e) in encoded {
+            out.merge.add(&counts);
             out.append(&s, e?)?;
         }
         busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -213,6 +224,7 @@ struct Output {
     open: Option<OpenFile>,
     series: u64,
     points: u64,
+    merge: MergeCounts,
 }
 
 impl Output {
@@ -256,6 +268,7 @@ impl Output {
             files: self.files,
             series: self.series,
             points: self.points,
+            merge: self.merge,
             encode_phase: phase,
         })
     }

@@ -4,15 +4,17 @@
 //! list       input objects of the shard and window (sizes, ETags)    listing.rs
 //! scan       DataSourceExec(PayloadSource): frames -> payload rows    datasource/
 //!            (misrouted rows filtered in the scan, counted in ScanLog)
-//! group      compact(list views) -> SortExec per partition (spills
+//! group      pack_points(list views) -> SortExec per partition (spills
 //!            under the memory pool) -> SortPreservingMergeExec, by
 //!            (org_id, metric_id, object_key, frame_offset): every
-//!            series' payloads arrive together, in input order
-//! merge      per series: stable sort of its points by timestamp, the
-//!            last in input order wins; kind/interval/metadata of the
-//!            last payload                                             SeriesMerger
-//! encode     series -> TSF blocks on a writer thread, files rolled at
-//!            the size cap, staged locally                            format/tsf.rs
+//!            series' payloads arrive together, in input order; they
+//!            are gathered per series                                  SeriesMerger
+//! merge      per series, on all cores: stable sort of its points by
+//!            timestamp, the last in input order wins; kind/interval/
+//!            metadata of the last payload                             SeriesInput::merge
+//! encode     series -> TSF blocks on all cores, appended in key order
+//!            on a writer thread, files rolled at the size cap, staged
+//!            locally                                                  format/tsf.rs
 //! write      staged files -> <out>/<shard>/<window>/data/<run>/       manifest.rs
 //! commit     _manifest.json, written last, is the commit
 //! ```
@@ -26,14 +28,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{Float64Type, Int64Type, UInt8Type, UInt32Type, UInt64Type};
+use datafusion::arrow::datatypes::{UInt8Type, UInt32Type, UInt64Type};
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 
-use crate::datasource::compact::Compact;
+use crate::datasource::compact::PackPoints;
 use crate::datasource::listing::{Listing, Window, list_inputs};
 use crate::datasource::source::{PayloadOptions, ScanLog, frame_error};
 use crate::datasource::store::StoreRoot;
@@ -65,21 +67,78 @@ pub struct MergeCounts {
     pub conflicting_duplicates: u64,
 }
 
-/// Accumulates the payload rows of one series (in input order) and merges
-/// them: the spec's "last in input order wins".
+/// One series' points as they arrived, in input order, with the metadata
+/// of its last payload: what [`SeriesInput::merge`] turns into a
+/// [`MergedSeries`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeriesInput {
+    pub org_id: u64,
+    pub metric_id: u64,
+    pub kind: u8,
+    pub interval_s: u32,
+    pub metadata: String,
+    /// (timestamp, value bits) in input order.
+    pub points: Vec<(i64, u64)>,
+}
+
+impl SeriesInput {
+    /// Applies the spec's rules: points sorted by timestamp, one point per
+    /// timestamp, the last in input order wins. A pure function of the
+    /// series, so series merge on any thread.
+    pub fn merge(mut self) -> (MergedSeries, MergeCounts) {
+        let mut counts = MergeCounts {
+            input_points: self.points.len() as u64,
+            ..Default::default()
+        };
+        // Stable: among equal timestamps, input order is kept, so the last
+        // of each run is the last in input order.
+        self.points.sort_by_key(|p| p.0);
+        let mut timestamps = Vec::with_capacity(self.points.len());
+        let mut values: Vec<u64> = Vec::with_capacity(self.points.len());
+        for &(t, v) in &self.points {
+            if timestamps.last() == Some(&t) {
+                let last = values.last_mut().expect("a value per timestamp");
+                counts.duplicates_dropped += 1;
+                if *last != v {
+                    counts.conflicting_duplicates += 1;
+                }
+                *last = v;
+            } else {
+                timestamps.push(t);
+                values.push(v);
+            }
+        }
+        let merged = MergedSeries {
+            org_id: self.org_id,
+            metric_id: self.metric_id,
+            kind: self.kind,
+            interval_s: self.interval_s,
+            metadata: self.metadata,
+            timestamps,
+            values,
+        };
+        (merged, counts)
+    }
+}
+
+impl MergeCounts {
+    pub fn add(&mut self, o: &MergeCounts) {
+        self.input_points += o.input_points;
+        self.duplicates_dropped += o.duplicates_dropped;
+        self.conflicting_duplicates += o.conflicting_duplicates;
+    }
+}
+
+/// Gathers the payload rows of one series (they arrive together, in input
+/// order) into a [`SeriesInput`].
 #[derive(Default)]
 pub struct SeriesMerger {
-    key: Option<(u64, u64)>,
-    kind: u8,
-    interval_s: u32,
-    metadata: String,
-    points: Vec<(i64, u64)>,
-    pub counts: MergeCounts,
+    current: Option<SeriesInput>,
 }
 
 impl SeriesMerger {
     pub fn current(&self) -> Option<(u64, u64)> {
-        self.key
+        self.current.as_ref().map(|s| (s.org_id, s.metric_id))
     }
 
     /// Adds one payload row of series `key` (must be the current series or
@@ -93,56 +152,52 @@ impl SeriesMerger {
         ts: &[i64],
         vals: &[u64],
     ) {
-        debug_assert!(self.key.is_none() || self.key == Some(key));
-        self.key = Some(key);
-        self.kind = kind;
-        self.interval_s = interval_s;
-        if self.metadata != metadata {
-            self.metadata.clear();
-            self.metadata.push_str(metadata);
+        let s = self.current.get_or_insert_with(|| SeriesInput {
+            org_id: key.0,
+            metric_id: key.1,
+            ..Default::default()
+        });
+        debug_assert_eq!((s.org_id, s.metric_id), key);
+        s.kind = kind;
+        s.interval_s = interval_s;
+        if s.metadata != metadata {
+            s.metadata.clear();
+            s.metadata.push_str(metadata);
         }
-        self.points
+        s.points
             .extend(ts.iter().copied().zip(vals.iter().copied()));
-        self.counts.input_points += ts.len() as u64;
+    }
+
+    /// Like [`Self::push`], with the points as `pack_points` wrote them:
+    /// 16 bytes a point, timestamp then value bits, little-endian.
+    pub fn push_packed(
+        &mut self,
+        key: (u64, u64),
+        kind: u8,
+        interval_s: u32,
+        metadata: &str,
+        packed: &[u8],
+    ) {
+        self.push(key, kind, interval_s, metadata, &[], &[]);
+        let s = self.current.as_mut().expect("pushed above");
+        s.points.extend(packed.chunks_exact(16).map(|c| {
+            let (t, v) = c.split_at(8);
+            (
+                i64::from_le_bytes(t.try_into().expect("8 bytes")),
+                u64::from_le_bytes(v.try_into().expect("8 bytes")),
+            )
+        }));
     }
 
     /// Finishes the current series.
-    pub fn take(&mut self) -> Option<MergedSeries> {
-        let (org_id, metric_id) = self.key.take()?;
-        // Stable: among equal timestamps, input order is kept, so the last
-        // of each run is the last in input order.
-        self.points.sort_by_key(|p| p.0);
-        let mut timestamps = Vec::with_capacity(self.points.len());
-        let mut values: Vec<u64> = Vec::with_capacity(self.points.len());
-        for &(t, v) in &self.points {
-            if timestamps.last() == Some(&t) {
-                let last = values.last_mut().unwrap();
-                self.counts.duplicates_dropped += 1;
-                if *last != v {
-                    self.counts.conflicting_duplicates += 1;
-                }
-                *last = v;
-            } else {
-                timestamps.push(t);
-                values.push(v);
-            }
-        }
-        self.points.clear();
-        Some(MergedSeries {
-            org_id,
-            metric_id,
-            kind: self.kind,
-            interval_s: self.interval_s,
-            metadata: std::mem::take(&mut self.metadata),
-            timestamps,
-            values,
-        })
+    pub fn take(&mut self) -> Option<SeriesInput> {
+        self.current.take()
     }
 }
 
 /// The SQL of the group phase.
 pub const GROUP_SQL: &str = "SELECT org_id, metric_id, kind, interval_s, arrow_cast(metadata, 'Utf8') AS metadata, \
-     compact(timestamps) AS ts, compact(\"values\") AS vals \
+     pack_points(timestamps, \"values\") AS points \
      FROM payloads WHERE NOT misrouted \
      ORDER BY org_id, metric_id, object_key, frame_offset";
 
@@ -212,7 +267,7 @@ pub fn session(
             (limit / 64).clamp(16 << 10, 1 << 20) as usize;
     }
     let ctx = SessionContext::new_with_config_rt(sc, runtime);
-    ctx.register_udf(Compact::udf());
+    ctx.register_udf(PackPoints::udf());
     Ok(ctx)
 }
 
@@ -293,7 +348,6 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     }
     let pipeline = t_pipeline.stop();
     let pipeline_cpu = crate::job::report::cpu_time().saturating_sub(pipeline_cpu0);
-    report.merge = merger.counts;
     report.scan = log.totals();
     report.corrupt = log.corrupt();
     report.misrouted = log.misrouted();
@@ -321,6 +375,7 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
         });
     }
     let staged = written?;
+    report.merge = staged.merge;
     // Grouping (DataFusion's sorts and merges, each series' merge) is what
     // the pipeline spent besides decoding and encoding.
     report.phases.push(Phase::measured(
@@ -407,12 +462,7 @@ fn feed(
     let kind = batch.column(2).as_primitive::<UInt8Type>();
     let interval = batch.column(3).as_primitive::<UInt32Type>();
     let meta = batch.column(4).as_string::<i32>();
-    let ts = batch.column(5).as_list::<i32>();
-    let vals = batch.column(6).as_list::<i32>();
-    let ts_values = ts.values().as_primitive::<Int64Type>().values();
-    let val_values = vals.values().as_primitive::<Float64Type>().values();
-    let ts_off = ts.value_offsets();
-    let val_off = vals.value_offsets();
+    let points = batch.column(5).as_binary::<i64>();
     for i in 0..batch.num_rows() {
         let key = (org.value(i), metric.value(i));
         if merger.current().is_some_and(|k| k != key)
@@ -420,11 +470,13 @@ fn feed(
         {
             writer.send(done)?;
         }
-        let t = &ts_values[ts_off[i] as usize..ts_off[i + 1] as usize];
-        let v = &val_values[val_off[i] as usize..val_off[i + 1] as usize];
-        // SAFETY: f64 and u64 have the same size and alignment; the bits are kept.
-        let v: &[u64] = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u64, v.len()) };
-        merger.push(key, kind.value(i), interval.value(i), meta.value(i), t, v);
+        merger.push_packed(
+            key,
+            kind.value(i),
+            interval.value(i),
+            meta.value(i),
+            points.value(i),
+        );
     }
     Ok(())
 }
