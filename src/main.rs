@@ -6,6 +6,22 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's settings, read at its start (`_RJEM_MALLOC_CONF` in the
+/// environment still overrides them).
+///
+/// - `oversize_threshold:0`: no separate arena for allocations over 8 MiB.
+///   That arena hands its pages back to the kernel as soon as they are
+///   freed, and the job's batch buffers are that size: every sort run,
+///   merge and series buffer then faulted in fresh zeroed pages (half the
+///   job's system time, measured on a 1 GiB shard).
+/// - `dirty_decay_ms:30000`: freed pages stay for reuse for 30 s instead
+///   of 10 s, long enough to span the phases of a job.
+/// - `background_thread:true`: that purging happens off the job's threads.
+#[cfg(all(not(target_env = "msvc"), target_os = "linux"))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 82] =
+    b"oversize_threshold:0,background_thread:true,dirty_decay_ms:30000,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
     tailor::cli::main_with(tailor::cli::Cli::parse())
 }
