@@ -8,12 +8,16 @@
 //! `<from>` and `<to>` are the window's first and last hour (`YYYY-MM-DDTHH`,
 //! inclusive). Data files are written first, each with an atomic put, under
 //! a directory named by the run id, a hash of everything the output depends
-//! on (input objects with sizes and ETags, output settings, tailor version):
-//! the same input gives the same run id, paths and bytes. The manifest is
-//! written last with one atomic put: it *is* the commit. Readers read the
-//! manifest and only the files it lists, so a job killed at any moment
-//! leaves the previous commit (or nothing) visible. After a commit, data
-//! directories of other run ids are deleted.
+//! on (input objects with sizes and ETags, output settings, tailor version)
+//! and of the data written (names, sizes, CRC32Cs): the same input gives the
+//! same run id, paths and bytes, and different bytes never land on a path a
+//! committed manifest names. The manifest is written last with one atomic
+//! put: it *is* the commit. Readers read the manifest and only the files it
+//! lists, so a job killed at any moment leaves the previous commit (or
+//! nothing) visible. After a commit, data directories of other run ids are
+//! deleted, unless the manifest read back is already another run's (two
+//! runs of one shard window at once; the scheduler should not start them,
+//! and the later commit cleans up).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -352,6 +356,34 @@ pub struct Manifest {
     pub settings: OutputSettings,
 }
 
+/// The run's data directory name: 128 bits of SHA-256 over what the run
+/// read, its output settings and what it wrote (each data file's name, size
+/// and CRC32C). The same input and settings give the same bytes and so the
+/// same paths, and a rerun rewrites identical objects; any difference in
+/// the data written (a new tailor build, other settings) gives new paths,
+/// so data files a committed manifest refers to are never overwritten with
+/// other bytes.
+fn run_id(
+    shard: &str,
+    from: &str,
+    to: &str,
+    inputs: &[ManifestInput],
+    settings: &OutputSettings,
+    staged: &Staged,
+) -> String {
+    let files: Vec<(&str, u64, u32)> = staged
+        .files
+        .iter()
+        .map(|f| (f.name.as_str(), f.bytes, f.crc32c))
+        .collect();
+    let ident = serde_json::to_vec(&(shard, from, to, inputs, settings, files)).expect("json");
+    let digest = ring::digest::digest(&ring::digest::SHA256, &ident);
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The directory name of a window.
 pub fn window_dir(from: &str, to: &str) -> String {
     format!("{from}_{to}")
@@ -394,11 +426,7 @@ impl Manifest {
             })
             .collect();
         let location = format!("{}/{}", cfg.shard, window_dir(&from, &to));
-        let ident =
-            serde_json::to_vec(&(&cfg.shard, &from, &to, &inputs, &settings)).expect("json");
-        let a = crc32c::crc32c(&ident);
-        let b = crc32c::crc32c_append(0x7461_696c, &ident);
-        let run_id = format!("{a:08x}{b:08x}");
+        let run_id = run_id(&cfg.shard, &from, &to, &inputs, &settings, staged);
         let files = staged
             .files
             .iter()
@@ -488,6 +516,15 @@ pub async fn commit(root: &StoreRoot, m: &Manifest) -> Result<u64, JobError> {
             PutPayload::from(Bytes::from(m.to_json().into_bytes())),
         )
         .await?;
+    // Another run of this window may have committed after us: its files
+    // are the visible ones, and it removes ours.
+    let (shard, window) = m
+        .location
+        .split_once('/')
+        .ok_or_else(|| JobError::Internal(format!("bad location {}", m.location)))?;
+    if read_manifest(root, shard, window).await?.run_id != m.run_id {
+        return Ok(0);
+    }
     let data = root.child(&format!("{}/data", m.location));
     let keep = format!("{}/data/{}/", m.location, m.run_id);
     let objects: Vec<_> = root.store.list(Some(&data)).try_collect().await?;
@@ -631,4 +668,61 @@ pub async fn for_each_series(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staged(crc: u32) -> Staged {
+        Staged {
+            files: vec![StagedFile {
+                name: "part-00000.tsf".into(),
+                local: PathBuf::new(),
+                bytes: 100,
+                crc32c: crc,
+                series: 1,
+                points: 1,
+                first_series: [1, 1],
+                last_series: [1, 1],
+            }],
+            series: 1,
+            points: 1,
+            merge: Default::default(),
+            encode_phase: Phase::measured("encode", Default::default(), Default::default()),
+        }
+    }
+
+    #[test]
+    fn run_ids_follow_the_data_written() {
+        let settings = OutputSettings {
+            tailor_version: "0".into(),
+            shard_map_modulus: 64,
+            shard_map_dedicated: vec![],
+            max_file_bytes: 1 << 30,
+            block_points: 4096,
+            zstd_level: 3,
+            on_corrupt: CorruptPolicy::Fail,
+        };
+        let inputs = vec![ManifestInput {
+            key: "a.tsp".into(),
+            size: 10,
+            e_tag: Some("x".into()),
+        }];
+        let id = |crc| {
+            run_id(
+                "org-1",
+                "2026-11-21T00",
+                "2026-11-21T00",
+                &inputs,
+                &settings,
+                &staged(crc),
+            )
+        };
+        assert_eq!(id(7), id(7));
+        assert_eq!(id(7).len(), 32);
+        // Same input and settings but other bytes (another tailor build):
+        // another directory, so a committed file is never overwritten.
+        assert_ne!(id(7), id(8));
+    }
 }
