@@ -1761,13 +1761,9 @@ impl Footer {
             let mut n_points: u64 = 0;
             for _ in 0..nblocks {
                 let boff = c.off();
+                // A reserved codec is not an error here: only that block is
+                // unreadable (decode_block says so), the rest of the file is.
                 let cb = c.u8()?;
-                if !codec::is_known(cb) {
-                    return Err(TsfError::UnknownCodec {
-                        offset: boff,
-                        codec: cb,
-                    });
-                }
                 let len = c.varint_max("block length", fo.saturating_sub(next_offset))?;
                 if len == 0 {
                     return Err(corrupt(boff, "empty block"));
@@ -2992,10 +2988,88 @@ mod tests {
             footer_crc: crc32c::crc32c(&footer),
             ..t0
         };
+        // The footer still parses (other series stay readable); that block
+        // fails to decode with "unknown codec".
+        let f = Footer::parse(&footer, &t1).unwrap();
+        let b = &f.series()[0].blocks[0];
+        assert_eq!(b.codec, 0x75);
+        let (mut t, mut v) = (Vec::new(), Vec::new());
+        let block = &bytes[b.offset as usize..(b.offset + b.len) as usize];
         assert!(matches!(
-            Footer::parse(&footer, &t1),
+            decode_block(b, block, &mut t, &mut v),
+            Err(TsfError::CodecMismatch { .. } | TsfError::UnknownCodec { .. })
+        ));
+        let mut block = block.to_vec();
+        block[0] = 0x75;
+        let b2 = BlockEntry {
+            crc: crc32c::crc32c(&block),
+            ..b.clone()
+        };
+        assert!(matches!(
+            decode_block(&b2, &block, &mut t, &mut v),
             Err(TsfError::UnknownCodec { codec: 0x75, .. })
         ));
+    }
+
+    #[test]
+    fn an_unknown_codec_leaves_the_other_series_readable() {
+        let series: Vec<Series> = (0..3)
+            .map(|m| {
+                let ts: Vec<i64> = (0..10).map(|k| k * 1000).collect();
+                (1, m, 0, 10, String::new(), ts, vec![m * 77; 10])
+            })
+            .collect();
+        let (mut bytes, _) = write_file(&series, WriterOptions::default());
+        // Make series 1's block codec reserved (ts_enc 7) in the block and
+        // in the footer, with both CRCs fixed up.
+        let r = FileReader::open(&bytes).unwrap();
+        let b = r.footer().series()[1].blocks[0].clone();
+        let t = *r.trailer();
+        bytes[b.offset as usize] = 0x07;
+        let crc = crc32c::crc32c(&bytes[b.offset as usize..(b.offset + b.len) as usize]);
+        let fo = t.footer_offset as usize;
+        let fl = t.footer_len as usize;
+        let mut footer = bytes[fo..fo + fl].to_vec();
+        // The series' block record: find its codec byte followed by its CRC.
+        let pos = (0..footer.len() - 4)
+            .filter(|&i| footer[i] == b.codec)
+            .find(|&i| {
+                let mut c = Cur::new(&footer[i + 1..], 0);
+                let ok = (|| -> Result<bool> {
+                    Ok(
+                        c.varint()? == b.len && c.varint()? == u64::from(b.n_points) && {
+                            c.varint()?;
+                            c.varint()?;
+                            c.u32()? == b.crc
+                        },
+                    )
+                })();
+                ok.unwrap_or(false)
+            })
+            .unwrap();
+        footer[pos] = 0x07;
+        let crc_at = pos + {
+            let mut c = Cur::new(&footer[pos + 1..], 0);
+            for _ in 0..4 {
+                c.varint().unwrap();
+            }
+            1 + c.pos
+        };
+        footer[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+        bytes[fo..fo + fl].copy_from_slice(&footer);
+        let tb = bytes.len() - TRAILER_LEN;
+        bytes[tb + 32..tb + 36].copy_from_slice(&crc32c::crc32c(&footer).to_le_bytes());
+        let tcrc = crc32c::crc32c(&bytes[tb..tb + 40]);
+        bytes[tb + 40..tb + 44].copy_from_slice(&tcrc.to_le_bytes());
+
+        let r = FileReader::open(&bytes).unwrap();
+        let s = r.footer().series();
+        assert!(r.read_series(&s[0]).is_ok());
+        assert!(matches!(
+            r.read_series(&s[1]),
+            Err(TsfError::UnknownCodec { codec: 0x07, .. })
+        ));
+        assert!(r.read_series(&s[2]).is_ok());
     }
 
     #[test]
