@@ -88,25 +88,68 @@ pub struct Staged {
 /// encoding overlaps with DataFusion's scan and sort.
 pub struct OutputWriter {
     tx: Option<SyncSender<SeriesInput>>,
+    backlog: Arc<Backlog>,
     handle: Option<JoinHandle<Result<Staged, JobError>>>,
+}
+
+/// Points handed to the encoder and not yet taken into a round: `send`
+/// waits while they exceed two rounds, so the queue holds a bounded number
+/// of points whatever the series sizes (a single series over that bound
+/// still goes through, alone).
+struct Backlog {
+    state: std::sync::Mutex<(u64, bool)>, // (queued points, encoder gone)
+    changed: std::sync::Condvar,
+    max: u64,
+}
+
+impl Backlog {
+    fn add(&self, n: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while st.0 > 0 && st.0 + n > self.max && !st.1 {
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.0 += n;
+    }
+    fn take(&self, n: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 = st.0.saturating_sub(n);
+        self.changed.notify_all();
+    }
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.changed.notify_all();
+    }
 }
 
 impl OutputWriter {
     pub fn spawn(dir: PathBuf, opts: FileOptions) -> Self {
-        let (tx, rx) = sync_channel::<SeriesInput>(64);
+        let (tx, rx) = sync_channel::<SeriesInput>(1024);
+        let backlog = Arc::new(Backlog {
+            state: std::sync::Mutex::new((0, false)),
+            changed: std::sync::Condvar::new(),
+            max: 2 * opts.round_points as u64,
+        });
+        let b = Arc::clone(&backlog);
         let handle = std::thread::Builder::new()
             .name("tailor-encode".into())
-            .spawn(move || encode_loop(dir, opts, rx))
+            .spawn(move || {
+                let r = encode_loop(dir, opts, rx, &b);
+                b.close();
+                r
+            })
             .expect("spawning the encoder thread");
         Self {
             tx: Some(tx),
+            backlog,
             handle: Some(handle),
         }
     }
 
-    /// Hands one series to the encoder (blocks when it is 64 series behind).
+    /// Hands one series to the encoder (blocks while it is two rounds of
+    /// points behind).
     pub fn send(&self, s: SeriesInput) -> Result<(), JobError> {
         let tx = self.tx.as_ref().expect("writer open");
+        self.backlog.add(s.points.len() as u64);
         if tx.send(s).is_err() {
             // The encoder stopped: its error comes out of `finish`.
             return Err(JobError::Output("encoder thread stopped early".into()));
@@ -150,6 +193,7 @@ fn encode_loop(
     dir: PathBuf,
     opts: FileOptions,
     rx: Receiver<SeriesInput>,
+    backlog: &Backlog,
 ) -> Result<Staged, JobError> {
     let wall = Instant::now();
     // Time spent encoding on the worker threads (compute-bound, so this is
@@ -180,6 +224,7 @@ fn encode_loop(
                 Err(_) => break,
             }
         }
+        backlog.take(points as u64);
         let writer = out.opts.writer;
         // Merge (sort, deduplicate) and encode each series on all cores.
         type Done = (
@@ -257,7 +302,8 @@ impl Output {
         f.last = [s.org_id, s.metric_id];
         self.series += 1;
         self.points += s.timestamps.len() as u64;
-        if f.writer.bytes_written() >= self.opts.max_file_bytes {
+        // The file as it would be closed now, footer and trailer included.
+        if f.writer.estimated_final_size() >= self.opts.max_file_bytes {
             let f = self.open.take().expect("open file");
             self.files.push(close(f)?);
         }

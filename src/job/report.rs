@@ -21,6 +21,20 @@ pub fn cpu_time() -> Duration {
 }
 
 /// Peak resident set size of this process, in bytes.
+/// Bytes resident in this process now (Linux; 0 where unknown).
+pub fn current_rss_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|r| r.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page)
+}
+
 pub fn peak_rss_bytes() -> u64 {
     rusage(libc::RUSAGE_SELF).1
 }

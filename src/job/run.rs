@@ -95,18 +95,14 @@ impl SeriesInput {
         self.points.sort_by_key(|p| p.0);
         let mut timestamps = Vec::with_capacity(self.points.len());
         let mut values: Vec<u64> = Vec::with_capacity(self.points.len());
-        for &(t, v) in &self.points {
-            if timestamps.last() == Some(&t) {
-                let last = values.last_mut().expect("a value per timestamp");
-                counts.duplicates_dropped += 1;
-                if *last != v {
-                    counts.conflicting_duplicates += 1;
-                }
-                *last = v;
-            } else {
-                timestamps.push(t);
-                values.push(v);
-            }
+        for run in self.points.chunk_by(|a, b| a.0 == b.0) {
+            let (t, winner) = run[run.len() - 1];
+            timestamps.push(t);
+            values.push(winner);
+            let dropped = &run[..run.len() - 1];
+            counts.duplicates_dropped += dropped.len() as u64;
+            counts.conflicting_duplicates +=
+                dropped.iter().filter(|p| p.1 != winner).count() as u64;
         }
         let merged = MergedSeries {
             org_id: self.org_id,
@@ -211,58 +207,74 @@ fn batch_rows(limit: Option<u64>) -> usize {
     }
 }
 
-/// The part of `--memory-limit` given to DataFusion's pool. The rest is
-/// for what the pool does not track (decode slabs, mapped input pages, the
-/// encoder's rounds, the merger's current series, the runtime, the
-/// allocator): half the limit, at most [`UNTRACKED_MAX`].
-pub fn pool_bytes(limit: u64) -> usize {
-    limit.saturating_sub((limit / 2).min(UNTRACKED_MAX)) as usize
+/// The part of `--memory-limit` given to DataFusion's pool, for a process
+/// that already has `resident` bytes resident (its code, runtime and thread
+/// stacks: ~60 MiB). Of the rest of the limit, half (at most
+/// [`UNTRACKED_MAX`]) is kept for what the pool does not track: decode
+/// slabs, mapped input pages, the encoder's rounds, the series being
+/// gathered and merged, the allocator's free pages.
+pub fn pool_bytes(limit: u64, resident: u64) -> usize {
+    let budget = limit.saturating_sub(resident);
+    budget
+        .saturating_sub((budget / 2).min(UNTRACKED_MAX))
+        .max(MIN_POOL) as usize
 }
 
 /// The most of the limit kept outside DataFusion's pool.
 pub const UNTRACKED_MAX: u64 = 1 << 30;
 
+/// The smallest pool: below it a sort cannot hold the batches it merges.
+/// A limit that leaves less than this is exceeded.
+pub const MIN_POOL: u64 = 8 << 20;
+
 /// Builds the session: memory pool, spill directory, partitions.
 /// `input_bytes` (compressed) tells whether the decoded points are likely to
-/// fit in the pool, in which case the sorts stay parallel.
+/// fit in the pool, in which case the sorts stay parallel; `resident` is
+/// what the process holds before the job starts.
 pub fn session(
     cfg: &RunConfig,
     spill_dir: &std::path::Path,
     input_bytes: u64,
+    resident: u64,
 ) -> Result<SessionContext, JobError> {
+    let pool = cfg.memory_limit.map(|l| pool_bytes(l, resident));
     // A bounded merge fan-in keeps the read-back of many spill files (one
     // batch each) inside the pool; more runs are merged in several passes.
     let mut rt = RuntimeEnvBuilder::new()
         .with_temp_file_path(spill_dir)
         .with_max_spill_merge_fan_in(16);
-    if let Some(limit) = cfg.memory_limit {
+    if let Some(pool) = pool {
         rt = rt.with_memory_pool(Arc::new(TrackConsumersPool::new(
-            FairSpillPool::new(pool_bytes(limit)),
+            FairSpillPool::new(pool),
             std::num::NonZeroUsize::new(8).expect("non-zero"),
         )));
     }
     let runtime = rt.build_arc()?;
+    let partitions = cfg.target_partitions.max(1);
     let mut sc = SessionConfig::new()
-        .with_target_partitions(cfg.target_partitions.max(1))
+        .with_target_partitions(partitions)
         .with_batch_size(batch_rows(cfg.memory_limit))
         .with_repartition_file_scans(true)
         .with_repartition_file_min_size(cfg.range_bytes.min(usize::MAX as u64) as usize)
         .with_information_schema(false);
     let opts = sc.options_mut();
-    if let Some(limit) = cfg.memory_limit {
-        // When the decoded input (~4x the compressed bytes) may not fit,
-        // the scan stays parallel but one sort takes all partitions' rows
-        // (CoalescePartitions -> SortExec): a single spilling sort can use
-        // the whole pool, instead of N sorts and a final merge competing
-        // for it. Rows are payloads, so sorting them is cheap next to
-        // decoding their points.
-        if input_bytes.saturating_mul(4) > pool_bytes(limit) as u64 {
+    if let (Some(limit), Some(pool)) = (cfg.memory_limit, pool) {
+        // When the decoded input (16 bytes a point, ~2.5x the compressed
+        // bytes; 4x leaves room) may not fit, the scan stays parallel but
+        // one sort takes all partitions' rows (CoalescePartitions ->
+        // SortExec): a single spilling sort can use the whole pool, instead
+        // of N sorts and a final merge competing for it. Rows are payloads,
+        // so sorting them is cheap next to decoding their points.
+        let parallel_sorts = input_bytes.saturating_mul(4) <= pool as u64;
+        if !parallel_sorts {
             opts.optimizer.repartition_sorts = false;
         }
-        // The sort reserves room to merge what it buffered before it
-        // spills (sorted copies of its batches): half the pool.
-        opts.execution.sort_spill_reservation_bytes =
-            (pool_bytes(limit) / 2).clamp(32 << 10, 1 << 30);
+        // Each sort reserves, up front and unspillable, room to merge what
+        // it buffered before it spills: half the pool, shared by the sorts
+        // that run at once (N of them reserving half the pool each would
+        // not fit it from N = 3 on).
+        let sorts = if parallel_sorts { partitions } else { 1 };
+        opts.execution.sort_spill_reservation_bytes = (pool / 2 / sorts).clamp(32 << 10, 1 << 30);
         opts.execution.sort_in_place_threshold_bytes =
             (limit / 64).clamp(16 << 10, 1 << 20) as usize;
     }
@@ -301,7 +313,12 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     let stage = tempfile::Builder::new()
         .prefix("tailor-stage-")
         .tempdir_in(cfg.stage_dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    let ctx = session(cfg, spill.path(), listing.total_bytes())?;
+    let ctx = session(
+        cfg,
+        spill.path(),
+        listing.total_bytes(),
+        crate::job::report::current_rss_bytes(),
+    )?;
     let mut options = PayloadOptions::new(Arc::clone(&cfg.shard_map));
     options.on_corrupt = cfg.on_corrupt;
     options.range_bytes = cfg.range_bytes;
@@ -479,4 +496,54 @@ fn feed(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merge(points: &[(i64, u64)]) -> (Vec<(i64, u64)>, MergeCounts) {
+        let (m, c) = SeriesInput {
+            points: points.to_vec(),
+            ..Default::default()
+        }
+        .merge();
+        (m.timestamps.into_iter().zip(m.values).collect(), c)
+    }
+
+    #[test]
+    fn the_last_point_in_input_order_wins_and_conflicts_are_counted_against_it() {
+        let nan = f64::NAN.to_bits();
+        // ts 5: A, B, A -> A wins; only B differs from it.
+        // ts 1: A, A, B -> B wins; both As differ from it.
+        // ts 3: NaN with two payloads: bits differ, so they conflict.
+        let (points, c) = merge(&[
+            (5, 10),
+            (1, 7),
+            (5, 11),
+            (3, nan),
+            (1, 7),
+            (5, 10),
+            (3, nan | 1),
+            (1, 8),
+        ]);
+        assert_eq!(points, vec![(1, 8), (3, nan | 1), (5, 10)]);
+        assert_eq!(c.input_points, 8);
+        assert_eq!(c.duplicates_dropped, 5);
+        assert_eq!(c.conflicting_duplicates, 4);
+        // Verbatim repeats are duplicates, not conflicts.
+        let (_, c) = merge(&[(1, 2), (1, 2), (2, 3)]);
+        assert_eq!((c.duplicates_dropped, c.conflicting_duplicates), (1, 0));
+    }
+
+    #[test]
+    fn the_gatherer_keeps_the_last_payloads_metadata() {
+        let mut g = SeriesMerger::default();
+        g.push((1, 2), 0, 10, "a:1", &[1, 2], &[5, 6]);
+        g.push((1, 2), 2, 60, "b:2", &[2], &[7]);
+        let s = g.take().unwrap();
+        assert_eq!((s.kind, s.interval_s, s.metadata.as_str()), (2, 60, "b:2"));
+        assert_eq!(s.points, vec![(1, 5), (2, 6), (2, 7)]);
+        assert!(g.take().is_none());
+    }
 }
