@@ -323,6 +323,25 @@ fn a_memory_limit_far_below_the_input_spills_and_gives_the_same_bytes() {
     assert_eq!(tree_bytes(&free), tree_bytes(&tight));
 }
 
+#[test]
+fn many_parallel_sorts_share_the_pool() {
+    // Eight sorts each reserving half the pool up front exhausted it
+    // ("Resources exhausted") before a single batch was sorted.
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    generate_tree(&input, 17, 4 << 20);
+    let shard = shards_of(&input).into_iter().next().unwrap();
+    let free = tmp.path().join("free");
+    run(&cfg(&input, &free, &shard)).unwrap();
+    let many = tmp.path().join("many");
+    let mut c = cfg(&input, &many, &shard);
+    c.target_partitions = 8;
+    c.range_bytes = 64 << 10;
+    c.memory_limit = Some(tailor::job::report::current_rss_bytes() + (256 << 20));
+    run(&c).unwrap();
+    assert_eq!(tree_bytes(&free), tree_bytes(&many));
+}
+
 fn dir_size(p: &Path) -> u64 {
     tree_bytes(p).values().map(|v| v.len() as u64).sum()
 }
