@@ -52,12 +52,20 @@ pub struct RunArgs {
     /// What to do with a corrupt frame.
     #[arg(long, value_enum)]
     pub on_corrupt: Option<CorruptPolicy>,
-    /// Fail (and commit nothing) when misrouted payloads are found.
+    /// Fail (and commit nothing) when misrouted payloads are found;
+    /// `--fail-on-misrouted=false` overrides a job file that sets it.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub fail_on_misrouted: Option<bool>,
+    /// zstd level of the output blocks (1..=22, default 3).
     #[arg(long)]
-    pub fail_on_misrouted: bool,
+    pub zstd_level: Option<i32>,
     /// Directory for spill files (default: the system temp dir).
     #[arg(long)]
     pub spill_dir: Option<PathBuf>,
+    /// Directory where output files are staged before upload to a remote
+    /// output root (default: the system temp dir).
+    #[arg(long)]
+    pub stage_dir: Option<PathBuf>,
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -144,34 +152,50 @@ pub fn config(a: &RunArgs) -> Result<RunConfig, JobError> {
         }
         cfg.block_points = b;
     }
-    if let Some(z) = file.zstd_level {
+    if let Some(z) = a.zstd_level.or(file.zstd_level) {
+        if !(1..=22).contains(&z) {
+            return Err(JobError::Config("--zstd-level must be 1..=22".into()));
+        }
         cfg.zstd_level = z;
     }
     cfg.on_corrupt = a.on_corrupt.or(file.on_corrupt).unwrap_or_default();
-    cfg.fail_on_misrouted = a.fail_on_misrouted || file.fail_on_misrouted.unwrap_or(false);
+    cfg.fail_on_misrouted = a
+        .fail_on_misrouted
+        .or(file.fail_on_misrouted)
+        .unwrap_or(false);
     cfg.spill_dir = a.spill_dir.clone().or(file.spill_dir);
+    cfg.stage_dir = a.stage_dir.clone().or(file.stage_dir);
     cfg.report = a.report.clone().or(file.report);
     cfg.progress = true;
     cfg.fail_before_commit = a.fail_before_commit;
     Ok(cfg)
 }
 
+/// Runs the job. The report is written (and summarised) whatever happens
+/// once the configuration is valid, so a scheduler always finds one that
+/// says how far a failed run got and why it failed.
 pub async fn main(a: RunArgs) -> Result<ExitCode, JobError> {
     let cfg = config(&a)?;
-    let result = crate::job::run::run_shard(&cfg).await;
-    let report = match &result {
-        Ok(r) => Some(r),
-        Err(e) => e.report(),
-    };
-    if let Some(r) = report {
-        if let Some(path) = &cfg.report {
-            std::fs::write(path, r.to_json())?;
-        }
-        if a.json {
-            println!("{}", r.to_json());
-        } else {
-            eprint!("{}", r.summary());
+    let (report, result) = crate::job::run::run_shard_reported(&cfg).await;
+    if let Some(path) = &cfg.report {
+        let written = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(path, report.to_json()));
+        if let Err(e) = written {
+            // The job's own error, if any, matters more than the report's.
+            result?;
+            return Err(JobError::Output(format!(
+                "writing report {}: {e}",
+                path.display()
+            )));
         }
     }
-    result.map(|_| ExitCode::SUCCESS)
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        eprint!("{}", report.summary());
+    }
+    result.map(|()| ExitCode::SUCCESS)
 }

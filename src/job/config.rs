@@ -36,15 +36,53 @@ pub struct JobFile {
     pub on_corrupt: Option<CorruptPolicy>,
     pub fail_on_misrouted: Option<bool>,
     pub spill_dir: Option<PathBuf>,
+    pub stage_dir: Option<PathBuf>,
     pub report: Option<PathBuf>,
 }
 
 impl JobFile {
+    /// Loads a job file. Relative paths in it (shard map, spill, stage and
+    /// report paths, and input / output roots given as plain paths) are
+    /// relative to the job file's directory, not to the directory the
+    /// scheduler happens to start the job in.
     pub fn load(path: &std::path::Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("reading job file {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("job file {}: {e}", path.display()))
+        let mut file: JobFile =
+            toml::from_str(&text).map_err(|e| format!("job file {}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(std::path::Path::new(""));
+        for p in [
+            &mut file.shard_map,
+            &mut file.spill_dir,
+            &mut file.stage_dir,
+            &mut file.report,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        for root in [&mut file.input, &mut file.output].into_iter().flatten() {
+            if is_relative_path(root) {
+                *root = base.join(&*root).display().to_string();
+            }
+        }
+        Ok(file)
     }
+}
+
+/// True for a plain relative path, false for a URL (`s3://…`, `file:///…`)
+/// or an absolute path.
+fn is_relative_path(s: &str) -> bool {
+    let url = s.find("://").is_some_and(|i| {
+        i > 1
+            && s[..i]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
+    });
+    !url && std::path::Path::new(s).is_relative()
 }
 
 /// Parses a byte size: `1073741824`, `512MiB`, `8GiB`, `1.5G`, `64k`.

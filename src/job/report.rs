@@ -341,7 +341,7 @@ fn visit(plan: &Arc<dyn ExecutionPlan>, f: &mut dyn FnMut(&Arc<dyn ExecutionPlan
 }
 
 /// A progress bar over input bytes on stderr, when it is a terminal.
-pub fn progress(enabled: bool, total: u64, log: Arc<ScanLog>) -> Option<ProgressBar> {
+pub fn progress(enabled: bool, total: u64, log: Arc<ScanLog>) -> Option<Progress> {
     use std::io::IsTerminal;
     if !enabled || !std::io::stderr().is_terminal() {
         return None;
@@ -360,5 +360,15 @@ pub fn progress(enabled: bool, total: u64, log: Arc<ScanLog>) -> Option<Progress
             std::thread::sleep(Duration::from_millis(200));
         }
     });
-    Some(bar)
+    Some(Progress(bar))
+}
+
+/// The scan's progress bar; cleared (and its updater stopped) when dropped,
+/// on success or on any early return.
+pub struct Progress(ProgressBar);
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
 }

@@ -286,10 +286,30 @@ pub fn session(
 /// Runs one shard job end to end and returns its report. The report is
 /// also returned (inside the error) when the job fails after scanning.
 pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
+    let (report, result) = run_shard_reported(cfg).await;
+    result.map(|()| report)
+}
+
+/// Runs one shard job and returns its report whatever happened: on failure
+/// it says how far the job got, why it failed, and the time and memory it
+/// took until then.
+pub async fn run_shard_reported(cfg: &RunConfig) -> (Report, Result<(), JobError>) {
     let started = Instant::now();
     let cpu0 = cpu_time();
     let mut report = Report::new(cfg);
+    let result = run_inner(cfg, &mut report).await;
+    if let Err(e) = &result
+        && report.status != "failed"
+    {
+        report.failed(&e.to_string());
+    }
+    report.wall = started.elapsed();
+    report.cpu = cpu_time().saturating_sub(cpu0);
+    report.peak_rss_bytes = peak_rss_bytes();
+    (report, result)
+}
 
+async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError> {
     // -- list
     let input = StoreRoot::open(&cfg.input)?;
     let output = StoreRoot::open(&cfg.output)?;
@@ -360,9 +380,7 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
         writer.send(last)?;
     }
     drop(stream);
-    if let Some(p) = &progress {
-        p.finish_and_clear();
-    }
+    drop(progress);
     let pipeline = t_pipeline.stop();
     let pipeline_cpu = crate::job::report::cpu_time().saturating_sub(pipeline_cpu0);
     report.scan = log.totals();
@@ -387,7 +405,7 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     if let Some(e) = scan_error {
         report.failed(&e.to_string());
         return Err(match frame_error(&e) {
-            Some(fe) => JobError::Corrupt(Box::new(fe.clone()), Box::new(report)),
+            Some(fe) => JobError::Corrupt(Box::new(fe.clone()), Box::new(report.clone())),
             None => JobError::DataFusion(e),
         });
     }
@@ -407,7 +425,7 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
             report.failed(&gaps[0].to_string());
             return Err(JobError::Corrupt(
                 Box::new(gaps[0].clone()),
-                Box::new(report),
+                Box::new(report.clone()),
             ));
         }
         log.record_skipped(&gaps);
@@ -418,7 +436,7 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     if !report.misrouted.is_empty() && cfg.fail_on_misrouted {
         let n = report.misrouted.len();
         report.failed(&format!("{n} misrouted payloads (--fail-on-misrouted)"));
-        return Err(JobError::Misrouted(n, Box::new(report)));
+        return Err(JobError::Misrouted(n, Box::new(report.clone())));
     }
 
     // -- write + commit
@@ -442,11 +460,8 @@ pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
     let removed = manifest::commit(&output, &manifest).await?;
     report.phases.push(t.stop());
     report.set_output(&manifest, removed);
-    report.wall = started.elapsed();
-    report.cpu = cpu_time().saturating_sub(cpu0);
-    report.peak_rss_bytes = peak_rss_bytes();
     drop(spill);
-    Ok(report)
+    Ok(())
 }
 
 /// The window the job covers: the flags, or every hour present.
