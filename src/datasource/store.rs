@@ -61,6 +61,19 @@ impl StoreRoot {
                     url: url.to_string(),
                     reason: e.to_string(),
                 })?;
+                // Object-store paths have no `..`: resolve it lexically
+                // (`../in` from a job file's directory).
+                let mut normal = std::path::PathBuf::new();
+                for c in abs.components() {
+                    match c {
+                        std::path::Component::ParentDir => {
+                            normal.pop();
+                        }
+                        std::path::Component::CurDir => {}
+                        c => normal.push(c),
+                    }
+                }
+                let abs = normal;
                 Url::from_directory_path(&abs).map_err(|_| StoreError::BadUrl {
                     url: url.to_string(),
                     reason: "not an absolute path".into(),

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use arrow::compute::SortOptions;
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt8Array,
-    UInt32Array, UInt64Array,
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, StringBuilder,
+    UInt8Array, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::compute::kernels::boolean::{or, or_kleene};
 use datafusion::arrow::compute::kernels::cmp::neq;
@@ -54,7 +54,7 @@ use crate::datasource::listing::Hour;
 use crate::datasource::store::StoreRoot;
 use crate::format::tsf;
 use crate::job::JobError;
-use crate::job::manifest::{Manifest, list_windows, read_data_file, read_manifest};
+use crate::job::manifest::{Manifest, read_data_file, read_manifest, window_dirs};
 
 /// What to compare.
 #[derive(Debug, Clone)]
@@ -202,6 +202,8 @@ impl DiffReport {
 struct Side {
     root: StoreRoot,
     manifests: Vec<(String, String, Manifest)>,
+    /// Shards with at least one committed window (whatever --from/--to say).
+    committed: std::collections::BTreeSet<String>,
     orgs: Arc<Vec<u64>>,
 }
 
@@ -260,14 +262,19 @@ impl PartitionStream for SideStream {
         let points = self.points;
         let schema = Arc::clone(&self.schema);
         let (tx, rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
+        let errors = tx.clone();
+        let producer = tokio::spawn(async move { produce(side, points, &tx).await });
+        // A producer that fails, or panics, ends the stream with an error:
+        // a side that stopped early must never read as "points missing".
         tokio::spawn(async move {
-            if let Err(e) = produce(side, points, &tx).await {
-                let _ = tx
-                    .send(Err(datafusion::error::DataFusionError::External(Box::new(
-                        e,
-                    ))))
-                    .await;
-            }
+            let error = match producer.await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => datafusion::error::DataFusionError::External(Box::new(e)),
+                Err(join) => datafusion::error::DataFusionError::Execution(format!(
+                    "reading a side of the diff failed: {join}"
+                )),
+            };
+            let _ = errors.send(Err(error)).await;
         });
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
@@ -275,61 +282,95 @@ impl PartitionStream for SideStream {
     }
 }
 
-#[derive(Default)]
+/// Rows being gathered for one batch; strings are appended into the
+/// arrays' buffers, not allocated per point.
 struct Rows {
-    shard: Vec<String>,
-    window: Vec<String>,
+    shard: StringBuilder,
+    window: StringBuilder,
     org: Vec<u64>,
     metric: Vec<u64>,
     ts: Vec<i64>,
     bits: Vec<u64>,
     kind: Vec<u8>,
     interval: Vec<u32>,
-    meta: Vec<String>,
+    meta: StringBuilder,
     n: Vec<u64>,
 }
 
 impl Rows {
+    fn new() -> Self {
+        Rows {
+            shard: StringBuilder::new(),
+            window: StringBuilder::new(),
+            org: Vec::new(),
+            metric: Vec::new(),
+            ts: Vec::new(),
+            bits: Vec::new(),
+            kind: Vec::new(),
+            interval: Vec::new(),
+            meta: StringBuilder::new(),
+            n: Vec::new(),
+        }
+    }
     fn len(&self) -> usize {
         self.org.len()
     }
     fn take(&mut self, points: bool) -> DfResult<RecordBatch> {
-        let mut r = std::mem::take(self);
         let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(std::mem::take(&mut r.shard))),
-            Arc::new(StringArray::from(std::mem::take(&mut r.window))),
-            Arc::new(UInt64Array::from(r.org)),
-            Arc::new(UInt64Array::from(r.metric)),
+            Arc::new(self.shard.finish()),
+            Arc::new(self.window.finish()),
+            Arc::new(UInt64Array::from(std::mem::take(&mut self.org))),
+            Arc::new(UInt64Array::from(std::mem::take(&mut self.metric))),
         ];
         if points {
-            cols.push(Arc::new(Int64Array::from(r.ts)));
-            cols.push(Arc::new(UInt64Array::from(r.bits)));
+            cols.push(Arc::new(Int64Array::from(std::mem::take(&mut self.ts))));
+            cols.push(Arc::new(UInt64Array::from(std::mem::take(&mut self.bits))));
             Ok(RecordBatch::try_new(points_schema(), cols)?)
         } else {
-            cols.push(Arc::new(UInt8Array::from(r.kind)));
-            cols.push(Arc::new(UInt32Array::from(r.interval)));
-            cols.push(Arc::new(StringArray::from(r.meta)));
-            cols.push(Arc::new(UInt64Array::from(r.n)));
+            cols.push(Arc::new(UInt8Array::from(std::mem::take(&mut self.kind))));
+            cols.push(Arc::new(UInt32Array::from(std::mem::take(
+                &mut self.interval,
+            ))));
+            cols.push(Arc::new(self.meta.finish()));
+            cols.push(Arc::new(UInt64Array::from(std::mem::take(&mut self.n))));
             Ok(RecordBatch::try_new(series_schema(), cols)?)
         }
     }
 }
 
+/// Streams one side's points or series in key order. The sort-merge join
+/// trusts that order, so it is checked here: series strictly increasing
+/// across the files of a window, timestamps strictly increasing in a
+/// series. A side that breaks it is corrupt, not different.
 async fn produce(
     side: Side,
     points: bool,
     tx: &tokio::sync::mpsc::Sender<DfResult<RecordBatch>>,
 ) -> Result<(), JobError> {
-    let mut rows = Rows::default();
+    let mut rows = Rows::new();
     let mut ts = Vec::new();
     let mut vals = Vec::new();
     for (shard, window, m) in &side.manifests {
+        let mut last: Option<(u64, u64)> = None;
         for f in &m.files {
             let mut data = read_data_file(&side.root, m, f).await?;
             let bytes = data.bytes.clone();
             let reader = tsf::FileReader::open(&bytes)?;
             for e in reader.footer().series() {
                 data.release_before(e.byte_range().start);
+                let key = (e.org_id, e.metric_id);
+                if last.is_some_and(|l| l >= key) {
+                    return Err(JobError::Output(format!(
+                        "{}: {shard}/{window}/{}: series {}/{} is out of order (after {}/{})",
+                        side.root.display,
+                        f.path,
+                        e.org_id,
+                        e.metric_id,
+                        last.unwrap().0,
+                        last.unwrap().1
+                    )));
+                }
+                last = Some(key);
                 if !side.orgs.is_empty() && !side.orgs.contains(&e.org_id) {
                     continue;
                 }
@@ -337,22 +378,33 @@ async fn produce(
                     ts.clear();
                     vals.clear();
                     reader.read_series_into(e, &mut ts, &mut vals)?;
+                    if let Some(w) = ts.windows(2).position(|w| w[0] >= w[1]) {
+                        return Err(JobError::Output(format!(
+                            "{}: {shard}/{window}/{}: series {}/{} has timestamp {} after {}",
+                            side.root.display,
+                            f.path,
+                            e.org_id,
+                            e.metric_id,
+                            ts[w + 1],
+                            ts[w]
+                        )));
+                    }
                     for (&t, &v) in ts.iter().zip(&vals) {
-                        rows.shard.push(shard.clone());
-                        rows.window.push(window.clone());
+                        rows.shard.append_value(shard);
+                        rows.window.append_value(window);
                         rows.org.push(e.org_id);
                         rows.metric.push(e.metric_id);
                         rows.ts.push(t);
                         rows.bits.push(v);
                     }
                 } else {
-                    rows.shard.push(shard.clone());
-                    rows.window.push(window.clone());
+                    rows.shard.append_value(shard);
+                    rows.window.append_value(window);
                     rows.org.push(e.org_id);
                     rows.metric.push(e.metric_id);
                     rows.kind.push(e.kind);
                     rows.interval.push(e.interval_s);
-                    rows.meta.push(e.metadata.clone());
+                    rows.meta.append_value(&e.metadata);
                     rows.n.push(e.n_points);
                 }
                 if rows.len() >= BATCH_POINTS && tx.send(rows.take(points)).await.is_err() {
@@ -429,41 +481,49 @@ async fn shards_of(root: &StoreRoot) -> Result<Vec<String>, JobError> {
 async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, JobError> {
     let root = StoreRoot::open(url)?;
     let mut manifests = Vec::new();
+    let mut committed = std::collections::BTreeSet::new();
+    let inside = |from: &str, to: &str| {
+        cfg.from.as_ref().is_none_or(|f| from >= f.as_str())
+            && cfg.to.as_ref().is_none_or(|t| to <= t.as_str())
+    };
     for shard in shards {
-        let windows = list_windows(&root, shard).await?;
-        if windows.is_empty() {
-            // Data without any commit is an error, not a difference.
-            let any = root
-                .store
-                .list(Some(&root.child(shard)))
-                .next()
-                .await
-                .is_some();
-            if any {
-                return Err(JobError::Output(format!(
-                    "{url}: shard {shard} holds files but no committed window ({} missing)",
-                    crate::job::manifest::MANIFEST_NAME
-                )));
-            }
+        let (windows, uncommitted) = window_dirs(&root, shard).await?;
+        if !windows.is_empty() {
+            committed.insert(shard.clone());
+        }
+        // Data without its commit is an error, not a difference: the run
+        // that wrote it was stopped and never rerun.
+        if let Some(w) = uncommitted
+            .iter()
+            .find(|w| w.split_once('_').is_none_or(|(f, t)| inside(f, t)))
+        {
+            return Err(JobError::Output(format!(
+                "{url}: {shard}/{w} holds files but no {} (a run that did not commit; \
+                 rerun it, or leave the window out with --from/--to)",
+                crate::job::manifest::MANIFEST_NAME
+            )));
         }
         for w in windows {
             let m = read_manifest(&root, shard, &w).await?;
-            let inside = cfg
-                .from
-                .as_ref()
-                .is_none_or(|f| m.window_from.as_str() >= f.as_str())
-                && cfg
-                    .to
-                    .as_ref()
-                    .is_none_or(|t| m.window_to.as_str() <= t.as_str());
-            if inside {
+            if inside(&m.window_from, &m.window_to) {
                 manifests.push((shard.clone(), w, m));
             }
         }
     }
+    if committed.is_empty() {
+        return Err(JobError::Output(format!(
+            "{url} holds no committed output for {} (is the path right?)",
+            if shards.len() == 1 {
+                format!("shard {}", shards[0])
+            } else {
+                "any of the shards compared".to_string()
+            }
+        )));
+    }
     Ok(Side {
         root,
         manifests,
+        committed,
         orgs: Arc::new(cfg.orgs.clone()),
     })
 }
@@ -639,6 +699,14 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
     };
     let old = side(&cfg.old, &shards, cfg).await?;
     let new = side(&cfg.new, &shards, cfg).await?;
+    if let Some(s) = shards
+        .iter()
+        .find(|s| !old.committed.contains(*s) && !new.committed.contains(*s))
+    {
+        return Err(JobError::Output(format!(
+            "shard {s} has no committed output on either side"
+        )));
+    }
     if old.manifests.is_empty() && new.manifests.is_empty() {
         return Err(JobError::Output(
             "neither side has a committed window to compare".into(),

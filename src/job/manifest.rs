@@ -587,20 +587,35 @@ pub async fn commit(root: &StoreRoot, m: &Manifest) -> Result<u64, JobError> {
 
 /// The committed windows of a shard (directory names), sorted.
 pub async fn list_windows(root: &StoreRoot, shard: &str) -> Result<Vec<String>, JobError> {
+    Ok(window_dirs(root, shard).await?.0)
+}
+
+/// The window directories of a shard: (committed, uncommitted), each
+/// sorted. An uncommitted one holds files but no manifest: what a run that
+/// was stopped before its commit leaves behind, and never rerun.
+pub async fn window_dirs(
+    root: &StoreRoot,
+    shard: &str,
+) -> Result<(Vec<String>, Vec<String>), JobError> {
     let prefix = root.child(shard);
     let objects: Vec<_> = root.store.list(Some(&prefix)).try_collect().await?;
-    let mut out: Vec<String> = objects
-        .iter()
-        .filter_map(|o| {
-            let rel = root.relative(&o.location)?;
-            let mut parts = rel.split('/');
-            let (_, w, name) = (parts.next()?, parts.next()?, parts.next()?);
-            (name == MANIFEST_NAME && parts.next().is_none()).then(|| w.to_string())
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    Ok(out)
+    let mut committed = std::collections::BTreeSet::new();
+    let mut all = std::collections::BTreeSet::new();
+    for o in &objects {
+        let Some(rel) = root.relative(&o.location) else {
+            continue;
+        };
+        let mut parts = rel.split('/');
+        let (Some(_), Some(w), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        all.insert(w.to_string());
+        if name == MANIFEST_NAME && parts.next().is_none() {
+            committed.insert(w.to_string());
+        }
+    }
+    let uncommitted = all.difference(&committed).cloned().collect();
+    Ok((committed.into_iter().collect(), uncommitted))
 }
 
 /// Reads a committed manifest.
@@ -644,24 +659,37 @@ impl DataFile {
     }
 }
 
-/// Opens one data file of a manifest (memory-mapped when local, one GET
-/// otherwise) and checks its size and CRC32C against the manifest.
+/// Opens one data file of a manifest (memory-mapped when local, one
+/// streamed GET into a mapped temp file otherwise) and checks its size and CRC32C against the manifest.
 pub async fn read_data_file(
     root: &StoreRoot,
     m: &Manifest,
     f: &ManifestFile,
 ) -> Result<DataFile, JobError> {
     let path = root.child(&format!("{}/{}", m.location, f.path));
-    let (bytes, map) = if root.local {
-        match crate::datasource::reader::map(&std::path::Path::new("/").join(path.as_ref()))? {
-            Some(map) => (
-                Bytes::from_owner(crate::datasource::reader::MapOwner(Arc::clone(&map))),
-                Some(map),
-            ),
-            None => (Bytes::new(), None),
-        }
+    let map = if root.local {
+        crate::datasource::reader::map(&std::path::Path::new("/").join(path.as_ref()))?
     } else {
-        (root.store.get(&path).await?.bytes().await?, None)
+        // Streamed into an unlinked temp file and mapped, so that a data
+        // file of up to the size cap never sits on the heap and its pages
+        // can be handed back as it is read, as for a local file.
+        let mut spool = std::io::BufWriter::with_capacity(1 << 20, tempfile::tempfile()?);
+        let mut body = root.store.get(&path).await?.into_stream();
+        while let Some(chunk) = body.try_next().await? {
+            spool.write_all(&chunk)?;
+        }
+        let file = spool.into_inner().map_err(|e| e.into_error())?;
+        if file.metadata()?.len() == 0 {
+            None
+        } else {
+            // SAFETY: the file is private to this process (unlinked) and
+            // is not written again.
+            Some(Arc::new(unsafe { memmap2::Mmap::map(&file)? }))
+        }
+    };
+    let bytes = match &map {
+        Some(m) => Bytes::from_owner(crate::datasource::reader::MapOwner(Arc::clone(m))),
+        None => Bytes::new(),
     };
     if bytes.len() as u64 != f.bytes {
         return Err(JobError::Output(format!(

@@ -360,5 +360,5 @@ fn an_uncommitted_side_is_an_error() {
             out: None,
         }))
         .unwrap_err();
-    assert!(e.to_string().contains("no committed window"), "{e}");
+    assert!(e.to_string().contains("did not commit"), "{e}");
 }

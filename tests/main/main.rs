@@ -1,5 +1,6 @@
 //! One integration-test binary (as delta-rs and ripgrep do), one module per area.
 
+mod cli;
 mod common;
 mod corpus;
 mod diff;

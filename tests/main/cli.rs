@@ -1,0 +1,219 @@
+//! The `tailor` binary as a scheduler and an engineer use it: job files
+//! from another working directory, reports of failed runs, flag overrides,
+//! and `diff`'s exit codes (0 identical, 1 different, 2 error).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common::tempdir;
+
+fn tailor(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tailor"))
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("run tailor")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exit code")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Generates a small tree where every org lives in `org-mod-0` (modulus 1).
+fn generate(root: &Path, into: &Path, seed: u64) {
+    std::fs::write(root.join("map1.toml"), "modulus = 1\ndedicated = []\n").unwrap();
+    let o = tailor(
+        root,
+        &[
+            "generate",
+            "--output",
+            p(into),
+            "--seed",
+            &seed.to_string(),
+            "--size",
+            "256KiB",
+            "--orgs",
+            "8",
+            "--hours",
+            "1",
+            "--partitions",
+            "2",
+            "--max-points",
+            "64",
+            "--shard-map",
+            "map1.toml",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn manifests(out: &Path) -> usize {
+    walk(out)
+        .iter()
+        .filter(|f| f.ends_with("_manifest.json"))
+        .count()
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_job_file_works_from_any_directory_and_failed_runs_write_their_report() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    generate(root, &root.join("in"), 1);
+    // Under the 64-way map most of these orgs are not org-mod-0's.
+    std::fs::write(root.join("map64.toml"), "modulus = 64\ndedicated = []\n").unwrap();
+    std::fs::create_dir(root.join("jobs")).unwrap();
+    let job = root.join("jobs/job.toml");
+    std::fs::write(
+        &job,
+        "input = \"../in\"\noutput = \"../out\"\nshard = \"org-mod-0\"\n\
+         shard_map = \"../map64.toml\"\nreport = \"../reports/run.json\"\n\
+         fail_on_misrouted = true\n",
+    )
+    .unwrap();
+    let report = root.join("reports/run.json");
+
+    // Started elsewhere, as a scheduler does: paths are the job file's.
+    let o = tailor(Path::new("/"), &["run", "--job", p(&job)]);
+    assert_eq!(
+        code(&o),
+        65,
+        "misrouted payloads fail the job: {}",
+        stderr(&o)
+    );
+    let r = read_json(&report);
+    assert_eq!(r["status"], "failed");
+    assert!(r["error"].as_str().unwrap().contains("misrouted"), "{r}");
+    assert!(!r["misrouted"].as_array().unwrap().is_empty());
+    assert!(r["wall_s"].is_number() || r.get("wall").is_some(), "{r}");
+    assert_eq!(manifests(&root.join("out")), 0, "nothing committed");
+
+    // The flag overrides the job file, both ways.
+    std::fs::remove_file(&report).unwrap();
+    let o = tailor(
+        Path::new("/"),
+        &["run", "--job", p(&job), "--fail-on-misrouted=false"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r = read_json(&report);
+    assert_eq!(r["status"], "committed");
+    assert!(!r["misrouted"].as_array().unwrap().is_empty());
+    assert_eq!(manifests(&root.join("out")), 1);
+
+    std::fs::write(
+        &job,
+        std::fs::read_to_string(&job)
+            .unwrap()
+            .replace("true", "false"),
+    )
+    .unwrap();
+    let o = tailor(
+        Path::new("/"),
+        &["run", "--job", p(&job), "--fail-on-misrouted"],
+    );
+    assert_eq!(code(&o), 65, "{}", stderr(&o));
+
+    // Bad settings are usage errors, before anything runs.
+    let o = tailor(root, &["run", "--job", p(&job), "--zstd-level", "40"]);
+    assert_eq!(code(&o), 64, "{}", stderr(&o));
+    assert!(stderr(&o).contains("zstd-level"), "{}", stderr(&o));
+}
+
+#[test]
+fn diff_exits_0_when_identical_1_when_different_2_on_error() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    generate(root, &root.join("in"), 2);
+    generate(root, &root.join("in-other"), 3);
+    let run = |input: &str, out: &str| {
+        let o = tailor(
+            root,
+            &[
+                "run",
+                "--input",
+                input,
+                "--output",
+                out,
+                "--shard",
+                "org-mod-0",
+                "--shard-map",
+                "map1.toml",
+            ],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    };
+    run("in", "a");
+    run("in", "b");
+    run("in-other", "c");
+    let diff = |args: &[&str]| {
+        let mut all = vec!["diff"];
+        all.extend_from_slice(args);
+        tailor(root, &all)
+    };
+
+    let o = diff(&["--old", "a", "--new", "b", "--report", "same.json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r = read_json(&root.join("same.json"));
+    assert!(r.to_string().contains("org-mod-0"), "{r}");
+
+    let o = diff(&["--old", "a", "--new", "c"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+
+    // A wrong path is an error, not "every series is new".
+    let o = diff(&["--old", "no-such-dir", "--new", "a"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("no committed output"), "{}", stderr(&o));
+
+    // A shard neither side has.
+    let o = diff(&["--old", "a", "--new", "b", "--shard", "org-mod-5"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("org-mod-5"), "{}", stderr(&o));
+
+    // A window whose run never committed is an error on that side.
+    let manifest = walk(&root.join("b"))
+        .into_iter()
+        .find(|f| f.ends_with("_manifest.json"))
+        .unwrap();
+    std::fs::remove_file(&manifest).unwrap();
+    let o = diff(&["--old", "a", "--new", "b"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("did not commit"), "{}", stderr(&o));
+
+    // A data file that does not match its manifest: corrupt, an error.
+    let data = walk(&root.join("a"))
+        .into_iter()
+        .find(|f| f.ends_with(".tsf"))
+        .unwrap();
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&data, bytes).unwrap();
+    let o = diff(&["--old", "a", "--new", "c"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+}
