@@ -9,6 +9,9 @@ if [ -x scripts/test-servers.sh ] && [ "${TAILOR_NO_SERVERS:-}" != 1 ]; then
   bash scripts/test-servers.sh install
   eval "$(bash scripts/test-servers.sh start)"
   trap 'bash scripts/test-servers.sh stop >/dev/null 2>&1 || true' EXIT
+  # The servers were started: a store test that cannot reach one fails
+  # instead of skipping.
+  export TAILOR_REQUIRE_SERVERS=1
 fi
 cargo test --all-targets --no-fail-fast
 cargo test --doc

@@ -536,10 +536,19 @@ async fn put_file(
         return Ok(());
     }
     // Multipart: the object appears atomically when the upload completes.
+    // A failed upload is aborted, so that no incomplete multipart upload
+    // is left to be billed until a lifecycle rule finds it.
     let mut w = BufWriter::new(Arc::clone(store), path.clone());
-    let mut f = tokio::fs::File::open(local).await?;
-    tokio::io::copy(&mut f, &mut w).await?;
-    w.shutdown().await?;
+    let copied = async {
+        let mut f = tokio::fs::File::open(local).await?;
+        tokio::io::copy(&mut f, &mut w).await?;
+        w.shutdown().await
+    }
+    .await;
+    if let Err(e) = copied {
+        let _ = w.abort().await;
+        return Err(e.into());
+    }
     Ok(())
 }
 
@@ -552,9 +561,20 @@ pub async fn upload_files(root: &StoreRoot, m: &Manifest, staged: &Staged) -> Re
     Ok(())
 }
 
+/// What a commit did after the manifest was written.
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    /// Objects of other (older, uncommitted) runs removed.
+    pub stale_removed: u64,
+    /// Why the cleanup stopped, if it did. The commit stands: readers
+    /// trust the manifest, and the next run of the window cleans up.
+    pub cleanup_error: Option<String>,
+}
+
 /// Writes the manifest (the commit), then removes data of other runs.
-/// Returns how many stale objects were removed.
-pub async fn commit(root: &StoreRoot, m: &Manifest) -> Result<u64, JobError> {
+/// Only writing the manifest can fail the commit; the cleanup after it is
+/// best effort and reported.
+pub async fn commit(root: &StoreRoot, m: &Manifest) -> Result<Committed, JobError> {
     let path = root.child(&format!("{}/{MANIFEST_NAME}", m.location));
     root.store
         .put(
@@ -562,6 +582,17 @@ pub async fn commit(root: &StoreRoot, m: &Manifest) -> Result<u64, JobError> {
             PutPayload::from(Bytes::from(m.to_json().into_bytes())),
         )
         .await?;
+    let mut done = Committed::default();
+    if let Err(e) = cleanup(root, m, &mut done.stale_removed).await {
+        done.cleanup_error = Some(format!(
+            "committed, but removing other runs' files under {} failed: {e}",
+            m.location
+        ));
+    }
+    Ok(done)
+}
+
+async fn cleanup(root: &StoreRoot, m: &Manifest, removed: &mut u64) -> Result<(), JobError> {
     // Another run of this window may have committed after us: its files
     // are the visible ones, and it removes ours.
     let (shard, window) = m
@@ -569,20 +600,19 @@ pub async fn commit(root: &StoreRoot, m: &Manifest) -> Result<u64, JobError> {
         .split_once('/')
         .ok_or_else(|| JobError::Internal(format!("bad location {}", m.location)))?;
     if read_manifest(root, shard, window).await?.run_id != m.run_id {
-        return Ok(0);
+        return Ok(());
     }
     let data = root.child(&format!("{}/data", m.location));
     let keep = format!("{}/data/{}/", m.location, m.run_id);
     let objects: Vec<_> = root.store.list(Some(&data)).try_collect().await?;
-    let mut removed = 0;
     for o in objects {
         let rel = root.relative(&o.location).unwrap_or_default().to_string();
         if !rel.starts_with(&keep) {
             root.store.delete(&o.location).await?;
-            removed += 1;
+            *removed += 1;
         }
     }
-    Ok(removed)
+    Ok(())
 }
 
 /// The committed windows of a shard (directory names), sorted.

@@ -9,10 +9,10 @@ use datafusion::physical_plan::ExecutionPlan;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::datasource::listing::{Ignored, Listing, Window};
+use crate::datasource::listing::{Ignored, InputObject, Listing, Window};
 use crate::datasource::source::{CorruptRecord, MisroutedRecord, ScanLog, ScanTotals};
 use crate::job::config::RunConfig;
-use crate::job::manifest::Manifest;
+use crate::job::manifest::{Manifest, ManifestFile};
 use crate::job::run::MergeCounts;
 
 /// CPU time of this process (user + system).
@@ -106,6 +106,8 @@ mod secs {
 pub struct InputSummary {
     pub objects: u64,
     pub bytes: u64,
+    /// Every payload object read, in input order.
+    pub object_list: Vec<InputObject>,
     pub ignored: Vec<Ignored>,
 }
 
@@ -117,6 +119,8 @@ pub struct OutputSummary {
     pub points: u64,
     pub bytes: u64,
     pub files: u64,
+    /// Every data file committed, as the manifest lists it.
+    pub file_list: Vec<ManifestFile>,
     pub stale_objects_removed: u64,
 }
 
@@ -142,6 +146,8 @@ pub struct Report {
     pub output: OutputSummary,
     pub corrupt: Vec<CorruptRecord>,
     pub misrouted: Vec<MisroutedRecord>,
+    /// Problems that did not fail the run (e.g. a cleanup after the commit).
+    pub warnings: Vec<String>,
     pub spill: SpillSummary,
     pub peak_rss_bytes: u64,
     #[serde(with = "secs")]
@@ -165,6 +171,7 @@ impl Report {
             output: OutputSummary::default(),
             corrupt: Vec::new(),
             misrouted: Vec::new(),
+            warnings: Vec::new(),
             spill: SpillSummary::default(),
             peak_rss_bytes: 0,
             wall: Duration::ZERO,
@@ -177,6 +184,7 @@ impl Report {
         self.input = InputSummary {
             objects: l.objects.len() as u64,
             bytes: l.total_bytes(),
+            object_list: l.objects.clone(),
             ignored: l.ignored.clone(),
         };
     }
@@ -190,6 +198,7 @@ impl Report {
             points: m.points,
             bytes: m.files.iter().map(|f| f.bytes).sum(),
             files: m.files.len() as u64,
+            file_list: m.files.clone(),
             stale_objects_removed: stale_removed,
         };
     }
@@ -290,6 +299,9 @@ impl Report {
         }
         for c in self.corrupt.iter().take(5) {
             let _ = writeln!(s, "  corrupt: {} @ {}: {}", c.key, c.offset, c.reason);
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "  warning: {w}");
         }
         s
     }

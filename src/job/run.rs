@@ -457,9 +457,10 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
         ));
     }
     let t = Phase::start("commit");
-    let removed = manifest::commit(&output, &manifest).await?;
+    let committed = manifest::commit(&output, &manifest).await?;
     report.phases.push(t.stop());
-    report.set_output(&manifest, removed);
+    report.set_output(&manifest, committed.stale_removed);
+    report.warnings.extend(committed.cleanup_error);
     drop(spill);
     Ok(())
 }

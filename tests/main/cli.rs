@@ -86,14 +86,14 @@ fn a_job_file_works_from_any_directory_and_failed_runs_write_their_report() {
     let tmp = tempdir();
     let root = tmp.path();
     generate(root, &root.join("in"), 1);
-    // Under the 64-way map most of these orgs are not org-mod-0's.
-    std::fs::write(root.join("map64.toml"), "modulus = 64\ndedicated = []\n").unwrap();
+    // Under a 2-way map about half of these orgs are not org-mod-0's.
+    std::fs::write(root.join("map2.toml"), "modulus = 2\ndedicated = []\n").unwrap();
     std::fs::create_dir(root.join("jobs")).unwrap();
     let job = root.join("jobs/job.toml");
     std::fs::write(
         &job,
         "input = \"../in\"\noutput = \"../out\"\nshard = \"org-mod-0\"\n\
-         shard_map = \"../map64.toml\"\nreport = \"../reports/run.json\"\n\
+         shard_map = \"../map2.toml\"\nreport = \"../reports/run.json\"\n\
          fail_on_misrouted = true\n",
     )
     .unwrap();
@@ -124,6 +124,17 @@ fn a_job_file_works_from_any_directory_and_failed_runs_write_their_report() {
     let r = read_json(&report);
     assert_eq!(r["status"], "committed");
     assert!(!r["misrouted"].as_array().unwrap().is_empty());
+    let objects = r["input"]["object_list"].as_array().unwrap();
+    assert_eq!(
+        objects.len() as u64,
+        r["input"]["objects"].as_u64().unwrap()
+    );
+    assert!(objects[0]["key"].as_str().unwrap().ends_with(".tsp"), "{r}");
+    let files = r["output"]["file_list"].as_array().unwrap();
+    assert_eq!(files.len() as u64, r["output"]["files"].as_u64().unwrap());
+    assert!(r["output"]["points"].as_u64().unwrap() > 0, "{r}");
+    assert!(files[0]["crc32c"].is_number(), "{r}");
+    assert_eq!(r["warnings"].as_array().unwrap().len(), 0);
     assert_eq!(manifests(&root.join("out")), 1);
 
     std::fs::write(

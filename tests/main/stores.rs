@@ -4,7 +4,8 @@
 //! local run's, and ranged reads must stay near the input size.
 //!
 //! Without the servers' environment these tests say so and return, unless
-//! `CI` is set, where a missing server is a failure.
+//! `CI` or `TAILOR_REQUIRE_SERVERS` (set by `scripts/test.sh` once it has
+//! started the servers) is set: then a missing server is a failure.
 
 use tailor::datasource::store::StoreRoot;
 use tailor::job::config::RunConfig;
@@ -47,8 +48,10 @@ fn available(var: &str, name: &str) -> bool {
     if std::env::var_os(var).is_some() {
         return true;
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("{name}: {var} is not set; CI must start the servers (scripts/test-servers.sh)");
+    if std::env::var_os("CI").is_some() || std::env::var_os("TAILOR_REQUIRE_SERVERS").is_some() {
+        panic!(
+            "{name}: {var} is not set; scripts/test.sh starts the servers (scripts/test-servers.sh)"
+        );
     }
     eprintln!("{name}: {var} not set, skipping (run `eval \"$(scripts/test-servers.sh start)\"`)");
     false
