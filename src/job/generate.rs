@@ -407,6 +407,7 @@ fn gen_file(
     let mut w = PayloadWriter::new(opts.zstd_level);
     let mut ts = Vec::new();
     let mut vals = Vec::new();
+    let mut meta = String::new();
     let mut last_frame: Option<(usize, usize)> = None;
     let mut last_points = 0u64;
     let mut last_misrouted = false;
@@ -453,6 +454,15 @@ fn gen_file(
             } else {
                 2
             };
+            // A quarter of the series have metadata that changes between
+            // hours and partitions (a tag being rolled out): the series'
+            // metadata is then its last payload's, in input order.
+            meta.clear();
+            meta.push_str(&s.metadata);
+            if s.metric % 4 == 0 {
+                use std::fmt::Write;
+                let _ = write!(meta, ",rev:{h}.{p}.{round}");
+            }
             let spec = PayloadSpec {
                 version,
                 org_id: org,
@@ -461,7 +471,7 @@ fn gen_file(
                 interval_s: s.interval_s,
                 timestamps: &ts,
                 values: &vals,
-                metadata: &s.metadata,
+                metadata: &meta,
             };
             let start = out.len();
             let len = w.write_frame(&spec, &mut out);
@@ -478,14 +488,28 @@ fn gen_file(
                 summary.verbatim_duplicates += 1;
             }
             if rng.random_bool(opts.conflict_rate.clamp(0.0, 1.0)) {
-                // Re-sent with corrected values: same timestamps, new bits.
+                // Re-sent with corrected values: same timestamps, new bits
+                // for every point (a NaN gets another payload, an infinity
+                // becomes a NaN, a huge value that +1 cannot move flips its
+                // last bit), and now and then a corrected kind or metadata.
                 let changed: Vec<u64> = vals
                     .iter()
-                    .map(|&v| (f64::from_bits(v) + 1.0).to_bits())
+                    .map(|&v| {
+                        let plus = (f64::from_bits(v) + 1.0).to_bits();
+                        if plus == v { v ^ 1 } else { plus }
+                    })
                     .collect();
+                let fixed_meta = format!("{meta},corrected:1");
+                let fix_meta = rng.random_range(0..4) == 0;
                 let resent = PayloadSpec {
                     values: &changed,
                     version: 2,
+                    kind: if rng.random_range(0..8) == 0 {
+                        Kind::from_u8((s.kind as u8 + 1) % 3).unwrap()
+                    } else {
+                        s.kind
+                    },
+                    metadata: if fix_meta { &fixed_meta } else { &meta },
                     ..spec
                 };
                 w.write_frame(&resent, &mut out);

@@ -179,6 +179,7 @@ fn output_matches_the_reference_on_adversarial_input() {
     let s = generate_tree(&input, 7, 3 << 20);
     assert!(s.verbatim_duplicates > 0 && s.conflicting_duplicates > 0 && s.misrouted > 0);
     let mut checked = 0;
+    let (mut evolving, mut corrected, mut nans) = (0, 0, 0);
     for shard in shards_of(&input).iter().take(6) {
         let report = run(&cfg(&input, &output, shard)).unwrap();
         let want = reference(&input, shard);
@@ -193,12 +194,24 @@ fn output_matches_the_reference_on_adversarial_input() {
                 "{shard} {k:?}: kind/interval/metadata of the last payload"
             );
             assert_eq!(g.1, v.1, "{shard} {k:?}: points, bit for bit");
+            evolving += v.0.2.contains(",rev:") as usize;
+            corrected += v.0.2.contains("corrected") as usize;
+            nans +=
+                v.1.values()
+                    .filter(|b| f64::from_bits(**b).is_nan())
+                    .count();
         }
         let points: usize = want.values().map(|v| v.1.len()).sum();
         assert_eq!(report.output.points as usize, points);
         checked += points;
     }
     assert!(checked > 10_000, "checked {checked} points");
+    // The cases "last payload wins" is about are really there: metadata
+    // that changes between files, corrected resends, NaN values.
+    assert!(
+        evolving > 10 && corrected > 0 && nans > 0,
+        "{evolving} series with changing metadata, {corrected} corrected, {nans} NaNs"
+    );
 }
 
 #[test]
