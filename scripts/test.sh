@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every test: formatting, clippy, and the test suite against local S3 / Azure
-# / GCS servers that this script installs (PyPI, npm) and starts on 127.0.0.1.
+# Every test: formatting, clippy, the test suite against local S3 / Azure /
+# GCS servers that this script installs (PyPI, npm) and starts on 127.0.0.1,
+# and the Airflow DAG under a real Airflow (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --check
@@ -15,3 +16,9 @@ if [ -x scripts/test-servers.sh ] && [ "${TAILOR_NO_SERVERS:-}" != 1 ]; then
 fi
 cargo test --all-targets --no-fail-fast
 cargo test --doc
+# The Airflow DAG, loaded and one task run by a real Airflow (uses the
+# target/debug/tailor that the integration tests built).
+if [ "${TAILOR_NO_AIRFLOW:-}" != 1 ]; then
+  bash scripts/test-airflow.sh install
+  bash scripts/test-airflow.sh run
+fi

@@ -1,10 +1,16 @@
 """Airflow DAG: the hourly tailor shard jobs, one task per shard.
 
 Each task runs `tailor run --job jobs/hourly.toml --shard <shard>` for the
-DAG run's hour. Shards come from the shard map (shards/production.toml), so a
+DAG run's hour and writes its report under /var/log/tailor (environment:
+TAILOR_BIN, TAILOR_JOB_FILE, TAILOR_REPORT_DIR override the binary, the job
+file and the report directory; scripts/test-airflow.sh uses them). Shards come from the shard map (shards/production.toml), so a
 new dedicated shard gets its task without editing this file. A failed task
 is retried; its exit code says why it failed (65: bad input data, fix or
 replay with `jobs/replay.toml`; 74: I/O, a retry usually helps).
+
+The tasks run in the Airflow pool "tailor", which bounds how many shard jobs
+run at once (each takes the job file's memory limit); create it once with
+`airflow pools set tailor <slots> "tailor shard jobs"`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from airflow.operators.bash import BashOperator
 
 REPO = pathlib.Path(os.environ.get("TAILOR_REPO", pathlib.Path(__file__).resolve().parents[2]))
 TAILOR = os.environ.get("TAILOR_BIN", "tailor")
-JOB_FILE = REPO / "jobs" / "hourly.toml"
+JOB_FILE = pathlib.Path(os.environ.get("TAILOR_JOB_FILE", REPO / "jobs" / "hourly.toml"))
+REPORT_DIR = pathlib.Path(os.environ.get("TAILOR_REPORT_DIR", "/var/log/tailor"))
 
 
 def shards(shard_map: pathlib.Path) -> list[str]:
@@ -45,7 +52,7 @@ with DAG(
             task_id=f"run_{shard.replace('-', '_')}",
             bash_command=(
                 f"{TAILOR} run --job {JOB_FILE} --shard {shard} --from {HOUR} --to {HOUR} "
-                f"--report /var/log/tailor/{shard}-{HOUR}.json"
+                f"--report {REPORT_DIR}/{shard}-{HOUR}.json"
             ),
             pool="tailor",
         )
