@@ -257,8 +257,52 @@ fn self_diff_and_different_file_caps_are_identical() {
     assert!(r.identical(), "{}", r.summary());
     assert!(r.compared_points > 1000);
     let small = new_side(&f, "small-files", 2_000, |_| {});
+    let files = walk_tsf(&small);
+    assert!(
+        files > 2 * f.base.len(),
+        "the small cap really splits windows into several files ({files})"
+    );
     let r = run_diff(&f.old, &small, vec![]);
     assert!(r.identical(), "{}", r.summary());
+}
+
+fn walk_tsf(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            if p.is_dir() {
+                walk_tsf(&p)
+            } else {
+                p.extension().is_some_and(|x| x == "tsf") as usize
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn a_side_whose_series_are_out_of_order_is_an_error() {
+    let f = fixture();
+    // Two files whose series ranges overlap: the join could not trust the order.
+    // One series per file (cap 1), so that each file is valid on its own.
+    let new = new_side(&f, "unordered", 1, |s| {
+        let n = s.len() - 1;
+        s.swap(0, n)
+    });
+    let e = rt()
+        .block_on(diff(&DiffConfig {
+            old: f.old.to_str().unwrap().into(),
+            new: new.to_str().unwrap().into(),
+            shards: vec![],
+            from: None,
+            to: None,
+            orgs: vec![],
+            examples: 3,
+            memory_limit: None,
+            out: None,
+        }))
+        .unwrap_err();
+    assert!(e.to_string().contains("out of order"), "{e}");
 }
 
 #[test]
@@ -301,6 +345,20 @@ fn hand_made_changes_give_exact_counts() {
     assert_eq!(
         counts(&run_diff(&f.old, &new, vec![])),
         vec![(Category::MetadataDiffers, 1)]
+    );
+
+    let new = new_side(&f, "kind", u64::MAX, |s| s[0].kind = (s[0].kind + 1) % 3);
+    assert_eq!(
+        counts(&run_diff(&f.old, &new, vec![])),
+        vec![(Category::KindDiffers, 1)]
+    );
+    let new = new_side(&f, "interval", u64::MAX, |s| {
+        s[1].interval += 5;
+        s[2].interval += 5;
+    });
+    assert_eq!(
+        counts(&run_diff(&f.old, &new, vec![])),
+        vec![(Category::IntervalDiffers, 2)]
     );
 
     // NaN == NaN only when the bits match.
