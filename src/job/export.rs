@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, UInt8Array, UInt32Array,
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringBuilder, UInt8Array, UInt32Array,
     UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -53,7 +53,8 @@ pub fn point_schema(with_bits: bool) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Collects points into record batches of the point schema.
+/// Collects points into record batches of the point schema; a series'
+/// metadata is appended into the array's buffer per point, not cloned.
 #[derive(Default)]
 pub struct PointBatcher {
     org: Vec<u64>,
@@ -62,7 +63,7 @@ pub struct PointBatcher {
     value: Vec<u64>,
     kind: Vec<u8>,
     interval: Vec<u32>,
-    meta: Vec<String>,
+    meta: StringBuilder,
 }
 
 impl PointBatcher {
@@ -80,7 +81,7 @@ impl PointBatcher {
             self.value.push(v);
             self.kind.push(e.kind);
             self.interval.push(e.interval_s);
-            self.meta.push(e.metadata.clone());
+            self.meta.append_value(&e.metadata);
         }
     }
     pub fn take(&mut self, with_bits: bool) -> Result<RecordBatch, JobError> {
@@ -94,7 +95,7 @@ impl PointBatcher {
             )),
             Arc::new(UInt8Array::from(std::mem::take(&mut self.kind))),
             Arc::new(UInt32Array::from(std::mem::take(&mut self.interval))),
-            Arc::new(StringArray::from(std::mem::take(&mut self.meta))),
+            Arc::new(self.meta.finish()),
         ];
         if with_bits {
             cols.push(Arc::new(UInt64Array::from(bits)));
