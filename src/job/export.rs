@@ -125,8 +125,8 @@ pub async fn select_windows(
 }
 
 enum Sink {
-    Parquet(ArrowWriter<std::fs::File>),
-    Csv(datafusion::arrow::csv::Writer<std::fs::File>),
+    Parquet(ArrowWriter<std::io::BufWriter<std::fs::File>>),
+    Csv(datafusion::arrow::csv::Writer<std::io::BufWriter<std::fs::File>>),
 }
 
 /// Exports the selected windows of a shard to `out`.
@@ -145,7 +145,33 @@ pub async fn export(
             root.display
         )));
     }
-    let file = std::fs::File::create(out)?;
+    // Written beside `out` and renamed at the end: a failed export leaves
+    // no file that looks complete.
+    let partial = out.with_file_name(format!(
+        ".{}.partial",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("export")
+    ));
+    let result = export_to(root, &manifests, format, &partial).await;
+    match result {
+        Ok(mut summary) => {
+            std::fs::rename(&partial, out)?;
+            summary.bytes = std::fs::metadata(out)?.len();
+            Ok(summary)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+async fn export_to(
+    root: &StoreRoot,
+    manifests: &[Manifest],
+    format: ExportFormat,
+    out: &std::path::Path,
+) -> Result<ExportSummary, JobError> {
+    let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
     let with_bits = format == ExportFormat::Csv;
     let mut sink = match format {
         ExportFormat::Parquet => {
@@ -165,7 +191,7 @@ pub async fn export(
     };
     let mut summary = ExportSummary::default();
     let mut batcher = PointBatcher::default();
-    for m in &manifests {
+    for m in manifests {
         summary.windows.push(m.location.clone());
         let flush = |b: &mut PointBatcher, sink: &mut Sink| -> Result<(), JobError> {
             let batch = b.take(with_bits)?;
@@ -192,13 +218,14 @@ pub async fn export(
             flush(&mut batcher, &mut sink)?;
         }
     }
-    match sink {
-        Sink::Parquet(w) => {
-            w.close()
-                .map_err(|e| JobError::Output(format!("parquet: {e}")))?;
-        }
-        Sink::Csv(w) => drop(w.into_inner()),
-    }
-    summary.bytes = std::fs::metadata(out)?.len();
+    use std::io::Write;
+    let mut file = match sink {
+        Sink::Parquet(w) => w
+            .into_inner()
+            .map_err(|e| JobError::Output(format!("parquet: {e}")))?,
+        Sink::Csv(w) => w.into_inner(),
+    };
+    file.flush()?;
+    file.get_ref().sync_all()?;
     Ok(summary)
 }

@@ -228,3 +228,147 @@ fn diff_exits_0_when_identical_1_when_different_2_on_error() {
     let o = diff(&["--old", "a", "--new", "c"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
+
+#[test]
+fn export_writes_every_committed_point_with_its_bits() {
+    use datafusion::arrow::array::{AsArray, RecordBatchReader};
+    use datafusion::arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let tmp = tempdir();
+    let root = tmp.path();
+    generate(root, &root.join("in"), 4);
+    let o = tailor(
+        root,
+        &[
+            "run",
+            "--input",
+            "in",
+            "--output",
+            "out",
+            "--shard",
+            "org-mod-0",
+            "--shard-map",
+            "map1.toml",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    // What the committed output holds, read with the library.
+    let mut want = Vec::new();
+    crate::common::rt().block_on(async {
+        let store = tailor::datasource::store::StoreRoot::open(p(&root.join("out"))).unwrap();
+        for w in tailor::job::manifest::list_windows(&store, "org-mod-0")
+            .await
+            .unwrap()
+        {
+            let m = tailor::job::manifest::read_manifest(&store, "org-mod-0", &w)
+                .await
+                .unwrap();
+            tailor::job::manifest::for_each_series(&store, &m, |e, ts, vals| {
+                for (&t, &v) in ts.iter().zip(vals) {
+                    want.push((e.org_id, e.metric_id, t, v, e.metadata.clone()));
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        }
+    });
+    assert!(want.len() > 1000);
+    assert!(
+        want.iter().any(|w| f64::from_bits(w.3).is_nan()),
+        "NaNs are part of the check"
+    );
+
+    let o = tailor(
+        root,
+        &[
+            "export",
+            "--output",
+            "out",
+            "--shard",
+            "org-mod-0",
+            "--format",
+            "parquet",
+            "--out",
+            "points.parquet",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(root.join("points.parquet")).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let schema = reader.schema();
+    let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "org_id",
+            "metric_id",
+            "ts",
+            "value",
+            "kind",
+            "interval_s",
+            "metadata"
+        ]
+    );
+    let mut got = Vec::new();
+    for b in reader {
+        let b = b.unwrap();
+        let org = b.column(0).as_primitive::<UInt64Type>();
+        let metric = b.column(1).as_primitive::<UInt64Type>();
+        let ts = b.column(2).as_primitive::<Int64Type>();
+        let value = b.column(3).as_primitive::<Float64Type>();
+        let meta = b.column(6).as_string::<i32>();
+        for i in 0..b.num_rows() {
+            got.push((
+                org.value(i),
+                metric.value(i),
+                ts.value(i),
+                value.value(i).to_bits(),
+                meta.value(i).to_string(),
+            ));
+        }
+    }
+    assert_eq!(got, want, "every point, bit for bit, in order");
+
+    let o = tailor(
+        root,
+        &[
+            "export",
+            "--output",
+            "out",
+            "--shard",
+            "org-mod-0",
+            "--format",
+            "csv",
+            "--out",
+            "points.csv",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let csv = std::fs::read_to_string(root.join("points.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().ends_with(",value_bits"));
+    assert_eq!(lines.count(), want.len());
+
+    // No committed output: an error, and no file left behind.
+    let o = tailor(
+        root,
+        &[
+            "export",
+            "--output",
+            "out",
+            "--shard",
+            "org-mod-3",
+            "--out",
+            "none.parquet",
+        ],
+    );
+    assert_ne!(code(&o), 0);
+    assert!(!root.join("none.parquet").exists());
+}
