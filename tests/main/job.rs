@@ -248,6 +248,77 @@ fn output_bytes_do_not_depend_on_partitions_or_range_size() {
 }
 
 #[test]
+fn corrupt_input_skipped_gives_the_same_bytes_and_list_at_every_split() {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    generate_tree(&input, 13, 2 << 20);
+    let shard = shards_of(&input)[0].clone();
+    // Damage two files: a flipped byte inside a frame, and a cut tail.
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut stack = vec![input.join(&shard)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "tsp")
+                && std::fs::metadata(&p).unwrap().len() > 20_000
+            {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 2);
+    let mut a = std::fs::read(&files[0]).unwrap();
+    let mid = a.len() / 2;
+    a[mid] ^= 0x55;
+    std::fs::write(&files[0], &a).unwrap();
+    let b = std::fs::read(&files[1]).unwrap();
+    std::fs::write(&files[1], &b[..b.len() - 5]).unwrap();
+
+    let mut first: Option<(BTreeMap<String, Vec<u8>>, Vec<String>, u64)> = None;
+    for (parts, range) in [
+        (1, 1u64 << 30),
+        (2, 1 << 30),
+        (8, 65_536),
+        (2, 4096),
+        (1, 777),
+    ] {
+        let out = tmp.path().join(format!("out-{parts}-{range}"));
+        let mut c = cfg(&input, &out, &shard);
+        c.target_partitions = parts;
+        c.range_bytes = range;
+        c.on_corrupt = tailor::datasource::source::CorruptPolicy::Skip;
+        let r = run(&c).unwrap();
+        let corrupt: Vec<String> = r
+            .corrupt
+            .iter()
+            .map(|c| format!("{} @ {}: {}", c.key, c.offset, c.reason))
+            .collect();
+        assert!(corrupt.len() >= 2, "{corrupt:?}");
+        let got = (tree_bytes(&out), corrupt, r.scan.corrupt_frames);
+        match &first {
+            None => first = Some(got),
+            Some(f) => {
+                assert_eq!(
+                    f.1, got.1,
+                    "partitions {parts}, range {range}: corrupt list"
+                );
+                assert_eq!(
+                    f.2, got.2,
+                    "partitions {parts}, range {range}: corrupt count"
+                );
+                assert!(
+                    f.0 == got.0,
+                    "partitions {parts}, range {range}: output differs"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn a_job_stopped_before_its_manifest_leaves_the_previous_commit() {
     let tmp = tempdir();
     let input = tmp.path().join("in");
