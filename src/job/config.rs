@@ -202,3 +202,46 @@ impl RunConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repository_job_files_load_and_their_paths_resolve() {
+        let jobs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs");
+        for name in ["hourly.toml", "replay.toml"] {
+            let f = JobFile::load(&jobs.join(name)).unwrap();
+            let map = f.shard_map.expect("the job files name the shard map");
+            let text = std::fs::read_to_string(&map)
+                .unwrap_or_else(|e| panic!("{name}: {}: {e}", map.display()));
+            assert_eq!(text, DEFAULT_SHARD_MAP, "{name} uses the production map");
+            assert!(
+                f.input.unwrap().starts_with("s3://"),
+                "URLs stay as they are"
+            );
+        }
+    }
+
+    #[test]
+    fn relative_paths_are_the_job_files_and_urls_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("j.toml");
+        std::fs::write(
+            &job,
+            "input = \"data/in\"\noutput = \"file:///abs/out\"\nspill_dir = \"/var/tmp/s\"\n\
+             report = \"r/report.json\"\nstage_dir = \"stage\"\n",
+        )
+        .unwrap();
+        let f = JobFile::load(&job).unwrap();
+        assert_eq!(
+            f.input.unwrap(),
+            dir.path().join("data/in").display().to_string()
+        );
+        assert_eq!(f.output.unwrap(), "file:///abs/out");
+        assert_eq!(f.spill_dir.unwrap(), PathBuf::from("/var/tmp/s"));
+        assert_eq!(f.report.unwrap(), dir.path().join("r/report.json"));
+        assert_eq!(f.stage_dir.unwrap(), dir.path().join("stage"));
+        assert!(!is_relative_path("s3://bucket/x") && is_relative_path("x/y"));
+    }
+}
