@@ -277,7 +277,9 @@ fn corrupt_input_skipped_gives_the_same_bytes_and_list_at_every_split() {
     let b = std::fs::read(&files[1]).unwrap();
     std::fs::write(&files[1], &b[..b.len() - 5]).unwrap();
 
-    let mut first: Option<(BTreeMap<String, Vec<u8>>, Vec<String>, u64)> = None;
+    /// Output file bytes by name, the corrupt list, and the skipped count.
+    type RunResult = (BTreeMap<String, Vec<u8>>, Vec<String>, u64);
+    let mut first: Option<RunResult> = None;
     for (parts, range) in [
         (1, 1u64 << 30),
         (2, 1 << 30),
