@@ -659,7 +659,7 @@ impl RangeScan {
         if !self.builder.fits(info.content_size) {
             flushed = self.builder.finish()?;
         }
-        let dst = self.builder.reserve(info.content_size);
+        let dst = self.builder.reserve(info.content_size)?;
         let header = match self
             .decoder
             .decompress_into(body, info, dst, offset)

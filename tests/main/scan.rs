@@ -167,7 +167,7 @@ fn arrays_point_into_the_decode_buffer_and_slabs_return_to_the_pool() {
         let body = &file[o + 4..o + 4 + len];
         let info = check_body(body, off).unwrap();
         assert!(b.fits(info.content_size));
-        let dst = b.reserve(info.content_size);
+        let dst = b.reserve(info.content_size).unwrap();
         dec.decompress_into(body, info, dst, off).unwrap();
         let p = parse_payload(dst, off).unwrap();
         ts_ptrs.push(p.timestamps.as_ptr() as usize);
