@@ -11,10 +11,12 @@
 //! range fetches at most the range, one frame and a few 8-byte look-aheads.
 //!
 //! Every range reads the object as one reader from byte 0 would (the
-//! canonical walk: follow the chain; on a bad length prefix report it and
-//! resynchronise at the first frame start after it), so what is read and
+//! canonical walk: follow the chain, a frame with a sound length prefix
+//! but a corrupt body being skipped by its length; on a bad length prefix
+//! report it and resynchronise at the first frame start after it), so
+//! what is read and
 //! reported does not depend on how the object is split. Edge cases, each
-//! tested in `tests/main/ranges.rs`:
+//! tested in `tests/main/ranges.rs` or `tests/main/scan.rs`:
 //! * a range that starts at 0 does not search: byte 0 must be a frame;
 //! * a range inside one large frame owns no frame and yields nothing;
 //! * the frame the chain reaches at or after `end` (the hand-over) belongs
