@@ -58,22 +58,101 @@ pub struct QueryArgs {
     pub sql: String,
 }
 
-pub async fn main(a: QueryArgs) -> Result<ExitCode, JobError> {
-    let (map, _) = load_shard_map(a.shard_map.as_deref())?;
-    let root = StoreRoot::open(&a.input)?;
-    let window = Window {
-        from: a.from.clone(),
-        to: a.to.clone(),
-    };
-    let listing = list_inputs(&root, a.shard.as_deref(), &window).await?;
-    let mut opts = PayloadOptions::new(Arc::clone(&map));
-    opts.on_corrupt = a.on_corrupt;
-    if let Some(r) = &a.range_bytes {
-        opts.range_bytes = parse_size(r).map_err(JobError::Config)?.max(1);
+/// The query's flags, validated before anything is listed or scanned.
+struct QueryConfig {
+    root: StoreRoot,
+    shard: Option<String>,
+    window: Window,
+    options: PayloadOptions,
+}
+
+/// Checks every flag (shard name, input URL, output format, range size,
+/// hour window) and builds the scan options: a bad flag fails here, with
+/// exit code 64, before any object is listed or read.
+fn validate(a: &QueryArgs) -> Result<QueryConfig, JobError> {
+    let (map, source) = load_shard_map(a.shard_map.as_deref())?;
+    if let Some(shard) = &a.shard
+        && crate::format::shard::Shard::parse(shard).is_none_or(|s| !map.contains(s))
+    {
+        return Err(JobError::Config(format!(
+            "--shard {shard:?} is not a shard of the shard map ({source}): expected org-<org_id> \
+             (a dedicated org) or org-mod-<n> (n below the modulus)"
+        )));
     }
+    match (a.format, &a.out) {
+        (OutputFormat::Parquet, None) => {
+            return Err(JobError::Config(
+                "--format parquet needs --out <file>".into(),
+            ));
+        }
+        (OutputFormat::Table, Some(_)) => {
+            return Err(JobError::Config(
+                "--format table prints to the terminal; with --out use csv, json or parquet".into(),
+            ));
+        }
+        _ => {}
+    }
+    if let (Some(from), Some(to)) = (&a.from, &a.to)
+        && from > to
+    {
+        return Err(JobError::Config(format!(
+            "--from {from} is after --to {to}"
+        )));
+    }
+    let mut options = PayloadOptions::new(Arc::clone(&map));
+    options.on_corrupt = a.on_corrupt;
+    if let Some(r) = &a.range_bytes {
+        options.range_bytes = parse_size(r)
+            .map_err(|e| JobError::Config(format!("--range-bytes: {e}")))?
+            .max(1);
+    }
+    if a.target_partitions == Some(0) {
+        return Err(JobError::Config(
+            "--target-partitions must be at least 1".into(),
+        ));
+    }
+    let root = StoreRoot::open(&a.input)?;
+    Ok(QueryConfig {
+        root,
+        shard: a.shard.clone(),
+        window: Window {
+            from: a.from.clone(),
+            to: a.to.clone(),
+        },
+        options,
+    })
+}
+
+/// After the scan: corruption only visible across ranges (a frame with a
+/// corrupt body where one range hands over to the next) fails the query
+/// under the `fail` policy, with the frame's real error, and is counted
+/// under `skip`.
+fn check_tiling(log: &ScanLog, policy: CorruptPolicy) -> Result<(), JobError> {
+    let errors = log.tiling_errors();
+    let Some(first) = errors.first() else {
+        return Ok(());
+    };
+    if policy == CorruptPolicy::Fail {
+        return Err(JobError::DataFusion(
+            datafusion::error::DataFusionError::External(Box::new(first.clone())),
+        ));
+    }
+    log.record_skipped(&errors);
+    Ok(())
+}
+
+pub async fn main(a: QueryArgs) -> Result<ExitCode, JobError> {
+    let QueryConfig {
+        root,
+        shard,
+        window,
+        options: opts,
+    } = validate(&a)?;
+    let listing = list_inputs(&root, shard.as_deref(), &window).await?;
+    let policy = opts.on_corrupt;
     let mut config = SessionConfig::new().with_repartition_file_min_size(opts.range_bytes as usize);
     if let Some(n) = a.target_partitions {
-        config = config.with_target_partitions(n.max(1));
+        config = config.with_target_partitions(n);
     }
     let ctx = SessionContext::new_with_config(config);
     ctx.register_udf(Compact::udf());
@@ -82,15 +161,18 @@ pub async fn main(a: QueryArgs) -> Result<ExitCode, JobError> {
     let df = ctx.sql(&a.sql).await?;
     if let Some(path) = &a.out {
         let rows = write_stream(df, a.format, path).await?;
+        check_tiling(&log, policy)?;
         eprintln!("-- {rows} rows written to {}", path.display());
         report(&listing, &log);
         return Ok(ExitCode::SUCCESS);
     }
     let batches = df.collect().await?;
+    check_tiling(&log, policy)?;
     let mut out = std::io::stdout().lock();
     use std::io::Write;
     match a.format {
         OutputFormat::Parquet => {
+            // Refused by `validate`; kept as an error, never a panic.
             return Err(JobError::Config(
                 "--format parquet needs --out <file>".into(),
             ));
@@ -137,11 +219,9 @@ fn report(listing: &crate::datasource::listing::Listing, log: &ScanLog) {
         t.corrupt_frames,
         t.misrouted_payloads
     );
+    // Tiling errors were checked (fail) or recorded (skip) by check_tiling.
     for c in log.corrupt().iter().take(20) {
         eprintln!("-- corrupt: {} @ {}: {}", c.key, c.offset, c.reason);
-    }
-    for e in log.tiling_errors() {
-        eprintln!("-- unreadable: {e}");
     }
 }
 
@@ -173,6 +253,7 @@ async fn write_stream(
                 .map_err(|e| JobError::Output(format!("parquet: {e}")))?;
         }
         OutputFormat::Csv | OutputFormat::Table => {
+            // (Table with --out is refused by `validate`.)
             let mut w = datafusion::arrow::csv::WriterBuilder::new()
                 .with_header(true)
                 .build(file);

@@ -22,7 +22,8 @@ use datafusion::arrow::error::ArrowError;
 use crate::datasource::schema::{payload_schema, ts_item, value_item};
 use crate::format::payload::PayloadHeader;
 
-/// Default slab size: 8 MiB of decompressed payloads per batch.
+/// Default slab size: 2 MiB of decompressed payloads per batch (a bigger
+/// payload gets a slab of its own size).
 pub const DEFAULT_SLAB_BYTES: usize = 2 << 20;
 /// Slabs kept for reuse per pool; more are freed when they come back.
 const POOL_KEEP: usize = 2;
@@ -147,25 +148,45 @@ impl BatchBuilder {
         self.points
     }
 
-    /// Whether a payload of `len` bytes still fits in this batch.
+    /// Whether a payload of `len` bytes still fits in this batch. An empty
+    /// batch takes any payload (its slab is replaced by a big enough one).
     pub fn fits(&self, len: usize) -> bool {
+        let len = len.div_ceil(8) * 8;
         self.rows() < self.max_rows
-            && (self.slab.is_empty() && self.rows() == 0
-                || self.used + len <= self.slab.len() * 8)
+            && (self.rows() == 0 || self.used + len <= self.slab.len() * 8)
             // list-view offsets are i32 element indexes
             && (self.used + len) / 8 <= i32::MAX as usize
     }
 
     /// The next `len` bytes of the slab, 8-byte aligned, for zstd to write
-    /// into. Call [`Self::fits`] first (and [`Self::finish`] when it does not).
-    pub fn reserve(&mut self, len: usize) -> &mut [u8] {
-        debug_assert_eq!(len % 8, 0);
-        if self.slab.is_empty() {
-            self.slab = self.pool.take(len);
+    /// into (the slab space taken is `len` rounded up to 8). Call
+    /// [`Self::fits`] first (and [`Self::finish`] when it does not). Bytes
+    /// reserved but not [`Self::commit`]ted (a payload that failed to
+    /// decode) are simply reused by the next reservation.
+    ///
+    /// Errors (instead of panicking) when the payload does not fit in a
+    /// batch that already has rows.
+    pub fn reserve(&mut self, len: usize) -> Result<&mut [u8], ArrowError> {
+        let padded = len.div_ceil(8) * 8;
+        if self.used + padded > self.slab.len() * 8 {
+            if self.rows() > 0 {
+                return Err(ArrowError::ComputeError(format!(
+                    "decode slab overflow: {padded} bytes do not fit after {} of {} (finish the batch first)",
+                    self.used,
+                    self.slab.len() * 8
+                )));
+            }
+            // Nothing in this slab is referenced yet: swap it for a big
+            // enough one.
+            let old = std::mem::replace(&mut self.slab, self.pool.take(padded));
+            if !old.is_empty() {
+                self.pool.give_back(old);
+            }
+            self.used = 0;
         }
-        assert!(self.used + len <= self.slab.len() * 8, "slab overflow");
+        let used = self.used;
         let bytes: &mut [u8] = bytemuck_bytes_mut(&mut self.slab);
-        &mut bytes[self.used..self.used + len]
+        Ok(&mut bytes[used..used + len])
     }
 
     /// Adds the payload just decoded into the reserved bytes as a row.
@@ -192,9 +213,10 @@ impl BatchBuilder {
     }
 
     /// Emits the rows collected so far as a batch (`None` when empty) and
-    /// starts a new one.
+    /// starts a new one. An empty batch keeps its slab.
     pub fn finish(&mut self) -> Result<Option<RecordBatch>, ArrowError> {
         if self.rows() == 0 {
+            self.used = 0;
             return Ok(None);
         }
         let slab = std::mem::take(&mut self.slab);

@@ -4,19 +4,35 @@
 //! in it (spec section 2). The [`FrameCursor`] finds the first of them with
 //! the spec's zstd-magic + chain rule ([`find_frame_start`]) without reading
 //! the object from byte 0, then walks the chain frame by frame. Bytes are
-//! fetched in bounded chunks that never go past `end` except for what the
-//! last frame needs: its body and an 8-byte look-ahead at the frame after it.
-//! So a range fetches at most the range, one frame and 8 bytes (plus, when a
-//! sync candidate chains past `end`, that candidate's frame).
+//! fetched in bounded chunks that never go past `end + 8` except for what the
+//! last frame needs: its body and an 8-byte look-ahead at the frame after it,
+//! whose own chain is checked with one more 8-byte read. A sync candidate's
+//! chain is checked the same way before its body is fetched. So an intact
+//! range fetches at most the range, one frame and a few 8-byte look-aheads.
 //!
-//! Edge cases, each tested in `tests/ranges.rs`:
+//! Every range reads the object as one reader from byte 0 would (the
+//! canonical walk: follow the chain, a frame with a sound length prefix
+//! but a corrupt body being skipped by its length; on a bad length prefix
+//! report it and resynchronise at the first frame start after it), so
+//! what is read and
+//! reported does not depend on how the object is split. Edge cases, each
+//! tested in `tests/main/ranges.rs` or `tests/main/scan.rs`:
 //! * a range that starts at 0 does not search: byte 0 must be a frame;
 //! * a range inside one large frame owns no frame and yields nothing;
-//! * the frame after a range's last frame must look like a frame (or be the
-//!   end of the object): that look-ahead is how garbage between two ranges
-//!   is reported by exactly one range;
+//! * the frame the chain reaches at or after `end` (the hand-over) belongs
+//!   to a later range, which finds it by the sync rule only if it chains
+//!   and its body is well formed. The 8 bytes there must look like a frame
+//!   (else this range reports them, once, and the next range resyncs by
+//!   itself); when that frame does not chain, no later range will take it,
+//!   so this range reads it (and reports what follows it). A hand-over
+//!   frame that chains but whose body is corrupt is rejected by the next
+//!   range's sync, which records it ([`FrameCursor::rejected`]); the scan
+//!   log turns it into a report with the real reason after the scan;
 //! * under the skip policy, a corrupt frame is reported and the cursor
-//!   resynchronises with the same rule a range start uses.
+//!   resynchronises with the same rule a range start uses, from the byte
+//!   after the corrupt frame's offset;
+//! * a local file shorter than the listed size (truncated after listing)
+//!   is read up to its real end and its missing tail reported as corruption.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -25,8 +41,11 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+#[cfg(doc)]
+use crate::format::payload::find_frame_start;
 use crate::format::payload::{
-    FRAME_PROBE_LEN, FormatError, PREFIX_LEN, Sync, find_frame_start, parse_frame_prefix,
+    ErrorKind, FRAME_PROBE_LEN, FormatError, PREFIX_LEN, Rejected, Sync, chains_at,
+    find_frame_start_with, parse_frame_prefix,
 };
 
 /// Where an object's bytes come from.
@@ -54,9 +73,29 @@ impl ObjectBytes {
         })
     }
 
+    /// The bytes available locally (`None` for a store: whatever it serves).
+    fn local_len(&self) -> Option<u64> {
+        match self {
+            ObjectBytes::Mapped(b) | ObjectBytes::MappedFile(b, _) => Some(b.len() as u64),
+            ObjectBytes::Store { .. } => None,
+        }
+    }
+
     async fn fetch(&self, range: Range<u64>) -> Result<Bytes, object_store::Error> {
         match self {
             ObjectBytes::Mapped(b) | ObjectBytes::MappedFile(b, _) => {
+                // The cursor never asks past `local_len`; checked anyway so
+                // that no input can make this slice panic.
+                if range.start > range.end || range.end > b.len() as u64 {
+                    return Err(object_store::Error::Generic {
+                        store: "mmap",
+                        source: format!(
+                            "bytes {range:?} are past the end of the {}-byte mapping",
+                            b.len()
+                        )
+                        .into(),
+                    });
+                }
                 Ok(b.slice(range.start as usize..range.end as usize))
             }
             ObjectBytes::Store { store, location } => store.get_range(location, range).await,
@@ -88,8 +127,10 @@ pub fn map(path: &std::path::Path) -> std::io::Result<Option<Arc<memmap2::Mmap>>
         return Ok(None);
     }
     // SAFETY: payload and output files are immutable once written (writers
-    // replace objects, they never modify them in place); a file truncated
-    // under us would fault, as with any mmap reader.
+    // replace objects, they never modify them in place). A file truncated
+    // before it is mapped is mapped at its real length (the cursor reports
+    // the missing tail); one truncated while mapped would fault, as with any
+    // mmap reader.
     let map = unsafe { memmap2::Mmap::map(&file)? };
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Sequential);
@@ -146,7 +187,8 @@ pub struct Frame {
 pub enum Step {
     Frame(Frame),
     /// Under the skip policy: a corrupt region starting at `error.offset`,
-    /// `skipped` bytes long, after which the cursor resynchronised.
+    /// `skipped` bytes of it inside this range, after which the cursor
+    /// resynchronised (or stopped).
     Skipped {
         error: FormatError,
         skipped: u64,
@@ -162,9 +204,16 @@ enum State {
     Done,
 }
 
+/// At most this many rejected sync candidates are kept per range.
+const MAX_REJECTED: usize = 1024;
+
 /// Walks the frames of `[start, end)` of an object of `object_len` bytes.
 pub struct FrameCursor {
     source: ObjectBytes,
+    /// The object's length as listed.
+    listed_len: u64,
+    /// The bytes that can be read: `listed_len`, or less for a local file
+    /// truncated after it was listed.
     object_len: u64,
     end: u64,
     chunk: u64,
@@ -175,6 +224,8 @@ pub struct FrameCursor {
     fetched: u64,
     first_frame: Option<u64>,
     stop: u64,
+    handover: Option<u64>,
+    rejected: Vec<Rejected>,
     released: u64,
 }
 
@@ -188,6 +239,8 @@ impl FrameCursor {
         range: Range<u64>,
         skip_corrupt: bool,
     ) -> Self {
+        let listed_len = object_len;
+        let object_len = source.local_len().map_or(listed_len, |l| l.min(listed_len));
         let end = range.end.min(object_len);
         let start = range.start.min(end);
         let chunk = match source {
@@ -196,13 +249,16 @@ impl FrameCursor {
         };
         Self {
             source,
+            listed_len,
             object_len,
             end,
             chunk,
             skip_corrupt,
             buf: Bytes::new(),
             buf_start: start,
-            state: if start == 0 {
+            // Only the range that starts at 0 reads from 0 without a search
+            // (a range past the end of a truncated file is clamped to it).
+            state: if range.start == 0 {
                 State::At(0)
             } else {
                 State::Seek(start)
@@ -210,6 +266,8 @@ impl FrameCursor {
             fetched: 0,
             first_frame: None,
             stop: end,
+            handover: None,
+            rejected: Vec::new(),
             released: start,
         }
     }
@@ -230,15 +288,33 @@ impl FrameCursor {
         self.first_frame
     }
 
-    /// Where this range stopped once done: the offset just after its last
-    /// frame (the next range's first frame when the file is intact), or its
+    /// Where this range stopped once done: the offset just after the last
+    /// frame it read, the offset of the corruption it reported last, or its
     /// end when it holds no frame.
     pub fn stop(&self) -> u64 {
         self.stop
     }
 
-    /// Makes `buf` cover `[from, to)`; fetches at most one chunk beyond `to`
-    /// but never past `max(to, end + 8)`.
+    /// Once done: the offset at or after `end` where the chain of this
+    /// range's frames continues, when this range handed it over intact (the
+    /// bytes there look like a frame that chains). A later range must start
+    /// exactly there. `None` when the range read no frame, or ended with a
+    /// reported corruption (the next range resynchronises by itself), or at
+    /// the end of the object.
+    pub fn handover(&self) -> Option<u64> {
+        self.handover
+    }
+
+    /// Sync candidates this range's first search did not take although they
+    /// chained, because their body is not one well-formed zstd frame (in
+    /// offset order). When the previous range hands over at one of them it
+    /// is a real frame with a corrupt body.
+    pub fn rejected(&self) -> &[Rejected] {
+        &self.rejected
+    }
+
+    /// Makes `buf` cover `[from, to)`; fetches at most one chunk beyond
+    /// `from` but never past `max(to, end + 8)`.
     async fn ensure(&mut self, from: u64, to: u64) -> Result<(), CursorError> {
         let to = to.min(self.object_len);
         let buf_end = self.buf_start + self.buf.len() as u64;
@@ -255,16 +331,7 @@ impl FrameCursor {
         } else {
             (Bytes::new(), from)
         };
-        let range = fetch_from..fetch_to;
-        let fetched = self
-            .source
-            .fetch(range.clone())
-            .await
-            .map_err(|source| CursorError::Io {
-                range: range.clone(),
-                source,
-            })?;
-        self.fetched += fetched.len() as u64;
+        let fetched = self.fetch(fetch_from..fetch_to).await?;
         self.buf = if keep.is_empty() {
             fetched
         } else {
@@ -277,12 +344,51 @@ impl FrameCursor {
         Ok(())
     }
 
+    async fn fetch(&mut self, range: Range<u64>) -> Result<Bytes, CursorError> {
+        let fetched = self
+            .source
+            .fetch(range.clone())
+            .await
+            .map_err(|source| CursorError::Io {
+                range: range.clone(),
+                source,
+            })?;
+        self.fetched += fetched.len() as u64;
+        Ok(fetched)
+    }
+
     fn window(&self, from: u64, to: u64) -> &[u8] {
         &self.buf[(from - self.buf_start) as usize..(to - self.buf_start) as usize]
     }
 
+    /// Whether the chain continues at `next`: the object's end, or 8 bytes
+    /// that look like a frame start. Reads those 8 bytes on their own when
+    /// the buffer does not hold them (no fetch of what lies between).
+    async fn chains(&mut self, next: u64) -> Result<bool, CursorError> {
+        if next >= self.object_len {
+            return Ok(next == self.object_len);
+        }
+        let probe_end = (next + FRAME_PROBE_LEN as u64).min(self.object_len);
+        let buf_end = self.buf_start + self.buf.len() as u64;
+        if next >= self.buf_start && probe_end <= buf_end {
+            return Ok(chains_at(
+                self.window(next, probe_end),
+                next,
+                self.object_len,
+            ));
+        }
+        let probe = self.fetch(next..probe_end).await?;
+        Ok(chains_at(&probe, next, self.object_len))
+    }
+
     /// The first frame start in `[from, until)` by the spec's rule, or `None`.
-    async fn seek(&mut self, from: u64, until: u64) -> Result<Option<u64>, CursorError> {
+    /// `record` keeps the candidates rejected on the way.
+    async fn seek(
+        &mut self,
+        from: u64,
+        until: u64,
+        record: bool,
+    ) -> Result<Option<u64>, CursorError> {
         let mut from = from;
         loop {
             if from >= until.min(self.object_len) {
@@ -290,13 +396,27 @@ impl FrameCursor {
             }
             self.ensure(from, (from + FRAME_PROBE_LEN as u64).min(self.object_len))
                 .await?;
-            match find_frame_start(
+            let mut rejected = Vec::new();
+            let found = find_frame_start_with(
                 self.window(from, self.buf_start + self.buf.len() as u64),
                 from,
                 from,
                 until,
                 self.object_len,
-            ) {
+                &mut |r| rejected.push(r),
+            );
+            if record {
+                for r in rejected {
+                    // A candidate seen again after a longer window is
+                    // reported again: keep it once.
+                    if self.rejected.len() < MAX_REJECTED
+                        && self.rejected.last().is_none_or(|l| l.offset < r.offset)
+                    {
+                        self.rejected.push(r);
+                    }
+                }
+            }
+            match found {
                 Sync::Found(p) => return Ok(Some(p)),
                 Sync::None => return Ok(None),
                 Sync::NeedMore {
@@ -305,6 +425,16 @@ impl FrameCursor {
                 } => {
                     self.ensure(candidate, need_end).await?;
                     from = candidate;
+                }
+                Sync::Candidate { candidate, next } => {
+                    if self.chains(next).await? {
+                        // Worth fetching its body (at most one frame).
+                        let to = (next + FRAME_PROBE_LEN as u64).min(self.object_len);
+                        self.ensure(candidate, to).await?;
+                        from = candidate;
+                    } else {
+                        from = candidate + 1;
+                    }
                 }
             }
         }
@@ -315,7 +445,7 @@ impl FrameCursor {
         loop {
             match self.state {
                 State::Done => return Ok(None),
-                State::Seek(from) => match self.seek(from, self.end).await? {
+                State::Seek(from) => match self.seek(from, self.end, true).await? {
                     Some(p) => self.state = State::At(p),
                     None => {
                         self.done_at(self.end);
@@ -326,6 +456,16 @@ impl FrameCursor {
                     self.release_before(p);
                     if p >= self.object_len {
                         self.done_at(p);
+                        if self.object_len < self.listed_len {
+                            let e = FormatError {
+                                offset: p,
+                                kind: ErrorKind::ObjectShorter {
+                                    listed: self.listed_len,
+                                    found: self.object_len,
+                                },
+                            };
+                            return self.corrupt(e, p).await;
+                        }
                         return Ok(None);
                     }
                     let owned = p < self.end;
@@ -334,14 +474,18 @@ impl FrameCursor {
                     self.ensure(p, probe_end).await?;
                     let probe = self.window(p, probe_end);
                     match parse_frame_prefix(probe, p, remaining) {
-                        Ok(_) if !owned => {
-                            // Look-ahead past our end: a frame of the next range.
-                            self.done_at(p);
-                            return Ok(None);
-                        }
                         Ok(body_len) => {
                             let body_start = p + PREFIX_LEN as u64;
                             let next = body_start + body_len as u64;
+                            if !owned && self.chains(next).await? {
+                                // The hand-over: a later range's sync takes
+                                // this frame if its body is well formed.
+                                self.handover = Some(p);
+                                self.done_at(p);
+                                return Ok(None);
+                            }
+                            // Ours, or past our end but not chaining: no
+                            // later range would take it, so it is read here.
                             // The body plus the look-ahead at the next frame.
                             let want = (next + FRAME_PROBE_LEN as u64).min(self.object_len);
                             self.ensure(p, want).await?;
@@ -349,15 +493,12 @@ impl FrameCursor {
                                 (body_start - self.buf_start) as usize
                                     ..(next - self.buf_start) as usize,
                             );
-                            self.first_frame.get_or_insert(p);
+                            if owned {
+                                self.first_frame.get_or_insert(p);
+                            }
                             self.state = State::At(next);
+                            self.stop = next;
                             return Ok(Some(Step::Frame(Frame { offset: p, body })));
-                        }
-                        Err(e) if !owned => {
-                            // The bytes after our last frame are not a frame:
-                            // reported here, once; the next range resyncs.
-                            self.done_at(p);
-                            return self.corrupt(e, p).await;
                         }
                         Err(e) => return self.corrupt(e, p).await,
                     }
@@ -387,9 +528,12 @@ impl FrameCursor {
 
     /// Reports corruption at `p`: an error, or under the skip policy a
     /// skipped region and a resync at the next frame start before `end`.
-    /// `skipped` counts the bytes skipped inside this range; bytes past its
-    /// end belong to the next range, which resynchronises by itself.
+    /// `skipped` counts the bytes skipped inside this range; past its end a
+    /// later range resynchronises by itself, with the same rule, so the
+    /// corruption is reported once and the same frames are read whatever
+    /// the split.
     async fn corrupt(&mut self, e: FormatError, p: u64) -> Result<Option<Step>, CursorError> {
+        self.handover = None;
         if !self.skip_corrupt {
             self.done_at(p);
             return Err(CursorError::Corrupt(e));
@@ -401,7 +545,7 @@ impl FrameCursor {
                 skipped: 0,
             }));
         }
-        let skipped = match self.seek(p + 1, self.end).await? {
+        let skipped = match self.seek(p + 1, self.end, false).await? {
             Some(q) => {
                 self.state = State::At(q);
                 q - p

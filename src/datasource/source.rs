@@ -8,7 +8,13 @@
 //! the pushed-down filters and the projection before they leave the scan.
 //! Corrupt frames fail the scan with a [`FrameError`] naming the object key
 //! and frame offset, or, under [`CorruptPolicy::Skip`], are counted and
-//! recorded in the [`ScanLog`]. Misrouted payloads are flagged in the
+//! recorded in the [`ScanLog`]. A corrupt frame body exactly where one range
+//! hands over to the next is only visible once both have been read:
+//! [`ScanLog::tiling_errors`] reports it after the scan, with its real
+//! reason, and callers fail (or, skipping, count it with
+//! [`ScanLog::record_skipped`]). Failing to read bytes (I/O, object store,
+//! memory-mapping) is never corruption: those errors pass through as I/O
+//! errors under either policy. Misrouted payloads are flagged in the
 //! `misrouted` column and recorded in the log too.
 
 use std::fmt;
@@ -41,7 +47,7 @@ use serde::Serialize;
 use crate::datasource::batch::{BatchBuilder, DEFAULT_SLAB_BYTES, SlabPool};
 use crate::datasource::reader::{CursorError, FrameCursor, ObjectBytes, Step};
 use crate::format::payload::{
-    Decoder, ErrorKind, FormatError, FrameError, PayloadHeader, check_body, parse_payload,
+    Decoder, ErrorKind, FormatError, FrameError, PayloadHeader, Rejected, check_body, parse_payload,
 };
 use crate::format::shard::{Shard, ShardMap};
 
@@ -112,7 +118,9 @@ pub struct MisroutedRecord {
     pub expected_shard: String,
 }
 
-/// One range as read: where its frames began and where it stopped.
+/// One range read to its end: where its frames began, where it stopped and
+/// where it handed the frame chain over to the next range. (A range whose
+/// stream was dropped early, as under `LIMIT`, is not recorded.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RangeRecord {
     pub key: String,
@@ -120,7 +128,12 @@ pub struct RangeRecord {
     pub end: u64,
     pub first_frame: Option<u64>,
     pub stop: u64,
+    /// See [`FrameCursor::handover`].
+    pub handover: Option<u64>,
     pub bytes_fetched: u64,
+    /// See [`FrameCursor::rejected`].
+    #[serde(skip)]
+    pub rejected: Vec<Rejected>,
 }
 
 /// Totals of a scan.
@@ -182,15 +195,27 @@ impl ScanLog {
         v
     }
 
-    /// Checks that the ranges of every object tile it: each range's first
-    /// frame is where the previous range stopped. A range start never takes
-    /// a frame whose body is not a valid zstd frame (see
-    /// `find_frame_start`), so a corrupt frame that starts a range's
-    /// territory shows up here as a gap: it is returned as an
-    /// [`ErrorKind::Unreadable`] error at the previous range's stop, unless a
-    /// corruption at that offset was already recorded. An overlap (a frame
-    /// read twice) is returned too. Call it after the scan finished.
+    /// Checks that the ranges of every object tile it, after the scan: each
+    /// range's first frame is where the previous range handed the frame
+    /// chain over ([`RangeRecord::handover`]).
+    ///
+    /// A range's sync never takes a frame whose body is not a well-formed
+    /// zstd frame (see `find_frame_start`), so when the previous range hands
+    /// over at such a frame, the next range starts further on. The frames in
+    /// between are the sync candidates that range rejected: they are
+    /// returned here with their real reason (the [`check_body`] error), as a
+    /// reader from byte 0 would have reported them. Anything else between a
+    /// hand-over and the next range's first frame is returned as
+    /// [`ErrorKind::Unreadable`], and a range that starts before the
+    /// previous one's hand-over as [`ErrorKind::RangesOverlap`]. Ranges not
+    /// read to their end (a stream dropped early, as under `LIMIT`) are
+    /// unknown territory: nothing is concluded across them.
     pub fn tiling_errors(&self) -> Vec<FrameError> {
+        self.tiling_problems().into_iter().map(|(e, _)| e).collect()
+    }
+
+    /// [`Self::tiling_errors`] with the bytes each one covers.
+    fn tiling_problems(&self) -> Vec<(FrameError, u64)> {
         let mut ranges = self.ranges();
         // A log shared by several scans of the same files holds each range
         // once per scan.
@@ -198,59 +223,93 @@ impl ScanLog {
         let corrupt = self.corrupt();
         let known = |key: &str, off: u64| corrupt.iter().any(|c| c.key == key && c.offset == off);
         let mut out = Vec::new();
-        // Where the next frame must start, per object, as the ranges are
-        // walked in order (None: unknown after a reported problem).
-        let mut expected: Option<u64> = None;
-        let mut key: Option<&str> = None;
-        for r in &ranges {
-            if key != Some(r.key.as_str()) {
-                key = Some(&r.key);
-                expected = (r.start == 0).then_some(0);
+        for object in ranges.chunk_by(|a, b| a.key == b.key) {
+            let key = object[0].key.as_str();
+            let rejected: std::collections::BTreeMap<u64, &Rejected> = object
+                .iter()
+                .flat_map(|r| r.rejected.iter())
+                .map(|x| (x.offset, x))
+                .collect();
+            let mut push = |error: FormatError, skipped: u64| {
+                if !known(key, error.offset) {
+                    out.push((FrameError::new(key, error), skipped));
+                }
+            };
+            // Where the next frame must start (None: unknown).
+            let mut expect: Option<u64> = None;
+            let mut prev_end = 0;
+            for r in object {
+                if r.start != prev_end {
+                    // A range before this one was not read to its end.
+                    expect = None;
+                }
+                prev_end = r.end;
+                let mut carry = None;
+                if let Some(mut cur) = expect {
+                    loop {
+                        if r.first_frame == Some(cur) {
+                            break;
+                        }
+                        if let Some(f) = r.first_frame.filter(|&f| f < cur) {
+                            push(
+                                FormatError {
+                                    offset: f,
+                                    kind: ErrorKind::RangesOverlap { next: cur },
+                                },
+                                0,
+                            );
+                            break;
+                        }
+                        if cur >= r.end {
+                            // The chain passes over this range.
+                            carry = Some(cur);
+                            break;
+                        }
+                        if let Some(x) = rejected.get(&cur) {
+                            push(x.error.clone(), x.next - x.offset);
+                            cur = x.next;
+                            continue;
+                        }
+                        let next = r.first_frame.unwrap_or(r.end);
+                        push(
+                            FormatError {
+                                offset: cur,
+                                kind: ErrorKind::Unreadable { next },
+                            },
+                            next - cur,
+                        );
+                        break;
+                    }
+                }
+                expect = if r.first_frame.is_some() {
+                    r.handover
+                } else {
+                    carry
+                };
             }
-            let Some(exp) = expected else {
-                expected = r.first_frame.map(|_| r.stop);
-                continue;
-            };
-            let found = match r.first_frame {
-                Some(f) => f,
-                // No frame starts in r: the previous frame must cover it.
-                None if exp >= r.end => continue,
-                None => r.end,
-            };
-            if found != exp && !known(&r.key, exp) {
-                out.push(FrameError::new(
-                    r.key.clone(),
-                    FormatError {
-                        offset: exp.min(found),
-                        kind: ErrorKind::Unreadable {
-                            next: exp.max(found),
-                        },
-                    },
-                ));
-            }
-            expected = if r.first_frame.is_some() {
-                Some(r.stop)
-            } else {
-                None
-            };
         }
         out
     }
 
     /// Records tiling errors as skipped corrupt frames (skip policy).
     pub fn record_skipped(&self, errors: &[FrameError]) {
+        let problems = self.tiling_problems();
         let mut g = self.inner.lock().unwrap();
         for e in errors {
             g.totals.corrupt_frames += 1;
-            let next = match e.error.kind {
-                ErrorKind::Unreadable { next } => next,
-                _ => e.error.offset,
-            };
+            let skipped = problems
+                .iter()
+                .find(|(p, _)| p == e)
+                .map(|(_, s)| *s)
+                .unwrap_or(match e.error.kind {
+                    ErrorKind::Unreadable { next } => next.saturating_sub(e.error.offset),
+                    _ => 0,
+                });
             g.corrupt.push(CorruptRecord {
                 key: e.key.clone(),
                 offset: e.error.offset,
                 reason: e.error.kind.to_string(),
-                skipped_bytes: next - e.error.offset,
+                skipped_bytes: skipped,
             });
         }
     }
@@ -530,11 +589,13 @@ impl FileOpener for PayloadOpener {
             let (start, end) = file.range();
             let bytes = if source.options.mmap_local {
                 let path = std::path::Path::new("/").join(file.object_meta.location.as_ref());
+                // An I/O error (retried by the scheduler, exit code 74),
+                // never corruption.
                 ObjectBytes::map_file(&path).map_err(|e| {
-                    DataFusionError::External(Box::new(std::io::Error::new(
+                    DataFusionError::IoError(std::io::Error::new(
                         e.kind(),
-                        format!("memory-mapping {}: {e}", path.display()),
-                    )))
+                        format!("memory-mapping {key:?} ({}): {e}", path.display()),
+                    ))
                 })?
             } else {
                 ObjectBytes::Store {
@@ -659,7 +720,7 @@ impl RangeScan {
         if !self.builder.fits(info.content_size) {
             flushed = self.builder.finish()?;
         }
-        let dst = self.builder.reserve(info.content_size);
+        let dst = self.builder.reserve(info.content_size)?;
         let header = match self
             .decoder
             .decompress_into(body, info, dst, offset)
@@ -755,7 +816,9 @@ impl RangeScan {
             end: self.range.end,
             first_frame: self.cursor.first_frame(),
             stop: self.cursor.stop(),
+            handover: self.cursor.handover(),
             bytes_fetched: fetched,
+            rejected: self.cursor.rejected().to_vec(),
         });
         self.source.log.merge(std::mem::take(&mut self.local));
     }
@@ -772,6 +835,20 @@ impl RangeScan {
             return Ok(None);
         }
         Ok(Some(batch.project(&self.file_indices)?))
+    }
+}
+
+impl Drop for RangeScan {
+    /// A range whose stream is dropped before its end (`LIMIT`, an error
+    /// elsewhere): what it saw is kept, but no range record, so that stopping
+    /// early is never taken for a gap in the object.
+    fn drop(&mut self) {
+        if !self.done {
+            let fetched = self.cursor.bytes_fetched();
+            self.counters[2].add(fetched as usize);
+            self.local.totals.bytes_fetched += fetched;
+            self.source.log.merge(std::mem::take(&mut self.local));
+        }
     }
 }
 

@@ -16,7 +16,8 @@
 //! * [`parse_frame_prefix`] checks a frame's length prefix and the zstd magic.
 //! * [`find_frame_start`] implements the spec's resynchronisation rule: the
 //!   first offset at or after a position whose bytes look like a frame *and*
-//!   whose successor chains (is the end of the object or another frame).
+//!   whose successor chains (is the end of the object or another frame), and
+//!   whose body is one well-formed zstd frame.
 //! * [`check_body`] validates a body's zstd frame header (content size present,
 //!   within the spec's maximum, exactly one zstd frame) before anything is
 //!   allocated; [`Decoder`] decompresses into caller-provided, 8-byte-aligned
@@ -138,9 +139,17 @@ pub enum ErrorKind {
     )]
     TrailingBytes { found: u64 },
     #[error(
-        "the bytes up to offset {next} hold no readable frame (a frame start whose body is not a valid zstd frame; found by checking that the ranges tile the object)"
+        "the bytes up to offset {next} hold no readable frame (found by checking that the byte ranges tile the object)"
     )]
     Unreadable { next: u64 },
+    #[error(
+        "the object is {found} bytes long but was listed with {listed} (truncated after listing)"
+    )]
+    ObjectShorter { listed: u64, found: u64 },
+    #[error(
+        "two byte ranges both read frames up to offset {next}: a range took a false frame boundary"
+    )]
+    RangesOverlap { next: u64 },
 }
 
 /// A format error at a known frame offset inside one object. The datasource
@@ -238,31 +247,63 @@ pub fn looks_like_frame(probe: &[u8], remaining: u64) -> Option<u32> {
 /// Result of [`find_frame_start`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sync {
-    /// A frame starts at this absolute offset and chains.
+    /// A frame starts at this absolute offset, chains and has a well-formed body.
     Found(u64),
     /// No frame starts in the searched window.
     None,
-    /// A candidate at this offset needs bytes up to `need_end` (absolute,
-    /// exclusive) to check its chain; call again with a longer window.
+    /// The window ends before `need_end` (absolute, exclusive): the search
+    /// resumes at `candidate` once the window reaches that far.
     NeedMore { candidate: u64, need_end: u64 },
+    /// The 8 bytes at `candidate` look like a frame start, but its frame
+    /// ends after the window. The caller checks the chain first, with a
+    /// small read at `next` (`candidate + 4 + body_len`): when it does not
+    /// chain, the search resumes at `candidate + 1`; when it does, the
+    /// caller extends the window to `next + 8` (or the object's end) and
+    /// searches again from `candidate`. So a candidate's body is fetched
+    /// only once its chain has checked out.
+    Candidate { candidate: u64, next: u64 },
+}
+
+/// A candidate that looked like a frame and chained, but whose body is not
+/// one well-formed zstd frame: [`find_frame_start`] does not take it. It is
+/// either a real frame with a corrupt body or a planted pattern; a reader
+/// that knows the chain reaches `offset` uses `error` to report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub offset: u64,
+    /// `offset + 4 + body_len`.
+    pub next: u64,
+    pub error: FormatError,
+}
+
+/// Whether the frame chain continues at `next`: `next` is the object's end or
+/// the (up to 8) bytes at `next` look like a frame start. `probe` holds the
+/// bytes at `next` (at most 8 are used).
+pub fn chains_at(probe: &[u8], next: u64, object_len: u64) -> bool {
+    next == object_len || looks_like_frame(probe, object_len.saturating_sub(next)).is_some()
 }
 
 /// Finds the first frame start `p` with `from <= p < until` using the spec's
-/// rule: 8 bytes at `p` look like a frame (valid `body_len`, zstd magic) and
-/// the frame chains: `p + 4 + body_len` is either `object_len` or the start of
-/// something that looks like a frame too. In addition the body must pass
-/// [`check_body`] (a well-formed zstd frame filling exactly `body_len`).
+/// rule: the 8 bytes at `p` look like a frame (valid `body_len` that fits
+/// in the object, zstd magic) and the frame chains: `p + 4 + body_len` is
+/// either `object_len` or the start of something that looks like a frame
+/// too. A candidate that does not chain is never taken. In addition the body
+/// must pass [`check_body`] (one well-formed zstd frame filling exactly
+/// `body_len`, its block headers walked, nothing decompressed): a planted
+/// magic + length that happens to chain practically never is. Candidates
+/// that chain but fail [`check_body`] are passed to `rejected`.
 ///
 /// `window` holds the object's bytes from absolute offset `window_start`; it
-/// must start at or before `from`. Candidates whose chain lies beyond the
-/// window produce [`Sync::NeedMore`], so the caller fetches exactly what is
-/// needed (at most one frame past `until` plus 8 bytes).
-pub fn find_frame_start(
+/// must start at or before `from`. The answer depends only on the object's
+/// bytes, never on the window: when the window is too short to decide, the
+/// result says what is needed ([`Sync::NeedMore`], [`Sync::Candidate`]).
+pub fn find_frame_start_with(
     window: &[u8],
     window_start: u64,
     from: u64,
     until: u64,
     object_len: u64,
+    rejected: &mut dyn FnMut(Rejected),
 ) -> Sync {
     debug_assert!(window_start <= from);
     let window_end = window_start + window.len() as u64;
@@ -295,28 +336,21 @@ pub fn find_frame_start(
         let next = p + PREFIX_LEN as u64 + body_len as u64;
         let next_probe_end = (next + FRAME_PROBE_LEN as u64).min(object_len);
         if next_probe_end > window_end {
-            return Sync::NeedMore {
-                candidate: p,
-                need_end: next_probe_end,
-            };
+            return Sync::Candidate { candidate: p, next };
         }
         let next_rel = (next - window_start) as usize;
-        let chains = next == object_len
-            || looks_like_frame(
-                &window[next_rel..next_probe_end as usize - window_start as usize],
-                object_len - next,
-            )
-            .is_some();
-        // Beyond the spec's chain rule, the body must be one well-formed zstd
-        // frame of exactly body_len bytes (its block headers walked, nothing
-        // decompressed): a planted magic + length inside another frame's raw
-        // block practically never is. A frame whose successor is corrupt
-        // does not chain; it is still taken when its body decompresses to a
-        // valid payload, so that the corruption after it is reported by the
-        // range that owns it instead of the frame being lost.
+        let probe = &window[next_rel..(next_probe_end - window_start) as usize];
+        if !chains_at(probe, next, object_len) {
+            continue;
+        }
         let body = &window[p_rel + PREFIX_LEN..next_rel];
-        if check_body(body, p).is_ok() && (chains || decodes_to_payload(body, p)) {
-            return Sync::Found(p);
+        match check_body(body, p) {
+            Ok(_) => return Sync::Found(p),
+            Err(error) => rejected(Rejected {
+                offset: p,
+                next,
+                error,
+            }),
         }
     }
     // The window may end before `until + 7`: a magic straddling its end was
@@ -337,32 +371,33 @@ pub fn find_frame_start(
     Sync::None
 }
 
-/// Whether a body that passed [`check_body`] decompresses to a valid
-/// payload (the rare resync path only: it allocates).
-fn decodes_to_payload(body: &[u8], offset: u64) -> bool {
-    let Ok(info) = check_body(body, offset) else {
-        return false;
-    };
-    let mut buf = vec![0u64; info.content_size / 8];
-    // SAFETY: the u64 buffer is content_size bytes, initialised and aligned.
-    let bytes =
-        unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, info.content_size) };
-    Decoder::new()
-        .decompress_into(body, info, bytes, offset)
-        .is_ok()
-        && parse_payload(bytes, offset).is_ok()
+/// [`find_frame_start_with`], ignoring rejected candidates.
+pub fn find_frame_start(
+    window: &[u8],
+    window_start: u64,
+    from: u64,
+    until: u64,
+    object_len: u64,
+) -> Sync {
+    find_frame_start_with(window, window_start, from, until, object_len, &mut |_| {})
 }
 
 /// What [`check_body`] learned from a body's zstd frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyInfo {
-    /// Decompressed size declared by the zstd frame header.
+    /// Decompressed size declared by the zstd frame header (in range, not
+    /// necessarily a multiple of 8).
     pub content_size: usize,
 }
 
 /// Validates a frame body before anything is allocated for it: zstd magic,
 /// a frame header that carries the content size, a content size within the
 /// spec's payload limits, and exactly one zstd frame filling the body.
+///
+/// A content size that is in range but not a multiple of 8 is let through:
+/// no header + arrays + metadata + padding adds up to it, and
+/// [`parse_header`] reports it as [`ErrorKind::PayloadSize`] with the size
+/// the header implies, which says more than a range error.
 pub fn check_body(body: &[u8], offset: u64) -> Result<BodyInfo, FormatError> {
     if body.len() < 4 || body[..4] != ZSTD_MAGIC {
         let mut found = [0u8; 4];
@@ -383,7 +418,7 @@ pub fn check_body(body: &[u8], offset: u64) -> Result<BodyInfo, FormatError> {
         }
     };
     let min = (V1_HEADER_LEN + 16) as u64;
-    if content_size < min || content_size > MAX_PAYLOAD_LEN as u64 || content_size % 8 != 0 {
+    if content_size < min || content_size > MAX_PAYLOAD_LEN as u64 {
         return Err(err(
             offset,
             ErrorKind::ContentSizeOutOfRange {
@@ -438,7 +473,9 @@ impl Decoder {
     }
 
     /// Decompresses a body that [`check_body`] accepted into `dst`, which must
-    /// be exactly `info.content_size` bytes long.
+    /// be exactly `info.content_size` bytes long (callers decompress into
+    /// 8-byte-aligned memory of `info.content_size` rounded up to 8 and hand
+    /// in its first `content_size` bytes).
     pub fn decompress_into(
         &mut self,
         body: &[u8],
@@ -847,5 +884,91 @@ mod tests {
         assert_eq!(find_frame_start(&file, 0, 1, n, n), Sync::Found(second));
         assert_eq!(find_frame_start(&file, 0, second + 1, n, n), Sync::None);
         assert_eq!(find_frame_start(&fake, 0, 0, 9, 9), Sync::None);
+    }
+
+    /// A file of `payloads` random-valued payloads (stored raw by zstd) with
+    /// `inner` copied verbatim into the values of the first one.
+    fn file_with_inner_bytes(inner: &[u8]) -> (Vec<u8>, Vec<u64>) {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut words: Vec<u64> = (0..64).map(|_| rnd()).collect();
+        let mut padded = inner.to_vec();
+        padded.resize(inner.len().div_ceil(8) * 8, 0xA5);
+        words.extend(
+            padded
+                .chunks(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap())),
+        );
+        words.extend((0..64).map(|_| rnd()));
+        // Random timestamps too: nothing to compress, zstd stores the bytes.
+        let ts: Vec<i64> = (0..words.len()).map(|_| rnd() as i64).collect();
+        let mut file = Vec::new();
+        let mut offsets = Vec::new();
+        let mut w = PayloadWriter::new(1);
+        offsets.push(0);
+        w.write_frame(&spec(2, &ts, &words, ""), &mut file);
+        let second: Vec<u64> = (0..32).map(|_| rnd()).collect();
+        offsets.push(file.len() as u64);
+        w.write_frame(&spec(1, &ts[..32], &second, "x"), &mut file);
+        (file, offsets)
+    }
+
+    #[test]
+    fn find_frame_start_never_takes_a_frame_that_does_not_chain() {
+        // A complete, valid frame embedded in another frame's raw body: its
+        // body decompresses to a valid payload, but it does not chain.
+        let mut inner = Vec::new();
+        PayloadWriter::new(1).write_frame(&spec(2, &[1], &[2], "inner"), &mut inner);
+        let (file, offsets) = file_with_inner_bytes(&inner);
+        let at = memchr::memmem::find(&file, &inner).expect("inner frame stored verbatim") as u64;
+        assert!(at > 0 && at < offsets[1]);
+        let n = file.len() as u64;
+        assert_eq!(
+            find_frame_start(&file, 0, 1, n, n),
+            Sync::Found(offsets[1]),
+            "the embedded frame at {at} must not be taken"
+        );
+        // A real frame whose successor is garbage does not chain either.
+        let mut broken = file[..offsets[1] as usize].to_vec();
+        broken.extend_from_slice(&[0x55; 16]);
+        let bn = broken.len() as u64;
+        assert_eq!(find_frame_start(&broken, 0, 0, bn, bn), Sync::None);
+    }
+
+    #[test]
+    fn find_frame_start_rejects_a_fake_chain_of_fake_magics() {
+        // Two fake frame starts planted in a raw body, the first one's length
+        // pointing exactly at the second: it chains, but its body is not a
+        // zstd frame, so it is rejected (and reported as such).
+        let mut fake = Vec::new();
+        fake.extend_from_slice(&40u32.to_le_bytes());
+        fake.extend_from_slice(&ZSTD_MAGIC);
+        fake.extend((0..36u32).map(|i| (i * 97 + 13) as u8));
+        fake.extend_from_slice(&9u32.to_le_bytes());
+        fake.extend_from_slice(&ZSTD_MAGIC);
+        let (file, offsets) = file_with_inner_bytes(&fake);
+        let at = memchr::memmem::find(&file, &fake).expect("fake stored verbatim") as u64;
+        let n = file.len() as u64;
+        let mut rejected = Vec::new();
+        let found = find_frame_start_with(&file, 0, 1, n, n, &mut |r| rejected.push(r));
+        assert_eq!(found, Sync::Found(offsets[1]));
+        assert!(
+            rejected.iter().any(|r| r.offset == at && r.next == at + 44),
+            "{rejected:?}"
+        );
+        // From inside the window only up to the fake: asks for its chain first.
+        let w = &file[..(at + 20) as usize];
+        assert_eq!(
+            find_frame_start(w, 0, at, n, n),
+            Sync::Candidate {
+                candidate: at,
+                next: at + 44
+            }
+        );
     }
 }

@@ -199,6 +199,27 @@ fn make_corpus() -> Vec<(&'static str, Vec<u8>, u64, ErrorKind)> {
             found: 88,
         },
     ));
+    // A decompressed size that is not a multiple of 8, and one that the
+    // point count disagrees with: the spec's size rule, with the size the
+    // header implies (40 + 16*2 + 6, rounded up to 80).
+    v.push((
+        "size_not_multiple_of_8.tsp",
+        edited(|r| r.truncate(77)),
+        0,
+        ErrorKind::PayloadSize {
+            expected: 80,
+            found: 77,
+        },
+    ));
+    v.push((
+        "point_count_disagrees_with_size.tsp",
+        edited(|r| r[24..28].copy_from_slice(&3u32.to_le_bytes())),
+        0,
+        ErrorKind::PayloadSize {
+            expected: 96,
+            found: 80,
+        },
+    ));
     v.push((
         "metadata_not_utf8.tsp",
         edited(|r| r[72] = 0xFF),

@@ -5,13 +5,18 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tailor::datasource::listing::{Window, list_inputs};
 use tailor::datasource::reader::{FrameCursor, ObjectBytes, Step};
+use tailor::datasource::source::{CorruptPolicy, PayloadOptions, ScanLog, frame_error};
+use tailor::datasource::store::StoreRoot;
+use tailor::datasource::table::PayloadTable;
 use tailor::format::payload::{MAX_BODY_LEN, ZSTD_MAGIC};
 
-use crate::common::{P, Rng, file_of, random_payload, rt};
+use crate::common::{P, Rng, file_of, random_payload, rt, shard_map};
 
 /// Reads `[start, end)` and returns (frame offsets, bytes fetched, stop, skipped offsets).
 async fn read_range(
@@ -123,9 +128,10 @@ fn check_split(file: &[u8], offsets: &[u64], range: u64, remote: bool, chunk: u6
             );
         }
         if remote {
-            // The range, one frame (the candidate or the last one) and a look-ahead.
+            // The range, one frame (the last one, or a sync candidate's that
+            // chains past the end) and a few 8-byte look-aheads.
             assert!(
-                fetched <= (e - s) + 2 * max_frame + 16,
+                fetched <= (e - s) + max_frame + 32,
                 "range [{s},{e}) fetched {fetched} bytes (max frame {max_frame})"
             );
         }
@@ -258,5 +264,244 @@ fn garbage_between_frames_is_reported_once_whatever_the_split() {
             vec![at as u64],
             "range {range}: the garbage reported once, at its start"
         );
+    }
+}
+
+/// What a scan of one payload file saw: the frames read (by offset), the
+/// corrupt frames recorded (offset, reason) and their count, or the error.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    frames: Vec<u64>,
+    corrupt: Vec<(u64, String)>,
+    corrupt_count: u64,
+    error: Option<(u64, tailor::format::payload::ErrorKind)>,
+}
+
+static STORE_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Scans `file` as `org-mod-7/.../t+0+0000000000.tsp` through the payload
+/// table, split into ranges of `range` bytes, from a local directory
+/// (memory-mapped) or an in-memory object store; then resolves what only
+/// shows across ranges, as `tailor run` and `tailor query` do.
+fn scan_file(file: &[u8], range: u64, policy: CorruptPolicy, remote: bool) -> Outcome {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::UInt64Type;
+    let rel = "org-mod-7/dt=2026-11-21/hour=00/t+0+0000000000.tsp";
+    let tmp = crate::common::tempdir();
+    let rt = rt();
+    rt.block_on(async {
+        let root = if remote {
+            let n = STORE_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let root = StoreRoot::open(&format!("memory://ranges-{n}/in")).unwrap();
+            root.store
+                .put(&root.child(rel), PutPayload::from(file.to_vec()))
+                .await
+                .unwrap();
+            root
+        } else {
+            let path = tmp.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, file).unwrap();
+            StoreRoot::open(tmp.path().to_str().unwrap()).unwrap()
+        };
+        let listing = list_inputs(&root, None, &Window::default()).await.unwrap();
+        let mut opts = PayloadOptions::new(shard_map());
+        opts.on_corrupt = policy;
+        opts.range_bytes = range;
+        opts.fetch_chunk = 300;
+        let ctx = SessionContext::new_with_config(
+            SessionConfig::new()
+                .with_target_partitions(3)
+                .with_repartition_file_min_size(range as usize),
+        );
+        let log = PayloadTable::new(&root, listing.objects, opts, ScanLog::new())
+            .register(&ctx, &root, "payloads")
+            .unwrap();
+        let r = ctx
+            .sql("SELECT frame_offset FROM payloads ORDER BY frame_offset")
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        let gaps = log.tiling_errors();
+        let (frames, error) = match r {
+            Ok(batches) => {
+                let frames = batches
+                    .iter()
+                    .flat_map(|b| b.column(0).as_primitive::<UInt64Type>().values().to_vec())
+                    .collect();
+                // Under the fail policy what shows between ranges fails.
+                let error = gaps
+                    .first()
+                    .filter(|_| policy == CorruptPolicy::Fail)
+                    .map(|e| (e.offset(), e.kind().clone()));
+                (frames, error)
+            }
+            Err(e) => {
+                let fe = frame_error(&e).unwrap_or_else(|| panic!("not a frame error: {e}"));
+                (Vec::new(), Some((fe.offset(), fe.kind().clone())))
+            }
+        };
+        if policy == CorruptPolicy::Skip {
+            assert!(error.is_none(), "skip policy: {error:?}");
+            log.record_skipped(&gaps);
+        }
+        let corrupt = log
+            .corrupt()
+            .into_iter()
+            .map(|c| (c.offset, c.reason))
+            .collect();
+        Outcome {
+            frames,
+            corrupt,
+            corrupt_count: log.totals().corrupt_frames,
+            error,
+        }
+    })
+}
+
+/// Frames as separate blobs, so that corruptions can be spliced in.
+fn frames_of(seed: u64, n: usize) -> Vec<Vec<u8>> {
+    let mut rng = Rng(seed);
+    (0..n)
+        .map(|_| file_of(&[random_payload(&mut rng, 7, 120)]).0)
+        .collect()
+}
+
+/// A frame whose prefix and chain are intact but whose body is not one zstd
+/// frame: a smaller valid frame's body, zero-padded to the original length.
+fn corrupt_body(frame: &[u8], small: &[u8]) -> Vec<u8> {
+    let body_len = frame.len() - 4;
+    let mut body = small[4..].to_vec();
+    assert!(body.len() < body_len);
+    body.resize(body_len, 0);
+    let mut f = (body_len as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(&body);
+    f
+}
+
+/// A frame holding a payload whose size is not a multiple of 8.
+fn odd_size_frame() -> Vec<u8> {
+    use tailor::format::payload::{PayloadWriter, encode_payload};
+    let mut rng = Rng(4);
+    let p = random_payload(&mut rng, 7, 5);
+    let mut raw = Vec::new();
+    encode_payload(&p.spec(), &mut raw);
+    raw.truncate(raw.len() - 3);
+    let mut out = Vec::new();
+    PayloadWriter::new(1).write_raw_frame(&raw, &mut out);
+    out
+}
+
+/// A frame of a one-point payload: smaller than any other.
+fn tiny_frame() -> Vec<u8> {
+    let p = P {
+        version: 1,
+        org: 7,
+        metric: 1,
+        kind: tailor::format::payload::Kind::Gauge,
+        interval_s: 0,
+        ts: vec![1],
+        vals: vec![2],
+        meta: String::new(),
+    };
+    file_of(&[p]).0
+}
+
+/// Files with every kind of corruption, alone and together.
+fn corrupt_files() -> Vec<(&'static str, Vec<u8>)> {
+    let small = tiny_frame();
+    // Frames big enough to take a corrupt body made of `small`'s.
+    let frames: Vec<Vec<u8>> = frames_of(21, 40)
+        .into_iter()
+        .filter(|f| f.len() > small.len() + 16)
+        .take(24)
+        .collect();
+    assert_eq!(frames.len(), 24);
+    let join = |fs: &[Vec<u8>]| fs.concat();
+    let mut files = Vec::new();
+    // A corrupt body (chain intact), and two in a row.
+    let mut f = frames.clone();
+    f[9] = corrupt_body(&f[9], &small);
+    files.push(("corrupt_body", join(&f)));
+    f[10] = corrupt_body(&f[10], &small);
+    files.push(("two_corrupt_bodies", join(&f)));
+    // A bad length prefix.
+    let mut f = frames.clone();
+    f[12][..4].copy_from_slice(&5u32.to_le_bytes());
+    files.push(("bad_body_len", join(&f)));
+    // Garbage between two frames.
+    let mut f = frames.clone();
+    f.insert(7, vec![0x55; 37]);
+    files.push(("garbage", join(&f)));
+    // A payload of a size that is not a multiple of 8.
+    let mut f = frames.clone();
+    f.insert(15, odd_size_frame());
+    files.push(("odd_size", join(&f)));
+    // Trailing bytes and a truncated tail.
+    let mut t = join(&frames);
+    t.extend_from_slice(&[1, 2, 3]);
+    files.push(("trailing", t));
+    let mut t = join(&frames);
+    t.truncate(t.len() - 5);
+    files.push(("truncated", t));
+    // Everything at once.
+    let mut f = frames.clone();
+    f[3] = corrupt_body(&f[3], &small);
+    f[4] = corrupt_body(&f[4], &small);
+    f[8][..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    f.insert(12, vec![0xAA; 101]);
+    f.insert(16, odd_size_frame());
+    f[20] = corrupt_body(&f[20], &small);
+    let mut t = join(&f);
+    t.truncate(t.len() - 9);
+    files.push(("everything", t));
+    files
+}
+
+#[test]
+fn corrupt_files_read_the_same_at_every_range_size() {
+    for (name, file) in corrupt_files() {
+        let len = file.len() as u64;
+        for policy in [CorruptPolicy::Skip, CorruptPolicy::Fail] {
+            let whole = scan_file(&file, len, policy, false);
+            if policy == CorruptPolicy::Skip {
+                assert!(
+                    whole.corrupt_count >= 1 && whole.corrupt_count == whole.corrupt.len() as u64,
+                    "{name}: {whole:?}"
+                );
+                assert!(
+                    !whole
+                        .corrupt
+                        .iter()
+                        .any(|(_, r)| r.contains("no readable frame")),
+                    "{name}: a real reason for every corrupt frame: {whole:?}"
+                );
+            } else {
+                assert!(whole.error.is_some(), "{name}: the fail policy must fail");
+            }
+            for range in [7, 50, 333, 1000, 4096, len / 3 + 1] {
+                for remote in [false, true] {
+                    if remote && ![50, 1000].contains(&range) {
+                        continue;
+                    }
+                    let split = scan_file(&file, range, policy, remote);
+                    if policy == CorruptPolicy::Skip {
+                        assert_eq!(split, whole, "{name}: range {range}, remote {remote}");
+                    } else if name != "everything" {
+                        // The same error, whether a range met it while
+                        // reading or it showed between two ranges.
+                        assert_eq!(
+                            split.error, whole.error,
+                            "{name}: range {range}, remote {remote}"
+                        );
+                    } else {
+                        // Several corruptions under the fail policy: which
+                        // range fails first depends on scheduling.
+                        assert!(split.error.is_some(), "{name}: range {range}");
+                    }
+                }
+            }
+        }
     }
 }

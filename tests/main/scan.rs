@@ -167,7 +167,7 @@ fn arrays_point_into_the_decode_buffer_and_slabs_return_to_the_pool() {
         let body = &file[o + 4..o + 4 + len];
         let info = check_body(body, off).unwrap();
         assert!(b.fits(info.content_size));
-        let dst = b.reserve(info.content_size);
+        let dst = b.reserve(info.content_size).unwrap();
         dec.decompress_into(body, info, dst, off).unwrap();
         let p = parse_payload(dst, off).unwrap();
         ts_ptrs.push(p.timestamps.as_ptr() as usize);
@@ -267,4 +267,332 @@ fn a_file_over_4_gib_is_read_whole_and_in_ranges() {
             assert!(ranges.iter().any(|r| r.start > 4 << 30 || r.end > 4 << 30));
         }
     });
+}
+
+#[test]
+fn a_payload_that_fails_to_decode_never_overflows_the_slab() {
+    // A reservation that is not committed (the payload failed to decode)
+    // leaves an empty batch holding a small slab; a bigger payload next used
+    // to hit the "slab overflow" assertion.
+    let pool = SlabPool::new(64);
+    let mut b = BatchBuilder::new(Arc::clone(&pool), 1024, "k.tsp", "org-mod-7");
+    b.reserve(80).unwrap();
+    assert!(b.fits(4096));
+    assert!(b.finish().unwrap().is_none());
+    assert_eq!(b.reserve(4096).unwrap().len(), 4096);
+    // A batch with rows refuses (an error, not a panic) what does not fit.
+    let mut rng = Rng(1);
+    let (file, _) = file_of(&[random_payload(&mut rng, 7, 3)]);
+    let body = &file[4..];
+    let info = check_body(body, 0).unwrap();
+    let mut dec = Decoder::new();
+    let mut b = BatchBuilder::new(Arc::clone(&pool), 1024, "k.tsp", "org-mod-7");
+    let dst = b.reserve(info.content_size).unwrap();
+    dec.decompress_into(body, info, dst, 0).unwrap();
+    let h = parse_payload(dst, 0).unwrap().header;
+    b.commit(&h, 0, false);
+    assert!(!b.fits(1 << 20));
+    assert!(b.reserve(1 << 20).is_err());
+}
+
+/// Writes `file` as the one payload file of shard org-mod-7 under `tmp`.
+fn put_file(tmp: &tempfile::TempDir, file: &[u8]) -> std::path::PathBuf {
+    let dir = tmp.path().join("org-mod-7/dt=2026-11-21/hour=00");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t+0+0000000000.tsp");
+    std::fs::write(&path, file).unwrap();
+    path
+}
+
+#[test]
+fn corrupt_payloads_mid_batch_under_the_skip_policy_never_panic() {
+    use tailor::format::payload::{PayloadWriter, encode_payload};
+    // Small slabs: every batch outgrows its slab; a payload that fails to
+    // decode sits before a bigger one, at the start of a batch and inside it.
+    let mut rng = Rng(31);
+    let mut file = Vec::new();
+    let mut good = 0;
+    let mut w = PayloadWriter::new(1);
+    for i in 0..40 {
+        let p = random_payload(&mut rng, 7, if i % 2 == 0 { 4 } else { 400 });
+        if i % 5 == 0 {
+            let mut raw = Vec::new();
+            encode_payload(&p.spec(), &mut raw);
+            raw[0] = b'X';
+            w.write_raw_frame(&raw, &mut file);
+        } else {
+            w.write_frame(&p.spec(), &mut file);
+            good += 1;
+        }
+    }
+    let tmp = tempdir();
+    put_file(&tmp, &file);
+    let rt = rt();
+    rt.block_on(async {
+        let root = StoreRoot::open(tmp.path().to_str().unwrap()).unwrap();
+        let listing = list_inputs(&root, None, &Window::default()).await.unwrap();
+        let mut opts = PayloadOptions::new(shard_map());
+        opts.on_corrupt = tailor::datasource::source::CorruptPolicy::Skip;
+        opts.slab_bytes = 64;
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_batch_size(3));
+        let log = PayloadTable::new(&root, listing.objects, opts, ScanLog::new())
+            .register(&ctx, &root, "payloads")
+            .unwrap();
+        assert_eq!(scalar(&ctx, "SELECT count(*) FROM payloads").await, good);
+        assert_eq!(log.totals().corrupt_frames, 8);
+    });
+}
+
+#[test]
+fn a_limit_is_not_taken_for_corruption() {
+    let mut rng = Rng(12);
+    let payloads: Vec<P> = (0..200).map(|_| random_payload(&mut rng, 7, 30)).collect();
+    let (file, _) = file_of(&payloads);
+    let tmp = tempdir();
+    put_file(&tmp, &file);
+    let rt = rt();
+    rt.block_on(async {
+        let root = StoreRoot::open(tmp.path().to_str().unwrap()).unwrap();
+        for sql in [
+            "SELECT frame_offset FROM payloads LIMIT 1",
+            "SELECT * FROM payloads LIMIT 3",
+        ] {
+            let (ctx, log) = table(&root, None, 3, 1000).await;
+            let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+            assert!(b.iter().map(|b| b.num_rows()).sum::<usize>() >= 1);
+            assert!(
+                log.tiling_errors().is_empty(),
+                "{sql}: {:?}",
+                log.tiling_errors()
+            );
+            assert!(log.corrupt().is_empty());
+            assert_eq!(log.totals().corrupt_frames, 0);
+        }
+    });
+}
+
+/// Scans the one file under `root` (listed before `damage` runs) and
+/// returns the error or the corrupt frames counted.
+async fn scan_after(
+    root: &StoreRoot,
+    range: u64,
+    policy: tailor::datasource::source::CorruptPolicy,
+    damage: impl FnOnce(),
+) -> (
+    Result<u64, datafusion::error::DataFusionError>,
+    Arc<ScanLog>,
+) {
+    let listing = list_inputs(root, None, &Window::default()).await.unwrap();
+    damage();
+    let mut opts = PayloadOptions::new(shard_map());
+    opts.on_corrupt = policy;
+    opts.range_bytes = range;
+    let ctx = SessionContext::new_with_config(
+        SessionConfig::new()
+            .with_target_partitions(2)
+            .with_repartition_file_min_size(range as usize),
+    );
+    let log = PayloadTable::new(root, listing.objects, opts, ScanLog::new())
+        .register(&ctx, root, "payloads")
+        .unwrap();
+    let r = ctx
+        .sql("SELECT count(*) FROM payloads")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .map(|b| b[0].column(0).as_primitive::<Int64Type>().value(0) as u64);
+    (r, log)
+}
+
+#[test]
+fn a_file_truncated_after_listing_is_reported_not_a_panic() {
+    use tailor::datasource::source::{CorruptPolicy, frame_error};
+    use tailor::format::payload::ErrorKind;
+    let mut rng = Rng(13);
+    let payloads: Vec<P> = (0..30).map(|_| random_payload(&mut rng, 7, 30)).collect();
+    let (file, offsets) = file_of(&payloads);
+    let len = file.len() as u64;
+    let rt = rt();
+    // Truncated at a frame boundary, then inside a frame.
+    for (cut, kind) in [
+        (
+            offsets[20],
+            ErrorKind::ObjectShorter {
+                listed: len,
+                found: offsets[20],
+            },
+        ),
+        (
+            offsets[20] + 10,
+            ErrorKind::Truncated {
+                needed: offsets[21] - offsets[20],
+                available: 10,
+            },
+        ),
+    ] {
+        for range in [len, 1000, 97] {
+            let tmp = tempdir();
+            let path = put_file(&tmp, &file);
+            let root = StoreRoot::open(tmp.path().to_str().unwrap()).unwrap();
+            let truncate = || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_len(cut)
+                    .unwrap()
+            };
+            let (r, log) = rt.block_on(scan_after(&root, range, CorruptPolicy::Fail, truncate));
+            let e = r.expect_err("a truncated file fails the scan");
+            let fe = frame_error(&e).unwrap_or_else(|| panic!("not a frame error: {e}"));
+            assert_eq!(
+                (fe.offset(), fe.kind()),
+                (offsets[20], &kind),
+                "range {range}"
+            );
+            assert!(fe.key.ends_with("t+0+0000000000.tsp"));
+            assert!(log.tiling_errors().is_empty());
+            std::fs::write(&path, &file).unwrap();
+            let (r, log) = rt.block_on(scan_after(&root, range, CorruptPolicy::Skip, truncate));
+            assert_eq!(r.unwrap(), 20, "range {range}");
+            assert!(log.tiling_errors().is_empty());
+            let corrupt = log.corrupt();
+            assert_eq!(corrupt.len(), 1, "range {range}: {corrupt:?}");
+            assert_eq!(corrupt[0].offset, offsets[20]);
+            assert_eq!(corrupt[0].reason, kind.to_string());
+        }
+    }
+}
+
+#[test]
+fn a_file_gone_after_listing_is_an_io_error() {
+    use tailor::datasource::source::{CorruptPolicy, frame_error};
+    let mut rng = Rng(14);
+    let (file, _) = file_of(&[random_payload(&mut rng, 7, 30)]);
+    let tmp = tempdir();
+    let path = put_file(&tmp, &file);
+    let rt = rt();
+    let root = StoreRoot::open(tmp.path().to_str().unwrap()).unwrap();
+    for policy in [CorruptPolicy::Fail, CorruptPolicy::Skip] {
+        std::fs::write(&path, &file).unwrap();
+        let (r, log) = rt.block_on(scan_after(&root, 1 << 30, policy, || {
+            std::fs::remove_file(&path).unwrap()
+        }));
+        let e = r.expect_err("a vanished file fails the scan, whatever the policy");
+        assert!(frame_error(&e).is_none(), "not corruption: {e}");
+        assert!(e.to_string().contains("t+0+0000000000.tsp"), "{e}");
+        assert_eq!(log.totals().corrupt_frames, 0);
+        let job = tailor::job::JobError::DataFusion(e);
+        assert_eq!(tailor::cli::exit_code(&job), tailor::cli::EXIT_IO, "{job}");
+    }
+}
+
+fn query_args(input: &str, sql: &str) -> tailor::cli::query::QueryArgs {
+    tailor::cli::query::QueryArgs {
+        input: input.into(),
+        shard: None,
+        from: None,
+        to: None,
+        format: tailor::cli::query::OutputFormat::Csv,
+        on_corrupt: tailor::datasource::source::CorruptPolicy::Fail,
+        shard_map: None,
+        target_partitions: Some(2),
+        range_bytes: None,
+        out: None,
+        sql: sql.into(),
+    }
+}
+
+#[test]
+fn query_fails_on_a_corrupt_frame_at_a_range_boundary_with_its_real_reason() {
+    use tailor::format::payload::ErrorKind;
+    let mut rng = Rng(15);
+    let mut payloads: Vec<P> = (0..12)
+        .map(|_| random_payload(&mut rng, 7, 60))
+        .filter(|p| p.ts.len() > 4)
+        .collect();
+    // Frame 0 holds one point: smaller than any other.
+    payloads[0].ts.truncate(1);
+    payloads[0].vals.truncate(1);
+    payloads[0].meta.clear();
+    let (mut file, offsets) = file_of(&payloads);
+    // Frame 6's body replaced by frame 0's, zero-padded: the length prefix
+    // and the chain are intact, the body is not one zstd frame.
+    let (a, b) = (offsets[6] as usize, offsets[7] as usize);
+    let small = offsets[1] as usize - 4;
+    assert!(small < b - a - 4);
+    let body0 = file[4..4 + small].to_vec();
+    file[a + 4..a + 4 + small].copy_from_slice(&body0);
+    file[a + 4 + small..b].fill(0);
+    let tmp = tempdir();
+    put_file(&tmp, &file);
+    let input = tmp.path().to_str().unwrap().to_string();
+    let rt = rt();
+    // Ranges of offsets[6] bytes: frame 6 is where the first range hands over.
+    for range in [offsets[6], offsets[6] - 1, 1 << 30] {
+        let mut args = query_args(&input, "SELECT count(*) FROM payloads");
+        args.range_bytes = Some(range.to_string());
+        let e = rt
+            .block_on(tailor::cli::query::main(args))
+            .expect_err("the fail policy fails the query");
+        assert_eq!(
+            tailor::cli::exit_code(&e),
+            tailor::cli::EXIT_DATA,
+            "range {range}: {e}"
+        );
+        let tailor::job::JobError::DataFusion(d) = &e else {
+            panic!("range {range}: {e}");
+        };
+        let fe = tailor::datasource::source::frame_error(d).expect("a frame error");
+        assert_eq!(fe.offset(), offsets[6], "range {range}");
+        assert!(
+            matches!(fe.kind(), ErrorKind::BodyNotOneFrame { .. }),
+            "range {range}: the real reason, not {:?}",
+            fe.kind()
+        );
+    }
+}
+
+#[test]
+fn query_flags_are_checked_before_anything_is_read() {
+    // An input whose only file is corrupt: reading it would fail with 65.
+    let tmp = tempdir();
+    put_file(&tmp, b"garbage garbage garbage");
+    let input = tmp.path().to_str().unwrap().to_string();
+    let rt = rt();
+    let sql = "SELECT count(*) FROM payloads";
+    let mut bad = Vec::new();
+    let mut a = query_args(&input, sql);
+    a.shard = Some("org-mod-x".into());
+    bad.push(("bad shard name", a));
+    let mut a = query_args(&input, sql);
+    a.shard = Some("org-mod-64".into());
+    bad.push(("shard not in the map", a));
+    let mut a = query_args(&input, sql);
+    a.format = tailor::cli::query::OutputFormat::Parquet;
+    bad.push(("parquet without --out", a));
+    let mut a = query_args(&input, sql);
+    a.range_bytes = Some("lots".into());
+    bad.push(("bad range size", a));
+    let mut a = query_args(&input, sql);
+    a.from = Some(tailor::datasource::listing::Hour::parse("2026-11-21T05").unwrap());
+    a.to = Some(tailor::datasource::listing::Hour::parse("2026-11-21T04").unwrap());
+    bad.push(("--from after --to", a));
+    let mut a = query_args("nosuchscheme://x/y", sql);
+    a.input = "nosuchscheme://x/y".into();
+    bad.push(("bad URL", a));
+    for (what, args) in bad {
+        let e = rt.block_on(tailor::cli::query::main(args)).expect_err(what);
+        assert_eq!(
+            tailor::cli::exit_code(&e),
+            tailor::cli::EXIT_USAGE,
+            "{what}: {e}"
+        );
+    }
+    // The input itself is read only once the flags are fine.
+    let e = rt
+        .block_on(tailor::cli::query::main(query_args(&input, sql)))
+        .unwrap_err();
+    assert_eq!(tailor::cli::exit_code(&e), tailor::cli::EXIT_DATA, "{e}");
 }
