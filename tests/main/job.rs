@@ -72,7 +72,7 @@ fn reference(input: &Path, shard: &str) -> Content {
                 .unwrap() as usize;
             let body = &bytes[pos + 4..pos + 4 + len];
             let info = check_body(body, 0).unwrap();
-            let mut buf = vec![0u64; info.content_size / 8];
+            let mut buf = vec![0u64; info.content_size.div_ceil(8)];
             let b = unsafe {
                 std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, info.content_size)
             };
