@@ -918,14 +918,27 @@ fn shuffle_decode(data: &[u8], n: usize, base: u64) -> Result<impl Iterator<Item
     }))
 }
 
-/// `Some(i)` if `f64::from_bits(v) == i / 10^d` bit for bit, `|i| < 2^53`.
-fn decimal_exact(v: u64, d: u8) -> Option<i64> {
+/// The parameters of a decimal value stream: `d` digits and divisor `q`;
+/// a regular value is `(k / 10^d) / q` (`q = 1`: no division).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DecimalParams {
+    d: u8,
+    q: u8,
+}
+
+/// Flag in the decimal stream's first byte: a divisor byte follows.
+const DECIMAL_DIVIDED: u8 = 0x80;
+
+/// `Some(i)` if `f64::from_bits(v) == (i / 10^d) / q` bit for bit (no
+/// division when `q == 1`), `|i| < 2^53`.
+fn decimal_exact(v: u64, p: DecimalParams) -> Option<i64> {
     let f = f64::from_bits(v);
     if !f.is_finite() {
         return None;
     }
-    let scale = POW10[usize::from(d)];
-    let s = f * scale;
+    let scale = POW10[usize::from(p.d)];
+    let q = f64::from(p.q);
+    let s = if p.q == 1 { f * scale } else { f * q * scale };
     if s.abs() >= TWO_POW_53 {
         return None;
     }
@@ -936,18 +949,34 @@ fn decimal_exact(v: u64, d: u8) -> Option<i64> {
     } else {
         (s + 0.5f64.copysign(s)) as i64
     };
-    ((i as f64) / scale).to_bits().eq(&v).then_some(i)
+    (decimal_value(i, scale, p.q) == v).then_some(i)
 }
 
-/// Writes the decimal stream with `d` digits; returns the number of
+/// The bits of regular decimal value `k`: `(k / scale) / q`.
+#[inline]
+fn decimal_value(k: i64, scale: f64, q: u8) -> u64 {
+    let f = (k as f64) / scale;
+    if q == 1 {
+        f.to_bits()
+    } else {
+        (f / f64::from(q)).to_bits()
+    }
+}
+
+/// Writes the decimal stream with parameters `p`; returns the number of
 /// exceptions (values written as raw bits).
-fn decimal_encode_with(vals: &[u64], d: u8, out: &mut Vec<u8>) -> usize {
+fn decimal_encode_with(vals: &[u64], p: DecimalParams, out: &mut Vec<u8>) -> usize {
     out.clear();
-    out.push(d);
+    if p.q == 1 {
+        out.push(p.d);
+    } else {
+        out.push(p.d | DECIMAL_DIVIDED);
+        out.push(p.q);
+    }
     let mut prev = 0i64;
     let mut exceptions = 0;
     for &v in vals {
-        match decimal_exact(v, d) {
+        match decimal_exact(v, p) {
             Some(i) => {
                 put_varint(out, zz(i - prev) << 1);
                 prev = i;
@@ -962,28 +991,84 @@ fn decimal_encode_with(vals: &[u64], d: u8, out: &mut Vec<u8>) -> usize {
     exceptions
 }
 
-/// The digit count a block's decimal stream uses: the largest minimal digit
-/// count among the first [`DECIMAL_SAMPLE`] values that have one (values
-/// that need more digits, or are not finite, become exceptions). `None`
-/// when none of them is a short decimal.
-fn decimal_digits(vals: &[u64]) -> Option<u8> {
+/// The smallest digit count at which `v` is regular with divisor `q`.
+fn min_digits(v: u64, q: u8) -> Option<u8> {
+    min_digits_upto(v, q, MAX_DECIMALS)
+}
+
+/// The smallest digit count up to `max` at which `v` is regular with
+/// divisor `q`.
+fn min_digits_upto(v: u64, q: u8, max: u8) -> Option<u8> {
+    (0..=max).find(|&d| decimal_exact(v, DecimalParams { d, q }).is_some())
+}
+
+/// Most digits the writer tries with a divisor: more would rarely be
+/// smaller than the XOR streams, and each try costs a division.
+const MAX_DIVIDED_DIGITS: u8 = 6;
+
+/// The digit count a block's decimal stream uses with divisor `q`: the
+/// largest minimal digit count among the first [`DECIMAL_SAMPLE`] values
+/// that have one (values that need more digits, or are not finite, become
+/// exceptions). `None` when none of them is a short decimal.
+fn decimal_digits(vals: &[u64], q: u8) -> Option<u8> {
     vals.iter()
         .take(DECIMAL_SAMPLE)
-        .filter_map(|&v| (0..=MAX_DECIMALS).find(|&d| decimal_exact(v, d).is_some()))
+        .filter_map(|&v| min_digits(v, q))
         .max()
 }
 
-/// Values sampled to choose the decimal digit count.
+/// For blocks that are not short decimals: a divisor `q` in 2..=255 at
+/// which the block's first [`DECIMAL_SAMPLE`] values are mostly short
+/// decimals (at most [`MAX_DIVIDED_DIGITS`] digits) divided by `q` (rates
+/// such as `count / 15` or `sum / 3`, written at full precision). A
+/// divisor qualifies when the first finite non-zero sampled value and at
+/// least three quarters of the sampled values are; the one at which most
+/// sampled values are wins, then the one with the fewest digits, then the
+/// smallest.
+fn decimal_divisor(vals: &[u64]) -> Option<DecimalParams> {
+    let sample = &vals[..vals.len().min(DECIMAL_SAMPLE)];
+    let &first = sample.iter().find(|&&v| {
+        let f = f64::from_bits(v);
+        f.is_finite() && f != 0.0
+    })?;
+    // (regular sampled values, params)
+    let mut best: Option<(usize, DecimalParams)> = None;
+    for q in 2..=255u8 {
+        let Some(d0) = min_digits_upto(first, q, MAX_DIVIDED_DIGITS) else {
+            continue;
+        };
+        let mut regular = 0;
+        let mut d = d0;
+        for &v in sample {
+            if let Some(dv) = min_digits_upto(v, q, MAX_DIVIDED_DIGITS) {
+                regular += 1;
+                d = d.max(dv);
+            }
+        }
+        let better = best.is_none_or(|(r, b)| regular > r || (regular == r && d < b.d));
+        if regular * 4 >= sample.len() * 3 && better {
+            best = Some((regular, DecimalParams { d, q }));
+            if regular == sample.len() && d == 0 {
+                break;
+            }
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// Values sampled to choose the decimal digit count and divisor.
 const DECIMAL_SAMPLE: usize = 16;
 
-/// Writes the decimal stream; returns the number of exceptions.
+/// Writes the decimal stream (divisor 1); returns the number of exceptions.
 fn decimal_encode(vals: &[u64], out: &mut Vec<u8>) -> usize {
-    decimal_encode_with(vals, decimal_digits(vals).unwrap_or(0), out)
+    let d = decimal_digits(vals, 1).unwrap_or(0);
+    decimal_encode_with(vals, DecimalParams { d, q: 1 }, out)
 }
 
 fn decimal_decode(data: &[u8], n: usize, base: u64, out: &mut Vec<u64>) -> Result<()> {
     let mut c = Cur::new(data, base);
-    let d = c.u8()?;
+    let b0 = c.u8()?;
+    let d = b0 & !DECIMAL_DIVIDED;
     if d > MAX_DECIMALS {
         return Err(TsfError::ValueOutOfRange {
             offset: base,
@@ -992,6 +1077,16 @@ fn decimal_decode(data: &[u8], n: usize, base: u64, out: &mut Vec<u64>) -> Resul
             max: u64::from(MAX_DECIMALS),
         });
     }
+    let q = if b0 & DECIMAL_DIVIDED != 0 {
+        let off = c.off();
+        let q = c.u8()?;
+        if q < 2 {
+            return Err(corrupt(off, "decimal divisor below 2"));
+        }
+        q
+    } else {
+        1
+    };
     let scale = POW10[usize::from(d)];
     let mut prev = 0i64;
     for _ in 0..n {
@@ -999,7 +1094,7 @@ fn decimal_decode(data: &[u8], n: usize, base: u64, out: &mut Vec<u64>) -> Resul
         let tok = c.varint()?;
         if tok & 1 == 0 {
             prev = prev.wrapping_add(unzz(tok >> 1));
-            out.push(((prev as f64) / scale).to_bits());
+            out.push(decimal_value(prev, scale, q));
         } else if tok == 1 {
             out.push(c.u64()?);
         } else {
@@ -1200,7 +1295,8 @@ impl Encoder {
     /// * timestamps: the plain sizes of the six bit and varint encodings
     ///   are computed from their codes, the smallest is written, then zstd
     ///   over it is kept if smaller (when it is over 64 bytes);
-    /// * values: the decimal stream; when at most a quarter of the values
+    /// * values: the decimal stream (divisor 1, else the best small divisor);
+    ///   when at most a quarter of the values
     ///   are exceptions, it plain or under zstd; otherwise also Gorilla and
     ///   the byte-shuffled XOR stream under zstd; raw when nothing is
     ///   smaller than 8 bytes a value.
@@ -1265,8 +1361,26 @@ impl Encoder {
         // Values. `vsec` holds the best candidate so far, `vc` its codec.
         // Mostly short decimals (at most a quarter exceptions): the decimal
         // stream, plain or zstd; the XOR streams rarely beat it there.
-        let decimal = decimal_digits(vals)
-            .is_some_and(|d| decimal_encode_with(vals, d, &mut self.plain) * 4 <= vals.len());
+        // Short decimals first (divisor 1). When there are none, too many
+        // exceptions, or many digits (any double near 16 is a 14-digit
+        // decimal), also short decimals divided by a small integer (rates
+        // written at full precision); the smaller plain stream wins.
+        let mut decimal = false;
+        let d1 = decimal_digits(vals, 1);
+        if let Some(d) = d1 {
+            let p = DecimalParams { d, q: 1 };
+            decimal = decimal_encode_with(vals, p, &mut self.plain) * 4 <= vals.len();
+        }
+        if !decimal || d1.is_some_and(|d| d > MAX_DIVIDED_DIGITS) {
+            if let Some(p) = decimal_divisor(vals) {
+                let exceptions = decimal_encode_with(vals, p, &mut self.zbuf);
+                if exceptions * 4 <= vals.len() && (!decimal || self.zbuf.len() < self.plain.len())
+                {
+                    std::mem::swap(&mut self.plain, &mut self.zbuf);
+                    decimal = true;
+                }
+            }
+        }
         let mut vc = codec::VAL_RAW;
         self.vsec.clear();
         if decimal {
@@ -2349,7 +2463,8 @@ mod tests {
     }
 
     fn random_series(rng: &mut Rng, n: usize) -> (Vec<i64>, Vec<u64>) {
-        let style = rng.below(6);
+        let style = rng.below(7);
+        let q = [3u8, 7, 15, 60][rng.below(4) as usize];
         let mut ts = Vec::with_capacity(n);
         let mut t: i64 = match rng.below(4) {
             0 => i64::MIN + rng.below(1000) as i64,
@@ -2389,6 +2504,11 @@ mod tests {
                 2 => ((i as u64 / 3) as f64).to_bits(),
                 3 => specials[rng.below(specials.len() as u64) as usize],
                 4 => 42.5f64.to_bits(),
+                // A rate: a short decimal divided by a small integer.
+                5 => {
+                    v += rng.normal();
+                    ((v * 100.0).round() / 100.0 / f64::from(q)).to_bits()
+                }
                 _ => {
                     if rng.below(10) == 0 {
                         specials[rng.below(specials.len() as u64) as usize]
@@ -2655,6 +2775,70 @@ mod tests {
         let mut enc = Encoder::new(3).unwrap();
         let (c, _) = enc.encode_best(&ts, &vals).unwrap();
         assert_eq!(c & 0x70, codec::VAL_DECIMAL, "codec {c:#04x}");
+    }
+
+    #[test]
+    fn rates_that_are_decimals_divided_by_a_small_integer_use_the_divided_stream() {
+        let ts: Vec<i64> = (0..2048).map(|k| k * 15_000).collect();
+        for q in [3u8, 7, 15, 60] {
+            let vals: Vec<u64> = (0..2048)
+                .map(|k| {
+                    let gauge = (5000 + (k * 37) % 1999) as f64 / 100.0;
+                    (gauge / f64::from(q)).to_bits()
+                })
+                .collect();
+            // Mostly not short decimals themselves.
+            let p1 = DecimalParams {
+                d: decimal_digits(&vals, 1).unwrap_or(0),
+                q: 1,
+            };
+            assert!(decimal_encode_with(&vals, p1, &mut Vec::new()) * 4 > vals.len());
+            let mut enc = Encoder::new(3).unwrap();
+            let (c, block) = enc.encode_best(&ts, &vals).unwrap();
+            assert_eq!(c & 0x70, codec::VAL_DECIMAL, "q {q}: codec {c:#04x}");
+            assert!(block.len() < vals.len() * 2, "q {q}: {} bytes", block.len());
+            let series = vec![(1, 2, 0, 15, String::new(), ts.clone(), vals)];
+            let (bytes, _) = write_file(&series, WriterOptions::default());
+            check_roundtrip(&series, &bytes);
+        }
+    }
+
+    #[test]
+    fn divided_decimal_stream_decodes_and_rejects_bad_headers() {
+        // d = 2, q = 3: 1234 -> (12.34 / 3), then +1 -> (12.35 / 3), then an
+        // exception (NaN bits).
+        let nan = f64::NAN.to_bits() | 5;
+        let mut data = vec![0x82, 3];
+        put_varint(&mut data, zz(1234) << 1);
+        put_varint(&mut data, zz(1) << 1);
+        data.push(1);
+        data.extend_from_slice(&nan.to_le_bytes());
+        let mut out = Vec::new();
+        decimal_decode(&data, 3, 0, &mut out).unwrap();
+        assert_eq!(
+            out,
+            [(12.34f64 / 3.0).to_bits(), (12.35f64 / 3.0).to_bits(), nan]
+        );
+        // A divisor below 2 and digits over 15 are corrupt.
+        for bad in [
+            vec![0x82u8, 1, 0],
+            vec![0x82, 0, 0],
+            vec![0x90, 0],
+            vec![0xa0, 3, 0],
+        ] {
+            let mut out = Vec::new();
+            assert!(decimal_decode(&bad, 1, 0, &mut out).is_err(), "{bad:02x?}");
+        }
+        // The writer's stream for the same values round-trips.
+        let vals = [out_of(12.34 / 3.0), out_of(12.35 / 3.0), nan];
+        let p = DecimalParams { d: 2, q: 3 };
+        let mut enc = Vec::new();
+        assert_eq!(decimal_encode_with(&vals, p, &mut enc), 1);
+        assert_eq!(enc, data);
+    }
+
+    fn out_of(f: f64) -> u64 {
+        f.to_bits()
     }
 
     /// The worked example of docs/output-format.md, byte for byte.

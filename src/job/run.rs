@@ -277,6 +277,10 @@ pub fn session(
         opts.execution.sort_spill_reservation_bytes = (pool / 2 / sorts).clamp(32 << 10, 1 << 30);
         opts.execution.sort_in_place_threshold_bytes =
             (limit / 64).clamp(16 << 10, 1 << 20) as usize;
+        // Spills stay uncompressed (DataFusion's default): lz4_frame halved
+        // the spilled bytes but doubled the job's wall time at a limit of
+        // 1/10 of the input (256 MiB input: 7.1 s -> 15.5 s), the spill
+        // files being read back from the page cache anyway.
     }
     let ctx = SessionContext::new_with_config_rt(sc, runtime);
     ctx.register_udf(PackPoints::udf());
