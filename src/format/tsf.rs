@@ -1371,14 +1371,13 @@ impl Encoder {
             let p = DecimalParams { d, q: 1 };
             decimal = decimal_encode_with(vals, p, &mut self.plain) * 4 <= vals.len();
         }
-        if !decimal || d1.is_some_and(|d| d > MAX_DIVIDED_DIGITS) {
-            if let Some(p) = decimal_divisor(vals) {
-                let exceptions = decimal_encode_with(vals, p, &mut self.zbuf);
-                if exceptions * 4 <= vals.len() && (!decimal || self.zbuf.len() < self.plain.len())
-                {
-                    std::mem::swap(&mut self.plain, &mut self.zbuf);
-                    decimal = true;
-                }
+        if (!decimal || d1.is_some_and(|d| d > MAX_DIVIDED_DIGITS))
+            && let Some(p) = decimal_divisor(vals)
+        {
+            let exceptions = decimal_encode_with(vals, p, &mut self.zbuf);
+            if exceptions * 4 <= vals.len() && (!decimal || self.zbuf.len() < self.plain.len()) {
+                std::mem::swap(&mut self.plain, &mut self.zbuf);
+                decimal = true;
             }
         }
         let mut vc = codec::VAL_RAW;
