@@ -11,7 +11,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, LargeBinaryArray, ListArray, PrimitiveArray,
+    Array, ArrayRef, AsArray, BinaryViewArray, BinaryViewBuilder, ListArray, PrimitiveArray,
+    make_view,
 };
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{ArrowPrimitiveType, DataType, Float64Type, Int64Type};
@@ -100,21 +101,28 @@ impl ScalarUDFImpl for Compact {
     }
 }
 
-/// `pack_points(timestamps, values)`: one `LargeBinary` per payload holding
-/// its points as interleaved little-endian `(timestamp i64, value bits u64)`
-/// pairs, 16 bytes a point, in payload order.
+/// `raw_points(timestamps, values)`: each payload row as one `BinaryView`
+/// of `16 n` bytes: its `n` timestamps, then its `n` value bits, 8 bytes
+/// each, little-endian. The scan decodes a payload's values right after its
+/// timestamps in the decode slab, so the view points at those bytes and
+/// **nothing is copied** (lists laid out otherwise are copied into a new
+/// buffer, once).
 ///
-/// The job groups payload rows with DataFusion's sort: a single bytes
-/// column is taken, merged and spilled with tight copies (arrow's
-/// specialised byte kernels), where two list columns go through the
-/// generic per-row path; and the pairs are the layout the series merge
-/// sorts, so a row becomes one copy into it.
+/// The job groups payload rows with DataFusion's sort. Views make that sort
+/// move 16 bytes a row, however many points the row has: sorting a batch
+/// and merging the sorted runs copy views, not points, so no point is
+/// copied between zstd writing it and the series merge reading it. Slabs
+/// stay alive until the last row viewing them is consumed; a spilling sort
+/// compacts (garbage-collects) view arrays before writing them, so each
+/// spilled point is written once. One view column per slab matters:
+/// DataFusion's sort estimates a batch's size as its buffers plus, per view
+/// column, the view buffers in full.
 #[derive(Debug, PartialEq, Eq, Hash)]
-pub struct PackPoints {
+pub struct RawPoints {
     signature: Signature,
 }
 
-impl PackPoints {
+impl RawPoints {
     pub fn new() -> Self {
         Self {
             signature: Signature::any(2, Volatility::Immutable),
@@ -125,28 +133,24 @@ impl PackPoints {
     }
 }
 
-impl Default for PackPoints {
+impl Default for RawPoints {
     fn default() -> Self {
         Self::new()
     }
 }
 
-/// Each row's (offset, length) in a list's child values.
-type Spans = Vec<(usize, usize)>;
+/// The child buffer of an `Int64` or `Float64` list's values.
+fn child_buffer(v: &dyn Array) -> Result<Buffer> {
+    match v.data_type() {
+        DataType::Int64 => Ok(v.as_primitive::<Int64Type>().values().inner().clone()),
+        DataType::Float64 => Ok(v.as_primitive::<Float64Type>().values().inner().clone()),
+        other => exec_err!("raw_points() takes Int64 or Float64 lists, got {other}"),
+    }
+}
 
-/// The (offset, size) spans and child values of an `Int64` or `Float64`
-/// list view or list, values as raw 64-bit patterns.
-fn list_parts(a: &dyn Array) -> Result<(Spans, &[u64])> {
-    let bits = |v: &dyn Array| -> Result<&[u64]> {
-        let data = match v.data_type() {
-            DataType::Int64 => v.as_primitive::<Int64Type>().values().inner().as_slice(),
-            DataType::Float64 => v.as_primitive::<Float64Type>().values().inner().as_slice(),
-            other => return exec_err!("pack_points() takes Int64 or Float64 lists, got {other}"),
-        };
-        // SAFETY: arrow primitive buffers are aligned for their 8-byte type.
-        Ok(unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u64, data.len() / 8) })
-    };
-    match a.data_type() {
+/// Each row's (offset, length) in a list's child values, and the child's buffer.
+fn list_parts(a: &dyn Array) -> Result<(Vec<(usize, usize)>, Buffer)> {
+    let (spans, buf): (Vec<(usize, usize)>, Buffer) = match a.data_type() {
         DataType::ListView(_) => {
             let lv = a.as_list_view::<i32>();
             let spans = lv
@@ -155,7 +159,7 @@ fn list_parts(a: &dyn Array) -> Result<(Spans, &[u64])> {
                 .zip(lv.sizes().iter())
                 .map(|(&o, &s)| (o as usize, s as usize))
                 .collect();
-            Ok((spans, bits(lv.values().as_ref())?))
+            (spans, child_buffer(lv.values().as_ref())?)
         }
         DataType::List(_) => {
             let l = a.as_list::<i32>();
@@ -164,15 +168,74 @@ fn list_parts(a: &dyn Array) -> Result<(Spans, &[u64])> {
                 .windows(2)
                 .map(|w| (w[0] as usize, (w[1] - w[0]) as usize))
                 .collect();
-            Ok((spans, bits(l.values().as_ref())?))
+            (spans, child_buffer(l.values().as_ref())?)
         }
-        other => exec_err!("pack_points() takes lists, got {other}"),
+        other => return exec_err!("raw_points() takes lists, got {other}"),
+    };
+    if let Some(&(o, n)) = spans.iter().find(|&&(o, n)| (o + n) * 8 > buf.len()) {
+        return exec_err!(
+            "raw_points(): a list row ({o}, {n}) lies outside its {} child values",
+            buf.len() / 8
+        );
     }
+    Ok((spans, buf))
 }
 
-impl ScalarUDFImpl for PackPoints {
+/// The rows of `ts` and `vals` as `16 n`-byte views (see [`RawPoints`]).
+pub fn raw_points(ts: &dyn Array, vals: &dyn Array) -> Result<BinaryViewArray> {
+    let (ts_spans, ts_buf) = list_parts(ts)?;
+    let (val_spans, val_buf) = list_parts(vals)?;
+    if ts_spans.len() != val_spans.len() {
+        return exec_err!("raw_points(): columns of different lengths");
+    }
+    if let Some((t, v)) = ts_spans.iter().zip(&val_spans).find(|(t, v)| t.1 != v.1) {
+        return exec_err!(
+            "raw_points(): {} timestamps but {} values in a row",
+            t.1,
+            v.1
+        );
+    }
+    let nulls = ts.nulls().cloned();
+    let in_place = ts_buf.as_ptr() == val_buf.as_ptr()
+        && ts_buf.len() == val_buf.len()
+        && u32::try_from(ts_buf.len()).is_ok()
+        && ts_spans
+            .iter()
+            .zip(&val_spans)
+            .all(|(&(to, n), &(vo, _))| vo == to + n);
+    if in_place {
+        let data = ts_buf.as_slice();
+        let views: Vec<u128> = ts_spans
+            .iter()
+            .map(|&(o, n)| make_view(&data[o * 8..(o + 2 * n) * 8], 0, (o * 8) as u32))
+            .collect();
+        // SAFETY: every view was made by `make_view` over bytes of buffer 0
+        // at the offset it records: values follow timestamps, so
+        // [o, o + 2n) lies inside the buffer (both spans were bounds
+        // checked), the offset fits in u32 because the whole buffer does,
+        // and binary views need no UTF-8.
+        return Ok(unsafe { BinaryViewArray::new_unchecked(views.into(), vec![ts_buf], nulls) });
+    }
+    let (t, v) = (ts_buf.as_slice(), val_buf.as_slice());
+    let mut b = BinaryViewBuilder::with_capacity(ts_spans.len());
+    let mut row = Vec::new();
+    for (&(to, n), &(vo, _)) in ts_spans.iter().zip(&val_spans) {
+        row.clear();
+        row.extend_from_slice(&t[to * 8..(to + n) * 8]);
+        row.extend_from_slice(&v[vo * 8..(vo + n) * 8]);
+        b.append_value(&row);
+    }
+    let copied = b.finish();
+    Ok(BinaryViewArray::try_new(
+        copied.views().clone(),
+        copied.data_buffers().to_vec(),
+        nulls,
+    )?)
+}
+
+impl ScalarUDFImpl for RawPoints {
     fn name(&self) -> &str {
-        "pack_points"
+        "raw_points"
     }
 
     fn signature(&self) -> &Signature {
@@ -180,38 +243,108 @@ impl ScalarUDFImpl for PackPoints {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::LargeBinary)
+        Ok(DataType::BinaryView)
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let (ColumnarValue::Array(ts), ColumnarValue::Array(vals)) = (&args.args[0], &args.args[1])
         else {
-            return exec_err!("pack_points() takes two columns");
+            return exec_err!("raw_points() takes two columns");
         };
-        let (ts_spans, ts_bits) = list_parts(ts.as_ref())?;
-        let (val_spans, val_bits) = list_parts(vals.as_ref())?;
-        if ts_spans.len() != val_spans.len() {
-            return exec_err!("pack_points(): columns of different lengths");
-        }
-        let total: usize = ts_spans.iter().map(|s| s.1).sum();
-        let mut data: Vec<u8> = Vec::with_capacity(total * 16);
-        let mut offsets: Vec<i64> = Vec::with_capacity(ts_spans.len() + 1);
-        offsets.push(0);
-        for (&(to, tn), &(vo, vn)) in ts_spans.iter().zip(&val_spans) {
-            if tn != vn {
-                return exec_err!("pack_points(): {tn} timestamps but {vn} values in a row");
-            }
-            for (t, v) in ts_bits[to..to + tn].iter().zip(&val_bits[vo..vo + vn]) {
-                data.extend_from_slice(&t.to_le_bytes());
-                data.extend_from_slice(&v.to_le_bytes());
-            }
-            offsets.push(data.len() as i64);
-        }
-        let out = LargeBinaryArray::try_new(
-            OffsetBuffer::new(offsets.into()),
-            Buffer::from_vec(data),
-            ts.nulls().cloned(),
-        )?;
-        Ok(ColumnarValue::Array(Arc::new(out)))
+        Ok(ColumnarValue::Array(Arc::new(raw_points(
+            ts.as_ref(),
+            vals.as_ref(),
+        )?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float64Array, Int64Array, ListViewArray};
+    use datafusion::arrow::datatypes::Field;
+
+    fn list_view(
+        t: DataType,
+        offsets: Vec<i32>,
+        sizes: Vec<i32>,
+        child: ArrayRef,
+    ) -> ListViewArray {
+        ListViewArray::new(
+            Arc::new(Field::new_list_field(t, false)),
+            ScalarBuffer::from(offsets),
+            ScalarBuffer::from(sizes),
+            child,
+            None,
+        )
+    }
+
+    fn words(b: &[u8]) -> Vec<u64> {
+        b.chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn values_after_timestamps_are_viewed_in_place_without_copying() {
+        // One slab as the scan lays it out: payload A (2 points) at words
+        // 0..4, padding at 4, payload B (1 point) at 5..7, C (0 points).
+        let slab = Buffer::from_vec(vec![10i64, 11, 100, 101, 0, 20, 200]);
+        let ts_child: ArrayRef =
+            Arc::new(Int64Array::new(ScalarBuffer::new(slab.clone(), 0, 7), None));
+        let val_child: ArrayRef = Arc::new(Float64Array::new(
+            ScalarBuffer::new(slab.clone(), 0, 7),
+            None,
+        ));
+        let ts = list_view(DataType::Int64, vec![0, 5, 7], vec![2, 1, 0], ts_child);
+        let vals = list_view(DataType::Float64, vec![2, 6, 7], vec![2, 1, 0], val_child);
+        let b = raw_points(&ts, &vals).unwrap();
+        assert_eq!(words(b.value(0)), [10, 11, 100, 101]);
+        assert_eq!(words(b.value(1)), [20, 200]);
+        assert!(b.value(2).is_empty());
+        // The one data buffer is the slab itself, and row A's bytes are the
+        // slab's first 32.
+        assert_eq!(b.data_buffers().len(), 1);
+        assert_eq!(b.data_buffers()[0].as_ptr(), slab.as_ptr());
+        assert_eq!(b.value(0).as_ptr(), slab.as_ptr());
+    }
+
+    #[test]
+    fn lists_laid_out_otherwise_are_copied_with_float_bits_kept() {
+        let vals = [f64::NAN, -0.0, f64::from_bits(0x7ff8_0000_0000_0001), 1.5];
+        let v = ListArray::new(
+            Arc::new(Field::new_list_field(DataType::Float64, false)),
+            OffsetBuffer::new(vec![0, 3, 4].into()),
+            Arc::new(Float64Array::from(vals.to_vec())),
+            None,
+        );
+        let t = list_view(
+            DataType::Int64,
+            vec![1, 0],
+            vec![3, 1],
+            Arc::new(Int64Array::from(vec![7, 1, 2, 3])),
+        );
+        let b = raw_points(&t, &v).unwrap();
+        let bits: Vec<u64> = vals.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(words(b.value(0)), [1, 2, 3, bits[0], bits[1], bits[2]]);
+        assert_eq!(words(b.value(1)), [7, bits[3]]);
+    }
+
+    #[test]
+    fn rows_whose_lengths_differ_are_an_error() {
+        let t = list_view(
+            DataType::Int64,
+            vec![0],
+            vec![2],
+            Arc::new(Int64Array::from(vec![1, 2])),
+        );
+        let v = list_view(
+            DataType::Float64,
+            vec![0],
+            vec![1],
+            Arc::new(Float64Array::from(vec![1.0])),
+        );
+        let e = raw_points(&t, &v).unwrap_err().to_string();
+        assert!(e.contains("2 timestamps but 1 values"), "{e}");
     }
 }

@@ -4,8 +4,9 @@
 //! list       input objects of the shard and window (sizes, ETags)    listing.rs
 //! scan       DataSourceExec(PayloadSource): frames -> payload rows    datasource/
 //!            (misrouted rows filtered in the scan, counted in ScanLog)
-//! group      pack_points(list views) -> SortExec per partition (spills
-//!            under the memory pool) -> SortPreservingMergeExec, by
+//! group      raw_points(list views): points as binary views into the
+//!            decode slabs, never copied -> CoalescePartitions -> one
+//!            SortExec (spills under the memory pool), by
 //!            (org_id, metric_id, object_key, frame_offset): every
 //!            series' payloads arrive together, in input order; they
 //!            are gathered per series                                  SeriesMerger
@@ -35,7 +36,7 @@ use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 
-use crate::datasource::compact::PackPoints;
+use crate::datasource::compact::RawPoints;
 use crate::datasource::listing::{Listing, Window, list_inputs};
 use crate::datasource::source::{PayloadOptions, ScanLog, frame_error};
 use crate::datasource::store::StoreRoot;
@@ -164,25 +165,34 @@ impl SeriesMerger {
             .extend(ts.iter().copied().zip(vals.iter().copied()));
     }
 
-    /// Like [`Self::push`], with the points as `pack_points` wrote them:
-    /// 16 bytes a point, timestamp then value bits, little-endian.
-    pub fn push_packed(
+    /// Like [`Self::push`], with the points as `raw_points` gives them:
+    /// `n` timestamps then `n` value bits, 8 bytes each, little-endian.
+    pub fn push_raw(
         &mut self,
         key: (u64, u64),
         kind: u8,
         interval_s: u32,
         metadata: &str,
-        packed: &[u8],
-    ) {
+        raw: &[u8],
+    ) -> Result<(), JobError> {
+        if !raw.len().is_multiple_of(16) {
+            return Err(JobError::Internal(format!(
+                "series ({}, {}): a payload row has {} point bytes, not a multiple of 16",
+                key.0,
+                key.1,
+                raw.len()
+            )));
+        }
         self.push(key, kind, interval_s, metadata, &[], &[]);
         let s = self.current.as_mut().expect("pushed above");
-        s.points.extend(packed.chunks_exact(16).map(|c| {
-            let (t, v) = c.split_at(8);
-            (
-                i64::from_le_bytes(t.try_into().expect("8 bytes")),
-                u64::from_le_bytes(v.try_into().expect("8 bytes")),
-            )
-        }));
+        let (ts, vals) = raw.split_at(raw.len() / 2);
+        let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        s.points.extend(
+            ts.chunks_exact(8)
+                .zip(vals.chunks_exact(8))
+                .map(|(t, v)| (word(t) as i64, word(v))),
+        );
+        Ok(())
     }
 
     /// Finishes the current series.
@@ -193,7 +203,7 @@ impl SeriesMerger {
 
 /// The SQL of the group phase.
 pub const GROUP_SQL: &str = "SELECT org_id, metric_id, kind, interval_s, arrow_cast(metadata, 'Utf8') AS metadata, \
-     pack_points(timestamps, \"values\") AS points \
+     raw_points(timestamps, \"values\") AS points \
      FROM payloads WHERE NOT misrouted \
      ORDER BY org_id, metric_id, object_key, frame_offset";
 
@@ -228,13 +238,10 @@ pub const UNTRACKED_MAX: u64 = 1 << 30;
 pub const MIN_POOL: u64 = 8 << 20;
 
 /// Builds the session: memory pool, spill directory, partitions.
-/// `input_bytes` (compressed) tells whether the decoded points are likely to
-/// fit in the pool, in which case the sorts stay parallel; `resident` is
-/// what the process holds before the job starts.
+/// `resident` is what the process holds before the job starts.
 pub fn session(
     cfg: &RunConfig,
     spill_dir: &std::path::Path,
-    input_bytes: u64,
     resident: u64,
 ) -> Result<SessionContext, JobError> {
     let pool = cfg.memory_limit.map(|l| pool_bytes(l, resident));
@@ -258,23 +265,18 @@ pub fn session(
         .with_repartition_file_min_size(cfg.range_bytes.min(usize::MAX as u64) as usize)
         .with_information_schema(false);
     let opts = sc.options_mut();
+    // The scan stays parallel, but one sort takes all partitions' rows
+    // (CoalescePartitions -> SortExec) and its output goes straight to the
+    // series merge. Rows are payloads whose points are views into decode
+    // slabs (`raw_points`), so sorting them is cheap next to decoding; and a
+    // final SortPreservingMerge over per-partition sorts would account every
+    // merged batch at the size of all the slabs its rows view, which
+    // exhausts the pool although the memory is shared.
+    opts.optimizer.repartition_sorts = false;
     if let (Some(limit), Some(pool)) = (cfg.memory_limit, pool) {
-        // When the decoded input (16 bytes a point, ~2.5x the compressed
-        // bytes; 4x leaves room) may not fit, the scan stays parallel but
-        // one sort takes all partitions' rows (CoalescePartitions ->
-        // SortExec): a single spilling sort can use the whole pool, instead
-        // of N sorts and a final merge competing for it. Rows are payloads,
-        // so sorting them is cheap next to decoding their points.
-        let parallel_sorts = input_bytes.saturating_mul(4) <= pool as u64;
-        if !parallel_sorts {
-            opts.optimizer.repartition_sorts = false;
-        }
-        // Each sort reserves, up front and unspillable, room to merge what
-        // it buffered before it spills: half the pool, shared by the sorts
-        // that run at once (N of them reserving half the pool each would
-        // not fit it from N = 3 on).
-        let sorts = if parallel_sorts { partitions } else { 1 };
-        opts.execution.sort_spill_reservation_bytes = (pool / 2 / sorts).clamp(32 << 10, 1 << 30);
+        // The sort reserves, up front and unspillable, room to merge what it
+        // buffered before it spills: half the pool.
+        opts.execution.sort_spill_reservation_bytes = (pool / 2).clamp(32 << 10, 1 << 30);
         opts.execution.sort_in_place_threshold_bytes =
             (limit / 64).clamp(16 << 10, 1 << 20) as usize;
         // Spills stay uncompressed (DataFusion's default): lz4_frame halved
@@ -283,7 +285,7 @@ pub fn session(
         // files being read back from the page cache anyway.
     }
     let ctx = SessionContext::new_with_config_rt(sc, runtime);
-    ctx.register_udf(PackPoints::udf());
+    ctx.register_udf(RawPoints::udf());
     Ok(ctx)
 }
 
@@ -337,12 +339,7 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
     let stage = tempfile::Builder::new()
         .prefix("tailor-stage-")
         .tempdir_in(cfg.stage_dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    let ctx = session(
-        cfg,
-        spill.path(),
-        listing.total_bytes(),
-        crate::job::report::current_rss_bytes(),
-    )?;
+    let ctx = session(cfg, spill.path(), crate::job::report::current_rss_bytes())?;
     let mut options = PayloadOptions::new(Arc::clone(&cfg.shard_map));
     options.on_corrupt = cfg.on_corrupt;
     options.range_bytes = cfg.range_bytes;
@@ -499,7 +496,7 @@ fn feed(
     let kind = batch.column(2).as_primitive::<UInt8Type>();
     let interval = batch.column(3).as_primitive::<UInt32Type>();
     let meta = batch.column(4).as_string::<i32>();
-    let points = batch.column(5).as_binary::<i64>();
+    let points = batch.column(5).as_binary_view();
     for i in 0..batch.num_rows() {
         let key = (org.value(i), metric.value(i));
         if merger.current().is_some_and(|k| k != key)
@@ -507,13 +504,13 @@ fn feed(
         {
             writer.send(done)?;
         }
-        merger.push_packed(
+        merger.push_raw(
             key,
             kind.value(i),
             interval.value(i),
             meta.value(i),
             points.value(i),
-        );
+        )?;
     }
     Ok(())
 }
