@@ -19,10 +19,16 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   phase and not yet reused counted against the limit (peak RSS 1.5x a
 ///   205 MB limit; 1.2x with this). It costs no measurable CPU.
 /// - `background_thread:true`: that purging happens off the job's threads.
+/// - `narenas:1`: one arena, not four per core. Decode slabs are allocated
+///   on the scan's threads and freed on whichever thread drops the last
+///   row viewing them (the sort's, the spill writer's, the series
+///   merge's); with an arena per thread each kept its own freed pages.
+///   At a 200 MiB limit on a 2 GiB shard: peak RSS 237 -> 175 MiB at the
+///   same wall time; without a limit no measurable change (21.9 s both).
 #[cfg(all(not(target_env = "msvc"), target_os = "linux"))]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8; 81] =
-    b"oversize_threshold:0,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static MALLOC_CONF: &[u8; 91] =
+    b"oversize_threshold:0,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1\0";
 
 fn main() -> ExitCode {
     tailor::cli::main_with(tailor::cli::Cli::parse())
