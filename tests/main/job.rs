@@ -410,9 +410,10 @@ fn a_memory_limit_far_below_the_input_spills_and_gives_the_same_bytes() {
 }
 
 #[test]
-fn many_parallel_sorts_share_the_pool() {
-    // Eight sorts each reserving half the pool up front exhausted it
-    // ("Resources exhausted") before a single batch was sorted.
+fn eight_scan_partitions_under_a_limit_give_the_same_bytes() {
+    // Eight partitions feed one sort under a pool (once, eight sorts each
+    // reserving half the pool up front exhausted it before a single batch
+    // was sorted).
     let tmp = tempdir();
     let input = tmp.path().join("in");
     generate_tree(&input, 17, 4 << 20);
