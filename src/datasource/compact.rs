@@ -1,12 +1,16 @@
-//! `compact(list_view)`: a scalar UDF turning the scan's zero-copy
-//! `ListView<Int64 | Float64>` columns into compact `List` columns with one
-//! `memcpy` per row, releasing the decode slab at once.
+//! Scalar UDFs over the scan's zero-copy `ListView<Int64 | Float64>`
+//! point columns.
 //!
-//! The job needs it before sorting: a list view shares its whole slab with
-//! every row, so sorting, spilling or holding sorted runs of list views
-//! would account and write each slab many times over. (arrow's own
-//! `cast(ListView -> List)` builds one take index per point; this copies
-//! runs of 8-byte values instead.)
+//! - `compact(list_view)` (registered by `tailor query`): compact `List`
+//!   columns with one `memcpy` per row, releasing the decode slab at once,
+//!   for queries that hold many rows (arrow's own `cast(ListView -> List)`
+//!   builds one take index per point; this copies runs of 8-byte values).
+//!   A list view's child is its whole slab, and DataFusion's spill code does
+//!   not compact list views, so sorting or spilling them would write each
+//!   slab many times over.
+//! - `raw_points(timestamps, values)` (the job's grouping): one binary view
+//!   per row into the slab, which sorts and spills copy only as needed; see
+//!   [`RawPoints`].
 
 use std::sync::Arc;
 
