@@ -7,8 +7,8 @@
 //! | `kind`            | UInt8                | 0 gauge, 1 count, 2 rate (v1 payloads: 0) |
 //! | `interval_s`      | UInt32               | v2 header (v1 payloads: 0) |
 //! | `metadata`        | Utf8View             | the payload's tags, zero-copy |
-//! | `timestamps`      | ListView<Int64>      | epoch ms, zero-copy into the decode buffer |
-//! | `values`          | ListView<Float64>    | bits preserved, zero-copy into the decode buffer |
+//! | `timestamps`      | `ListView<Int64>`    | epoch ms, zero-copy into the decode buffer |
+//! | `values`          | `ListView<Float64>`  | bits preserved, zero-copy into the decode buffer |
 //! | `n_points`        | UInt32               | list length |
 //! | `payload_version` | UInt8                | 1 or 2 |
 //! | `object_key`      | Utf8View             | input order, first key |
