@@ -3,7 +3,7 @@
 //!
 //! Layers, each knowing only the ones below it:
 //!
-//! * [`format`]: bytes only: payload frames and payloads (the input
+//! * [`format`](mod@format): bytes only: payload frames and payloads (the input
 //!   contract, `format/payload.rs`), the shard map, the output format.
 //! * [`datasource`]: DataFusion adapters over payload files.
 //! * [`job`]: plan a shard job, group, write, commit; the report.
