@@ -152,9 +152,10 @@ fn child_buffer(v: &dyn Array) -> Result<Buffer> {
     }
 }
 
-/// Each row's (offset, length) in a list's child values, and the child's buffer.
+/// Each row's (offset, length) in a list's child values, and the child's
+/// buffer. Arrow's list constructors check every span against the child.
 fn list_parts(a: &dyn Array) -> Result<(Vec<(usize, usize)>, Buffer)> {
-    let (spans, buf): (Vec<(usize, usize)>, Buffer) = match a.data_type() {
+    match a.data_type() {
         DataType::ListView(_) => {
             let lv = a.as_list_view::<i32>();
             let spans = lv
@@ -163,7 +164,7 @@ fn list_parts(a: &dyn Array) -> Result<(Vec<(usize, usize)>, Buffer)> {
                 .zip(lv.sizes().iter())
                 .map(|(&o, &s)| (o as usize, s as usize))
                 .collect();
-            (spans, child_buffer(lv.values().as_ref())?)
+            Ok((spans, child_buffer(lv.values().as_ref())?))
         }
         DataType::List(_) => {
             let l = a.as_list::<i32>();
@@ -172,17 +173,10 @@ fn list_parts(a: &dyn Array) -> Result<(Vec<(usize, usize)>, Buffer)> {
                 .windows(2)
                 .map(|w| (w[0] as usize, (w[1] - w[0]) as usize))
                 .collect();
-            (spans, child_buffer(l.values().as_ref())?)
+            Ok((spans, child_buffer(l.values().as_ref())?))
         }
-        other => return exec_err!("raw_points() takes lists, got {other}"),
-    };
-    if let Some(&(o, n)) = spans.iter().find(|&&(o, n)| (o + n) * 8 > buf.len()) {
-        return exec_err!(
-            "raw_points(): a list row ({o}, {n}) lies outside its {} child values",
-            buf.len() / 8
-        );
+        other => exec_err!("raw_points() takes lists, got {other}"),
     }
-    Ok((spans, buf))
 }
 
 /// The rows of `ts` and `vals` as `16 n`-byte views (see [`RawPoints`]).
@@ -214,27 +208,26 @@ pub fn raw_points(ts: &dyn Array, vals: &dyn Array) -> Result<BinaryViewArray> {
             .map(|&(o, n)| make_view(&data[o * 8..(o + 2 * n) * 8], 0, (o * 8) as u32))
             .collect();
         // SAFETY: every view was made by `make_view` over bytes of buffer 0
-        // at the offset it records: values follow timestamps, so
-        // [o, o + 2n) lies inside the buffer (both spans were bounds
-        // checked), the offset fits in u32 because the whole buffer does,
-        // and binary views need no UTF-8.
+        // at the offset it records (the slice is bounds-checked; values
+        // follow timestamps, so it lies inside the buffer), the offset fits
+        // in u32 because the whole buffer does, and binary views need no
+        // UTF-8.
         return Ok(unsafe { BinaryViewArray::new_unchecked(views.into(), vec![ts_buf], nulls) });
     }
     let (t, v) = (ts_buf.as_slice(), val_buf.as_slice());
     let mut b = BinaryViewBuilder::with_capacity(ts_spans.len());
     let mut row = Vec::new();
-    for (&(to, n), &(vo, _)) in ts_spans.iter().zip(&val_spans) {
+    for (i, (&(to, n), &(vo, _))) in ts_spans.iter().zip(&val_spans).enumerate() {
+        if nulls.as_ref().is_some_and(|m| m.is_null(i)) {
+            b.append_null();
+            continue;
+        }
         row.clear();
         row.extend_from_slice(&t[to * 8..(to + n) * 8]);
         row.extend_from_slice(&v[vo * 8..(vo + n) * 8]);
         b.append_value(&row);
     }
-    let copied = b.finish();
-    Ok(BinaryViewArray::try_new(
-        copied.views().clone(),
-        copied.data_buffers().to_vec(),
-        nulls,
-    )?)
+    Ok(b.finish())
 }
 
 impl ScalarUDFImpl for RawPoints {
@@ -332,6 +325,24 @@ mod tests {
         let bits: Vec<u64> = vals.iter().map(|v| v.to_bits()).collect();
         assert_eq!(words(b.value(0)), [1, 2, 3, bits[0], bits[1], bits[2]]);
         assert_eq!(words(b.value(1)), [7, bits[3]]);
+    }
+
+    #[test]
+    fn columns_of_different_lengths_are_an_error() {
+        let t = list_view(
+            DataType::Int64,
+            vec![0, 1],
+            vec![1, 1],
+            Arc::new(Int64Array::from(vec![1, 2])),
+        );
+        let v = list_view(
+            DataType::Float64,
+            vec![0],
+            vec![1],
+            Arc::new(Float64Array::from(vec![1.0])),
+        );
+        let e = raw_points(&t, &v).unwrap_err().to_string();
+        assert!(e.contains("columns of different lengths"), "{e}");
     }
 
     #[test]

@@ -201,7 +201,9 @@ impl SeriesMerger {
     }
 }
 
-/// The SQL of the group phase.
+/// The SQL of the group phase. Metadata is copied out of the slab (it is
+/// small) so that the points are the rows' only view into it: the sort
+/// counts a slab once per view column.
 pub const GROUP_SQL: &str = "SELECT org_id, metric_id, kind, interval_s, arrow_cast(metadata, 'Utf8') AS metadata, \
      raw_points(timestamps, \"values\") AS points \
      FROM payloads WHERE NOT misrouted \
@@ -267,14 +269,14 @@ pub fn session(
     spill_dir: &std::path::Path,
     resident: u64,
 ) -> Result<SessionContext, JobError> {
-    let sizes = cfg.memory_limit.map(|l| pool_sizes(l, resident));
-    let pool = sizes.map(|(pool, _)| pool);
+    // (limit, (pool, merge reservation)) under a memory limit.
+    let sizes = cfg.memory_limit.map(|l| (l, pool_sizes(l, resident)));
     // A bounded merge fan-in keeps the read-back of many spill files (one
     // batch each) inside the pool; more runs are merged in several passes.
     let mut rt = RuntimeEnvBuilder::new()
         .with_temp_file_path(spill_dir)
         .with_max_spill_merge_fan_in(16);
-    if let Some(pool) = pool {
+    if let Some((_, (pool, _))) = sizes {
         rt = rt.with_memory_pool(Arc::new(TrackConsumersPool::new(
             FairSpillPool::new(pool),
             std::num::NonZeroUsize::new(8).expect("non-zero"),
@@ -297,7 +299,7 @@ pub fn session(
     // merged batch at the size of all the slabs its rows view, which
     // exhausts the pool although the memory is shared.
     opts.optimizer.repartition_sorts = false;
-    if let (Some(limit), Some((_, merge))) = (cfg.memory_limit, sizes) {
+    if let Some((limit, (_, merge))) = sizes {
         // The sort reserves, up front and unspillable, room to merge what it
         // buffered before it spills.
         opts.execution.sort_spill_reservation_bytes = merge;
@@ -575,6 +577,19 @@ mod tests {
         // Verbatim repeats are duplicates, not conflicts.
         let (_, c) = merge(&[(1, 2), (1, 2), (2, 3)]);
         assert_eq!((c.duplicates_dropped, c.conflicting_duplicates), (1, 0));
+    }
+
+    #[test]
+    fn point_bytes_that_are_not_whole_points_are_an_error() {
+        let mut g = SeriesMerger::default();
+        let raw: Vec<u8> = [1i64, 2, 10, 20]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        g.push_raw((1, 2), 0, 10, "m", &raw).unwrap();
+        let e = g.push_raw((1, 2), 0, 10, "m", &raw[..24]).unwrap_err();
+        assert!(e.to_string().contains("24 point bytes"), "{e}");
+        assert_eq!(g.take().unwrap().points, vec![(1, 10), (2, 20)]);
     }
 
     #[test]
