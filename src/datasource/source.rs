@@ -79,7 +79,8 @@ pub struct PayloadOptions {
     /// The object store is the local filesystem rooted at `/`: objects are
     /// memory-mapped instead of fetched.
     pub mmap_local: bool,
-    /// Largest single fetch for remote objects.
+    /// Largest single fetch for remote objects (mapped files are read as
+    /// one slice per range).
     pub fetch_chunk: u64,
 }
 
@@ -653,8 +654,15 @@ impl RangeScan {
         decode_time: Time,
     ) -> Self {
         let skip = source.options.on_corrupt == CorruptPolicy::Skip;
-        let cursor = FrameCursor::new(bytes, size, range.clone(), skip)
-            .with_chunk(source.options.fetch_chunk);
+        // Remote objects are fetched in chunks. A mapped file is not: its
+        // range is one zero-copy slice, where chunks would only make the
+        // cursor copy each frame that straddles two of them (and fault in
+        // a fresh chunk-sized buffer for it).
+        let remote = matches!(bytes, ObjectBytes::Store { .. });
+        let mut cursor = FrameCursor::new(bytes, size, range.clone(), skip);
+        if remote {
+            cursor = cursor.with_chunk(source.options.fetch_chunk);
+        }
         let shard_name = shard_of_key(&key).unwrap_or("").to_string();
         let builder = BatchBuilder::new(
             Arc::clone(&source.pool),
