@@ -552,13 +552,34 @@ async fn put_file(
     Ok(())
 }
 
-/// Uploads the staged data files to their final paths (one atomic put each).
+/// Moves the staged data files to their final paths, each one atomically.
+/// A local output on the staging directory's filesystem takes a rename (no
+/// copy: the default staging directory, the system's temporary directory,
+/// is usually on the same filesystem); otherwise each file is uploaded (one
+/// put, or a multipart upload that completes atomically).
 pub async fn upload_files(root: &StoreRoot, m: &Manifest, staged: &Staged) -> Result<(), JobError> {
     for (f, s) in m.files.iter().zip(&staged.files) {
         let path = root.child(&format!("{}/{}", m.location, f.path));
+        if root.local && rename_local(root, &s.local, &path).await {
+            continue;
+        }
         put_file(&root.store, &path, &s.local).await?;
     }
     Ok(())
+}
+
+/// Renames a staged file into a local store; false when that is not
+/// possible (another filesystem, a path the store cannot name), so the
+/// caller copies it instead. The rename replaces an existing file
+/// atomically, as a put does.
+async fn rename_local(root: &StoreRoot, local: &std::path::Path, to: &Path) -> bool {
+    let Ok(abs) = std::path::absolute(local) else {
+        return false;
+    };
+    let Ok(from) = Path::from_absolute_path(&abs) else {
+        return false;
+    };
+    root.store.rename(&from, to).await.is_ok()
 }
 
 /// What a commit did after the manifest was written.

@@ -247,6 +247,53 @@ fn output_bytes_do_not_depend_on_partitions_or_range_size() {
     }
 }
 
+/// Staged files reach a local output by a rename when the staging directory
+/// is on the output's filesystem and by a copy when it is not (`/dev/shm`,
+/// a tmpfs, where the machine has one): the same bytes either way, and
+/// files any reader of the output may open.
+#[test]
+fn staged_files_reach_a_local_output_by_rename_or_copy_with_the_same_bytes() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    generate_tree(&input, 12, 2 << 20);
+    let shard = shards_of(&input)[0].clone();
+    let mut stages = vec![tmp.path().join("stage")];
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && std::fs::metadata(shm).unwrap().dev() != std::fs::metadata(tmp.path()).unwrap().dev()
+    {
+        stages.push(shm.to_path_buf());
+    }
+    let mut first: Option<BTreeMap<String, Vec<u8>>> = None;
+    for (i, stage) in stages.iter().enumerate() {
+        std::fs::create_dir_all(stage).unwrap();
+        let out = tmp.path().join(format!("out-{i}"));
+        let mut c = cfg(&input, &out, &shard);
+        c.stage_dir = Some(stage.clone());
+        c.max_file_bytes = 16 << 10;
+        run(&c).unwrap();
+        let t = tree_bytes(&out);
+        let files = t.keys().filter(|k| k.ends_with(".tsf")).count();
+        assert!(files > 1, "{files} data files");
+        for k in t.keys() {
+            let mode = std::fs::metadata(out.join(k)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o444, 0o444 & !umask(), "{k}: mode {mode:o}");
+        }
+        match &first {
+            None => first = Some(t),
+            Some(f) => assert!(f == &t, "staged in {}: output differs", stage.display()),
+        }
+    }
+}
+
+/// The process's file-creation mask.
+fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
+}
+
 #[test]
 fn corrupt_input_skipped_gives_the_same_bytes_and_list_at_every_split() {
     let tmp = tempdir();
