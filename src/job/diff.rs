@@ -2,10 +2,12 @@
 //! point by point, for a migration's side-by-side run.
 //!
 //! Each side becomes two DataFusion tables read straight from its committed
-//! files, in the order the files already have: `points` (shard, window,
-//! org_id, metric_id, ts, bits) and `series` (shard, window, org_id,
-//! metric_id, kind, interval_s, metadata, n_points), both declared sorted by
-//! their keys (`win` is the window's directory name). A FULL OUTER
+//! files, in the order the files already have: `points` (part, org_id,
+//! metric_id, ts, bits) and `series` (part, org_id, metric_id, kind,
+//! interval_s, metadata, n_points), both declared sorted by their keys.
+//! `part` numbers the (shard, window directory name) pairs of both sides in
+//! their sorted order, so an integer stands for the two strings in every
+//! row and every key comparison of the joins. A FULL OUTER
 //! sort-merge join (DataFusion's `SortMergeJoinExec`) of old against new on
 //! those keys streams without sorting or hashing either side, so two outputs
 //! larger than memory are compared in bounded memory. Only content counts: file
@@ -202,6 +204,9 @@ impl DiffReport {
 struct Side {
     root: StoreRoot,
     manifests: Vec<(String, String, Manifest)>,
+    /// The (shard, window) pairs of both sides, sorted: a row's `part` is
+    /// an index into it (see [`number_parts`]).
+    parts: Arc<Vec<(String, String)>>,
     /// Shards with at least one committed window (whatever --from/--to say).
     committed: std::collections::BTreeSet<String>,
     orgs: Arc<Vec<u64>>,
@@ -220,8 +225,7 @@ impl fmt::Debug for Side {
 
 fn points_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("shard", DataType::Utf8, false),
-        Field::new("win", DataType::Utf8, false),
+        Field::new("part", DataType::UInt32, false),
         Field::new("org_id", DataType::UInt64, false),
         Field::new("metric_id", DataType::UInt64, false),
         Field::new("ts", DataType::Int64, false),
@@ -231,8 +235,7 @@ fn points_schema() -> SchemaRef {
 
 fn series_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("shard", DataType::Utf8, false),
-        Field::new("win", DataType::Utf8, false),
+        Field::new("part", DataType::UInt32, false),
         Field::new("org_id", DataType::UInt64, false),
         Field::new("metric_id", DataType::UInt64, false),
         Field::new("kind", DataType::UInt8, false),
@@ -250,7 +253,7 @@ struct SideStream {
     schema: SchemaRef,
 }
 
-const BATCH_POINTS: usize = 64 * 1024;
+const BATCH_POINTS: usize = 16 * 1024;
 
 impl PartitionStream for SideStream {
     fn schema(&self) -> &SchemaRef {
@@ -282,11 +285,10 @@ impl PartitionStream for SideStream {
     }
 }
 
-/// Rows being gathered for one batch; strings are appended into the
-/// arrays' buffers, not allocated per point.
+/// Rows being gathered for one batch; metadata strings are appended into
+/// the array's buffer, not allocated per series.
 struct Rows {
-    shard: StringBuilder,
-    window: StringBuilder,
+    part: Vec<u32>,
     org: Vec<u64>,
     metric: Vec<u64>,
     ts: Vec<i64>,
@@ -300,8 +302,7 @@ struct Rows {
 impl Rows {
     fn new() -> Self {
         Rows {
-            shard: StringBuilder::new(),
-            window: StringBuilder::new(),
+            part: Vec::new(),
             org: Vec::new(),
             metric: Vec::new(),
             ts: Vec::new(),
@@ -315,16 +316,25 @@ impl Rows {
     fn len(&self) -> usize {
         self.org.len()
     }
+    /// Room left in the batch.
+    fn room(&self) -> usize {
+        BATCH_POINTS.saturating_sub(self.len())
+    }
+    /// The batch so far; the point columns start the next one with the
+    /// capacity of a whole batch, so that they are never regrown.
     fn take(&mut self, points: bool) -> DfResult<RecordBatch> {
+        fn next<T>(v: &mut Vec<T>, points: bool) -> Vec<T> {
+            let cap = if points { BATCH_POINTS } else { 0 };
+            std::mem::replace(v, Vec::with_capacity(cap))
+        }
         let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(self.shard.finish()),
-            Arc::new(self.window.finish()),
-            Arc::new(UInt64Array::from(std::mem::take(&mut self.org))),
-            Arc::new(UInt64Array::from(std::mem::take(&mut self.metric))),
+            Arc::new(UInt32Array::from(next(&mut self.part, points))),
+            Arc::new(UInt64Array::from(next(&mut self.org, points))),
+            Arc::new(UInt64Array::from(next(&mut self.metric, points))),
         ];
         if points {
-            cols.push(Arc::new(Int64Array::from(std::mem::take(&mut self.ts))));
-            cols.push(Arc::new(UInt64Array::from(std::mem::take(&mut self.bits))));
+            cols.push(Arc::new(Int64Array::from(next(&mut self.ts, points))));
+            cols.push(Arc::new(UInt64Array::from(next(&mut self.bits, points))));
             Ok(RecordBatch::try_new(points_schema(), cols)?)
         } else {
             cols.push(Arc::new(UInt8Array::from(std::mem::take(&mut self.kind))));
@@ -351,6 +361,7 @@ async fn produce(
     let mut ts = Vec::new();
     let mut vals = Vec::new();
     for (shard, window, m) in &side.manifests {
+        let part = part_of(&side.parts, shard, window)?;
         let mut last: Option<(u64, u64)> = None;
         for f in &m.files {
             let mut data = read_data_file(&side.root, m, f).await?;
@@ -389,17 +400,23 @@ async fn produce(
                             ts[w]
                         )));
                     }
-                    for (&t, &v) in ts.iter().zip(&vals) {
-                        rows.shard.append_value(shard);
-                        rows.window.append_value(window);
-                        rows.org.push(e.org_id);
-                        rows.metric.push(e.metric_id);
-                        rows.ts.push(t);
-                        rows.bits.push(v);
+                    // Batches of exactly BATCH_POINTS points (a series may
+                    // span several).
+                    let mut at = 0;
+                    while at < ts.len() {
+                        let n = rows.room().min(ts.len() - at);
+                        rows.part.extend(std::iter::repeat_n(part, n));
+                        rows.org.extend(std::iter::repeat_n(e.org_id, n));
+                        rows.metric.extend(std::iter::repeat_n(e.metric_id, n));
+                        rows.ts.extend_from_slice(&ts[at..at + n]);
+                        rows.bits.extend_from_slice(&vals[at..at + n]);
+                        at += n;
+                        if rows.room() == 0 && tx.send(rows.take(points)).await.is_err() {
+                            return Ok(());
+                        }
                     }
                 } else {
-                    rows.shard.append_value(shard);
-                    rows.window.append_value(window);
+                    rows.part.push(part);
                     rows.org.push(e.org_id);
                     rows.metric.push(e.metric_id);
                     rows.kind.push(e.kind);
@@ -447,7 +464,7 @@ impl TableProvider for SideTable {
             Some(p) => Arc::new(schema.project(p)?),
             None => Arc::clone(&schema),
         };
-        let mut keys = vec!["shard", "win", "org_id", "metric_id"];
+        let mut keys = vec!["part", "org_id", "metric_id"];
         if self.stream.points {
             keys.push("ts");
         }
@@ -523,9 +540,42 @@ async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, Jo
     Ok(Side {
         root,
         manifests,
+        parts: Arc::default(),
         committed,
         orgs: Arc::new(cfg.orgs.clone()),
     })
+}
+
+/// Numbers the (shard, window) pairs of both sides in sorted order (the
+/// order each side reads its windows in, so `part` grows along a side's
+/// rows as the strings would).
+fn number_parts(old: &mut Side, new: &mut Side) -> Result<(), JobError> {
+    let mut parts: Vec<(String, String)> = old
+        .manifests
+        .iter()
+        .chain(&new.manifests)
+        .map(|(s, w, _)| (s.clone(), w.clone()))
+        .collect();
+    parts.sort();
+    parts.dedup();
+    if u32::try_from(parts.len()).is_err() {
+        return Err(JobError::Output(format!(
+            "{} windows to compare: more than a diff can number",
+            parts.len()
+        )));
+    }
+    let parts = Arc::new(parts);
+    old.parts = Arc::clone(&parts);
+    new.parts = parts;
+    Ok(())
+}
+
+/// The `part` of a side's window.
+fn part_of(parts: &[(String, String)], shard: &str, window: &str) -> Result<u32, JobError> {
+    parts
+        .binary_search_by(|(s, w)| (s.as_str(), w.as_str()).cmp(&(shard, window)))
+        .map(|i| i as u32)
+        .map_err(|_| JobError::Internal(format!("window {shard}/{window} was not numbered")))
 }
 
 /// A FULL OUTER sort-merge join of two sorted side tables on their first
@@ -585,40 +635,39 @@ fn coalesce(a: &ArrayRef, b: &ArrayRef) -> DfResult<ArrayRef> {
     Ok(zip(&is_not_null(a.as_ref())?, a, b)?)
 }
 
-/// The series join's rows as (shard, win, org_id, metric_id, old_kind,
-/// new_kind, old_interval, new_interval, old_meta, new_meta, old_n, new_n).
+/// The series join's rows as (part, org_id, metric_id, old_kind, new_kind,
+/// old_interval, new_interval, old_meta, new_meta, old_n, new_n).
 fn series_rows(b: &RecordBatch) -> DfResult<Vec<ArrayRef>> {
     let c = |i: usize| Arc::clone(b.column(i));
-    let k = 8; // columns per side
-    let mut out = (0..4)
+    let k = 7; // columns per side
+    let mut out = (0..3)
         .map(|i| coalesce(b.column(i), b.column(k + i)))
         .collect::<DfResult<Vec<_>>>()?;
-    for i in 4..8 {
+    for i in 3..7 {
         out.push(c(i));
         out.push(c(k + i));
     }
     Ok(out)
 }
 
-/// The points join's differing rows as (shard, win, org_id, metric_id, ts,
+/// The points join's differing rows as (part, org_id, metric_id, ts,
 /// old_bits, new_bits).
 fn differing_points(b: &RecordBatch) -> DfResult<RecordBatch> {
-    let k = 6; // columns per side
-    let (ob, nb) = (b.column(5), b.column(k + 5));
+    let k = 5; // columns per side
+    let (ob, nb) = (b.column(4), b.column(k + 4));
     // One side missing, or both present with other bits. (Kleene OR: a
     // missing side makes `neq` null, and true OR null is true.)
     let differs = or_kleene(
         &or(&is_null(ob.as_ref())?, &is_null(nb.as_ref())?)?,
         &neq(ob, nb)?,
     )?;
-    let mut cols = (0..5)
+    let mut cols = (0..4)
         .map(|i| coalesce(b.column(i), b.column(k + i)))
         .collect::<DfResult<Vec<_>>>()?;
     cols.push(Arc::clone(ob));
     cols.push(Arc::clone(nb));
     let schema = Arc::new(Schema::new(vec![
-        Field::new("shard", DataType::Utf8, true),
-        Field::new("win", DataType::Utf8, true),
+        Field::new("part", DataType::UInt32, true),
         Field::new("org_id", DataType::UInt64, true),
         Field::new("metric_id", DataType::UInt64, true),
         Field::new("ts", DataType::Int64, true),
@@ -663,13 +712,14 @@ fn session(old: &Side, new: &Side, memory_limit: Option<u64>) -> Result<SessionC
 
 /// The physical plans of the two joins (tests check that they stream).
 pub async fn explain(cfg: &DiffConfig) -> Result<String, JobError> {
-    let old = side(&cfg.old, &cfg.shards, cfg).await?;
-    let new = side(&cfg.new, &cfg.shards, cfg).await?;
+    let mut old = side(&cfg.old, &cfg.shards, cfg).await?;
+    let mut new = side(&cfg.new, &cfg.shards, cfg).await?;
+    number_parts(&mut old, &mut new)?;
     let ctx = session(&old, &new, cfg.memory_limit)?;
     let mut out = String::new();
     for (l, r, keys) in [
-        ("old_series", "new_series", 4),
-        ("old_points", "new_points", 5),
+        ("old_series", "new_series", 3),
+        ("old_points", "new_points", 4),
     ] {
         let plan = join_plan(&ctx, l, r, keys).await?;
         out.push_str(
@@ -697,8 +747,10 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
         s.dedup();
         s
     };
-    let old = side(&cfg.old, &shards, cfg).await?;
-    let new = side(&cfg.new, &shards, cfg).await?;
+    let mut old = side(&cfg.old, &shards, cfg).await?;
+    let mut new = side(&cfg.new, &shards, cfg).await?;
+    number_parts(&mut old, &mut new)?;
+    let parts = Arc::clone(&old.parts);
     if let Some(s) = shards
         .iter()
         .find(|s| !old.committed.contains(*s) && !new.committed.contains(*s))
@@ -723,7 +775,7 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
     }
 
     // Series level: presence, kind, interval, metadata; and point counts.
-    let mut stream = join(&ctx, "old_series", "new_series", 4).await?;
+    let mut stream = join(&ctx, "old_series", "new_series", 3).await?;
     while let Some(b) = stream.next().await {
         let b = b?;
         let cols = series_rows(&b)?;
@@ -737,30 +789,30 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
             cols,
         )
         .map_err(datafusion::error::DataFusionError::from)?;
-        let shard = b.column(0).as_string::<i32>();
-        let window = b.column(1).as_string::<i32>();
-        let org = b.column(2).as_primitive::<UInt64Type>();
-        let metric = b.column(3).as_primitive::<UInt64Type>();
+        let part = b.column(0).as_primitive::<UInt32Type>();
+        let org = b.column(1).as_primitive::<UInt64Type>();
+        let metric = b.column(2).as_primitive::<UInt64Type>();
         let (ok, nk) = (
+            b.column(3).as_primitive::<UInt8Type>(),
             b.column(4).as_primitive::<UInt8Type>(),
-            b.column(5).as_primitive::<UInt8Type>(),
         );
         let (oi, ni) = (
+            b.column(5).as_primitive::<UInt32Type>(),
             b.column(6).as_primitive::<UInt32Type>(),
-            b.column(7).as_primitive::<UInt32Type>(),
         );
         let (om, nm) = (
+            b.column(7).as_string::<i32>(),
             b.column(8).as_string::<i32>(),
-            b.column(9).as_string::<i32>(),
         );
         let (on, nn) = (
+            b.column(9).as_primitive::<UInt64Type>(),
             b.column(10).as_primitive::<UInt64Type>(),
-            b.column(11).as_primitive::<UInt64Type>(),
         );
         for i in 0..b.num_rows() {
-            let d = report.shards.entry(shard.value(i).to_string()).or_default();
+            let (shard, window) = &parts[part.value(i) as usize];
+            let d = report.shards.entry(shard.clone()).or_default();
             let ex = |old: Option<String>, new: Option<String>| Example {
-                window: window.value(i).to_string(),
+                window: window.clone(),
                 org_id: org.value(i),
                 metric_id: metric.value(i),
                 ts: None,
@@ -818,19 +870,18 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
         Some(p) => Some(DiffWriter::create(p)?),
         None => None,
     };
-    let mut stream = join(&ctx, "old_points", "new_points", 5).await?;
+    let mut stream = join(&ctx, "old_points", "new_points", 4).await?;
     while let Some(b) = stream.next().await {
         let b = differing_points(&b?)?;
         if b.num_rows() == 0 {
             continue;
         }
-        let shard = b.column(0).as_string::<i32>();
-        let window = b.column(1).as_string::<i32>();
-        let org = b.column(2).as_primitive::<UInt64Type>();
-        let metric = b.column(3).as_primitive::<UInt64Type>();
-        let ts = b.column(4).as_primitive::<Int64Type>();
-        let ob = b.column(5).as_primitive::<UInt64Type>();
-        let nb = b.column(6).as_primitive::<UInt64Type>();
+        let part = b.column(0).as_primitive::<UInt32Type>();
+        let org = b.column(1).as_primitive::<UInt64Type>();
+        let metric = b.column(2).as_primitive::<UInt64Type>();
+        let ts = b.column(3).as_primitive::<Int64Type>();
+        let ob = b.column(4).as_primitive::<UInt64Type>();
+        let nb = b.column(5).as_primitive::<UInt64Type>();
         let mut cats = Vec::with_capacity(b.num_rows());
         for i in 0..b.num_rows() {
             let c = if ob.is_null(i) {
@@ -841,13 +892,14 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
                 Category::ValueDiffers
             };
             cats.push(c);
-            let d = report.shards.entry(shard.value(i).to_string()).or_default();
+            let (shard, window) = &parts[part.value(i) as usize];
+            let d = report.shards.entry(shard.clone()).or_default();
             let show = |a: &UInt64Array| {
                 (!a.is_null(i))
                     .then(|| format!("{} (0x{:016x})", f64::from_bits(a.value(i)), a.value(i)))
             };
             let e = Example {
-                window: window.value(i).to_string(),
+                window: window.clone(),
                 org_id: org.value(i),
                 metric_id: metric.value(i),
                 ts: Some(ts.value(i)),
@@ -857,7 +909,7 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
             record(d, c, e, cfg.examples);
         }
         if let Some(w) = writer.as_mut() {
-            w.write(&b, &cats)?;
+            w.write(&b, &cats, &parts)?;
         }
     }
     if let Some(w) = writer {
@@ -930,9 +982,21 @@ impl DiffWriter {
         Ok(Self { w })
     }
 
-    fn write(&mut self, b: &RecordBatch, cats: &[Category]) -> Result<(), JobError> {
-        let ob = b.column(5).as_primitive::<UInt64Type>();
-        let nb = b.column(6).as_primitive::<UInt64Type>();
+    fn write(
+        &mut self,
+        b: &RecordBatch,
+        cats: &[Category],
+        parts: &[(String, String)],
+    ) -> Result<(), JobError> {
+        let ob = b.column(4).as_primitive::<UInt64Type>();
+        let nb = b.column(5).as_primitive::<UInt64Type>();
+        let part = b.column(0).as_primitive::<UInt32Type>();
+        let names = |pick: fn(&(String, String)) -> &str| -> StringArray {
+            part.values()
+                .iter()
+                .map(|&p| Some(pick(&parts[p as usize])))
+                .collect()
+        };
         let to_f64 =
             |a: &UInt64Array| -> Float64Array { a.iter().map(|v| v.map(f64::from_bits)).collect() };
         let side: StringArray = cats
@@ -948,15 +1012,15 @@ impl DiffWriter {
         let category: StringArray = cats.iter().map(|c| Some(c.name())).collect();
         let cols: Vec<ArrayRef> = vec![
             Arc::new(side),
-            Arc::clone(b.column(0)),
+            Arc::new(names(|p| &p.0)),
+            Arc::new(names(|p| &p.1)),
             Arc::clone(b.column(1)),
             Arc::clone(b.column(2)),
             Arc::clone(b.column(3)),
-            Arc::clone(b.column(4)),
             Arc::new(to_f64(ob)),
             Arc::new(to_f64(nb)),
+            Arc::clone(b.column(4)),
             Arc::clone(b.column(5)),
-            Arc::clone(b.column(6)),
             Arc::new(category),
         ];
         let batch = RecordBatch::try_new(diff_schema(), cols)

@@ -208,15 +208,101 @@ fn rand_suffix() -> u128 {
 
 /// Writes a new side from the base with `edit` applied to the first window's series.
 fn new_side(f: &Fixture, name: &str, cap: u64, edit: impl Fn(&mut Vec<S>)) -> std::path::PathBuf {
+    new_side_at(f, name, cap, 0, edit)
+}
+
+/// Writes a new side from the base with `edit` applied to window `at`'s series.
+fn new_side_at(
+    f: &Fixture,
+    name: &str,
+    cap: u64,
+    at: usize,
+    edit: impl Fn(&mut Vec<S>),
+) -> std::path::PathBuf {
     let new = f.dir.join(name);
     for (i, (shard, w, m, series)) in f.base.iter().enumerate() {
         let mut s = series.clone();
-        if i == 0 {
+        if i == at {
             edit(&mut s);
         }
         write_window(&new, shard, w, m, &s, cap);
     }
     new
+}
+
+/// One row of the differing-points Parquet file.
+#[derive(Debug, PartialEq)]
+struct Row {
+    side: String,
+    shard: String,
+    win: String,
+    org: u64,
+    metric: u64,
+    ts: i64,
+    old_bits: Option<u64>,
+    new_bits: Option<u64>,
+    category: String,
+}
+
+/// The rows of a report's Parquet file; checks that the value columns hold
+/// the bits of the bits columns.
+fn differing_rows(r: &tailor::job::diff::DiffReport) -> Vec<Row> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
+    let path = r.differing_points_file.as_ref().expect("a Parquet file");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(path).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut rows = Vec::new();
+    for b in reader {
+        let b = b.unwrap();
+        let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+        let u = |n: &str| {
+            b.column_by_name(n)
+                .unwrap()
+                .as_primitive::<UInt64Type>()
+                .clone()
+        };
+        let f = |n: &str| {
+            b.column_by_name(n)
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .clone()
+        };
+        let (side, shard, win, cat) = (s("side"), s("shard"), s("win"), s("category"));
+        let (org, metric, ob, nb) = (u("org_id"), u("metric_id"), u("old_bits"), u("new_bits"));
+        let (ov, nv) = (f("old_value"), f("new_value"));
+        let ts = b
+            .column_by_name("ts")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .clone();
+        for i in 0..b.num_rows() {
+            use datafusion::arrow::array::Array;
+            let get =
+                |a: &datafusion::arrow::array::UInt64Array| (!a.is_null(i)).then(|| a.value(i));
+            let bits = |a: &datafusion::arrow::array::Float64Array| {
+                (!a.is_null(i)).then(|| a.value(i).to_bits())
+            };
+            assert_eq!(bits(&ov), get(&ob), "old value keeps its bits");
+            assert_eq!(bits(&nv), get(&nb), "new value keeps its bits");
+            rows.push(Row {
+                side: side.value(i).into(),
+                shard: shard.value(i).into(),
+                win: win.value(i).into(),
+                org: org.value(i),
+                metric: metric.value(i),
+                ts: ts.value(i),
+                old_bits: get(&ob),
+                new_bits: get(&nb),
+                category: cat.value(i).into(),
+            });
+        }
+    }
+    rows
 }
 
 fn counts(r: &tailor::job::diff::DiffReport) -> Vec<(Category, u64)> {
@@ -338,6 +424,51 @@ fn hand_made_changes_give_exact_counts() {
     let new = new_side(&f, "flip-bit", u64::MAX, |s| s[2].vals[0] ^= 1);
     let r = run_diff(&f.old, &new, vec![]);
     assert_eq!(counts(&r), vec![(Category::ValueDiffers, 1)]);
+
+    // The Parquet file lists each differing point with its shard and
+    // window, in whichever window it is (here the last one).
+    let (shard, win, _, last) = f.base.last().unwrap();
+    assert!(f.base.len() >= 3 && last.len() >= 2 && last[0].ts.len() >= 2);
+    let new = new_side_at(&f, "flip-bit-last", u64::MAX, f.base.len() - 1, |s| {
+        s[1].vals[0] ^= 1 << 63;
+        s[0].ts.remove(0);
+        s[0].vals.remove(0);
+    });
+    let r = run_diff(&f.old, &new, vec![]);
+    assert_eq!(
+        counts(&r),
+        vec![(Category::PointOldOnly, 1), (Category::ValueDiffers, 1)]
+    );
+    let row = |s: &S, side: &str, old_bits, new_bits, category: &str| Row {
+        side: side.into(),
+        shard: shard.clone(),
+        win: win.clone(),
+        org: s.org,
+        metric: s.metric,
+        ts: s.ts[0],
+        old_bits,
+        new_bits,
+        category: category.into(),
+    };
+    assert_eq!(
+        differing_rows(&r),
+        vec![
+            row(
+                &last[0],
+                "old",
+                Some(last[0].vals[0]),
+                None,
+                "point_old_only"
+            ),
+            row(
+                &last[1],
+                "both",
+                Some(last[1].vals[0]),
+                Some(last[1].vals[0] ^ 1 << 63),
+                "value_differs"
+            ),
+        ]
+    );
 
     let new = new_side(&f, "metadata", u64::MAX, |s| {
         s[3].meta.push_str(",changed:yes")
