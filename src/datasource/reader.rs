@@ -272,9 +272,14 @@ impl FrameCursor {
         }
     }
 
-    /// Sets the largest single fetch (remote objects).
+    /// Sets the largest single fetch of a remote object. A mapped object
+    /// is read as one zero-copy slice per range whatever this says: chunks
+    /// would only make the cursor copy every frame that straddles two of
+    /// them into a fresh buffer.
     pub fn with_chunk(mut self, chunk: u64) -> Self {
-        self.chunk = chunk.max(FRAME_PROBE_LEN as u64);
+        if matches!(self.source, ObjectBytes::Store { .. }) {
+            self.chunk = chunk.max(FRAME_PROBE_LEN as u64);
+        }
         self
     }
 

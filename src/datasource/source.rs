@@ -654,15 +654,8 @@ impl RangeScan {
         decode_time: Time,
     ) -> Self {
         let skip = source.options.on_corrupt == CorruptPolicy::Skip;
-        // Remote objects are fetched in chunks. A mapped file is not: its
-        // range is one zero-copy slice, where chunks would only make the
-        // cursor copy each frame that straddles two of them (and fault in
-        // a fresh chunk-sized buffer for it).
-        let remote = matches!(bytes, ObjectBytes::Store { .. });
-        let mut cursor = FrameCursor::new(bytes, size, range.clone(), skip);
-        if remote {
-            cursor = cursor.with_chunk(source.options.fetch_chunk);
-        }
+        let cursor = FrameCursor::new(bytes, size, range.clone(), skip)
+            .with_chunk(source.options.fetch_chunk);
         let shard_name = shard_of_key(&key).unwrap_or("").to_string();
         let builder = BatchBuilder::new(
             Arc::clone(&source.pool),
