@@ -204,9 +204,6 @@ impl DiffReport {
 struct Side {
     root: StoreRoot,
     manifests: Vec<(String, String, Manifest)>,
-    /// The (shard, window) pairs of both sides, sorted: a row's `part` is
-    /// an index into it (see [`number_parts`]).
-    parts: Arc<Vec<(String, String)>>,
     /// Shards with at least one committed window (whatever --from/--to say).
     committed: std::collections::BTreeSet<String>,
     orgs: Arc<Vec<u64>>,
@@ -249,6 +246,8 @@ fn series_schema() -> SchemaRef {
 #[derive(Debug)]
 struct SideStream {
     side: Side,
+    /// Both sides' (shard, window) pairs: a row's `part` indexes it.
+    parts: Parts,
     points: bool,
     schema: SchemaRef,
 }
@@ -262,11 +261,12 @@ impl PartitionStream for SideStream {
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let side = self.side.clone();
+        let parts = Arc::clone(&self.parts);
         let points = self.points;
         let schema = Arc::clone(&self.schema);
         let (tx, rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
         let errors = tx.clone();
-        let producer = tokio::spawn(async move { produce(side, points, &tx).await });
+        let producer = tokio::spawn(async move { produce(side, &parts, points, &tx).await });
         // A producer that fails, or panics, ends the stream with an error:
         // a side that stopped early must never read as "points missing".
         tokio::spawn(async move {
@@ -354,6 +354,7 @@ impl Rows {
 /// series. A side that breaks it is corrupt, not different.
 async fn produce(
     side: Side,
+    parts: &[(String, String)],
     points: bool,
     tx: &tokio::sync::mpsc::Sender<DfResult<RecordBatch>>,
 ) -> Result<(), JobError> {
@@ -361,7 +362,7 @@ async fn produce(
     let mut ts = Vec::new();
     let mut vals = Vec::new();
     for (shard, window, m) in &side.manifests {
-        let part = part_of(&side.parts, shard, window)?;
+        let part = part_of(parts, shard, window)?;
         let mut last: Option<(u64, u64)> = None;
         for f in &m.files {
             let mut data = read_data_file(&side.root, m, f).await?;
@@ -540,16 +541,19 @@ async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, Jo
     Ok(Side {
         root,
         manifests,
-        parts: Arc::default(),
         committed,
         orgs: Arc::new(cfg.orgs.clone()),
     })
 }
 
+/// The (shard, window) pairs of both sides, sorted; a row's `part` is its
+/// window's index.
+type Parts = Arc<Vec<(String, String)>>;
+
 /// Numbers the (shard, window) pairs of both sides in sorted order (the
 /// order each side reads its windows in, so `part` grows along a side's
 /// rows as the strings would).
-fn number_parts(old: &mut Side, new: &mut Side) -> Result<(), JobError> {
+fn number_parts(old: &Side, new: &Side) -> Result<Parts, JobError> {
     let mut parts: Vec<(String, String)> = old
         .manifests
         .iter()
@@ -564,10 +568,7 @@ fn number_parts(old: &mut Side, new: &mut Side) -> Result<(), JobError> {
             parts.len()
         )));
     }
-    let parts = Arc::new(parts);
-    old.parts = Arc::clone(&parts);
-    new.parts = parts;
-    Ok(())
+    Ok(Arc::new(parts))
 }
 
 /// The `part` of a side's window.
@@ -679,7 +680,12 @@ fn differing_points(b: &RecordBatch) -> DfResult<RecordBatch> {
 }
 
 /// The session with both sides' tables registered.
-fn session(old: &Side, new: &Side, memory_limit: Option<u64>) -> Result<SessionContext, JobError> {
+fn session(
+    old: &Side,
+    new: &Side,
+    parts: &Parts,
+    memory_limit: Option<u64>,
+) -> Result<SessionContext, JobError> {
     let sc = SessionConfig::new()
         .with_target_partitions(1)
         .with_batch_size(BATCH_POINTS);
@@ -698,6 +704,7 @@ fn session(old: &Side, new: &Side, memory_limit: Option<u64>) -> Result<SessionC
     ] {
         let stream = Arc::new(SideStream {
             side: s.clone(),
+            parts: Arc::clone(parts),
             points,
             schema: if points {
                 points_schema()
@@ -712,10 +719,10 @@ fn session(old: &Side, new: &Side, memory_limit: Option<u64>) -> Result<SessionC
 
 /// The physical plans of the two joins (tests check that they stream).
 pub async fn explain(cfg: &DiffConfig) -> Result<String, JobError> {
-    let mut old = side(&cfg.old, &cfg.shards, cfg).await?;
-    let mut new = side(&cfg.new, &cfg.shards, cfg).await?;
-    number_parts(&mut old, &mut new)?;
-    let ctx = session(&old, &new, cfg.memory_limit)?;
+    let old = side(&cfg.old, &cfg.shards, cfg).await?;
+    let new = side(&cfg.new, &cfg.shards, cfg).await?;
+    let parts = number_parts(&old, &new)?;
+    let ctx = session(&old, &new, &parts, cfg.memory_limit)?;
     let mut out = String::new();
     for (l, r, keys) in [
         ("old_series", "new_series", 3),
@@ -747,10 +754,8 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
         s.dedup();
         s
     };
-    let mut old = side(&cfg.old, &shards, cfg).await?;
-    let mut new = side(&cfg.new, &shards, cfg).await?;
-    number_parts(&mut old, &mut new)?;
-    let parts = Arc::clone(&old.parts);
+    let old = side(&cfg.old, &shards, cfg).await?;
+    let new = side(&cfg.new, &shards, cfg).await?;
     if let Some(s) = shards
         .iter()
         .find(|s| !old.committed.contains(*s) && !new.committed.contains(*s))
@@ -764,7 +769,8 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
             "neither side has a committed window to compare".into(),
         ));
     }
-    let ctx = session(&old, &new, cfg.memory_limit)?;
+    let parts = number_parts(&old, &new)?;
+    let ctx = session(&old, &new, &parts, cfg.memory_limit)?;
     let mut report = DiffReport {
         old: cfg.old.clone(),
         new: cfg.new.clone(),
@@ -810,7 +816,7 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
         );
         for i in 0..b.num_rows() {
             let (shard, window) = &parts[part.value(i) as usize];
-            let d = report.shards.entry(shard.clone()).or_default();
+            let d = shard_diff(&mut report.shards, shard);
             let ex = |old: Option<String>, new: Option<String>| Example {
                 window: window.clone(),
                 org_id: org.value(i),
@@ -860,7 +866,7 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
                 d.new_points += nn.value(i);
             }
             for (c, e) in hits {
-                record(d, c, e, cfg.examples);
+                record(d, c, cfg.examples, || e);
             }
         }
     }
@@ -893,20 +899,19 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
             };
             cats.push(c);
             let (shard, window) = &parts[part.value(i) as usize];
-            let d = report.shards.entry(shard.clone()).or_default();
+            let d = shard_diff(&mut report.shards, shard);
             let show = |a: &UInt64Array| {
                 (!a.is_null(i))
                     .then(|| format!("{} (0x{:016x})", f64::from_bits(a.value(i)), a.value(i)))
             };
-            let e = Example {
+            record(d, c, cfg.examples, || Example {
                 window: window.clone(),
                 org_id: org.value(i),
                 metric_id: metric.value(i),
                 ts: Some(ts.value(i)),
                 old: show(ob),
                 new: show(nb),
-            };
-            record(d, c, e, cfg.examples);
+            });
         }
         if let Some(w) = writer.as_mut() {
             w.write(&b, &cats, &parts)?;
@@ -938,12 +943,22 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
     Ok(report)
 }
 
-fn record(d: &mut ShardDiff, c: Category, e: Example, keep: usize) {
+/// Counts a difference; keeps the example `make` builds while fewer than
+/// `keep` are kept (only then is it built).
+fn record(d: &mut ShardDiff, c: Category, keep: usize, make: impl FnOnce() -> Example) {
     *d.counts.entry(c).or_default() += 1;
     let ex = d.examples.entry(c).or_default();
     if ex.len() < keep {
-        ex.push(e);
+        ex.push(make());
     }
+}
+
+/// A shard's results, without allocating its name when it has some.
+fn shard_diff<'a>(shards: &'a mut BTreeMap<String, ShardDiff>, shard: &str) -> &'a mut ShardDiff {
+    if !shards.contains_key(shard) {
+        shards.insert(shard.to_string(), ShardDiff::default());
+    }
+    shards.get_mut(shard).expect("inserted above")
 }
 
 /// Writes differing points: side, org_id, metric_id, ts, old/new value
