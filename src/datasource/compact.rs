@@ -327,39 +327,43 @@ mod tests {
         assert_eq!(words(b.value(1)), [7, bits[3]]);
     }
 
-    #[test]
-    fn columns_of_different_lengths_are_an_error() {
+    /// `raw_points`' error for timestamp and value lists of these row
+    /// sizes, each list column laid out contiguously in its own child.
+    fn error_for(ts_sizes: &[i32], val_sizes: &[i32]) -> String {
+        let offsets = |sizes: &[i32]| -> Vec<i32> {
+            sizes
+                .iter()
+                .scan(0, |at, &n| {
+                    *at += n;
+                    Some(*at - n)
+                })
+                .collect()
+        };
+        let n = |sizes: &[i32]| sizes.iter().sum::<i32>() as usize;
         let t = list_view(
             DataType::Int64,
-            vec![0, 1],
-            vec![1, 1],
-            Arc::new(Int64Array::from(vec![1, 2])),
+            offsets(ts_sizes),
+            ts_sizes.to_vec(),
+            Arc::new(Int64Array::from(vec![1; n(ts_sizes)])),
         );
         let v = list_view(
             DataType::Float64,
-            vec![0],
-            vec![1],
-            Arc::new(Float64Array::from(vec![1.0])),
+            offsets(val_sizes),
+            val_sizes.to_vec(),
+            Arc::new(Float64Array::from(vec![1.0; n(val_sizes)])),
         );
-        let e = raw_points(&t, &v).unwrap_err().to_string();
+        raw_points(&t, &v).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn columns_of_different_lengths_are_an_error() {
+        let e = error_for(&[1, 1], &[1]);
         assert!(e.contains("columns of different lengths"), "{e}");
     }
 
     #[test]
     fn rows_whose_lengths_differ_are_an_error() {
-        let t = list_view(
-            DataType::Int64,
-            vec![0],
-            vec![2],
-            Arc::new(Int64Array::from(vec![1, 2])),
-        );
-        let v = list_view(
-            DataType::Float64,
-            vec![0],
-            vec![1],
-            Arc::new(Float64Array::from(vec![1.0])),
-        );
-        let e = raw_points(&t, &v).unwrap_err().to_string();
+        let e = error_for(&[2], &[1]);
         assert!(e.contains("2 timestamps but 1 values"), "{e}");
     }
 }

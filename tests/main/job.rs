@@ -214,37 +214,64 @@ fn output_matches_the_reference_on_adversarial_input() {
     );
 }
 
+/// A named change to the job's settings.
+type Variant = (String, Box<dyn Fn(&mut RunConfig)>);
+
+/// Runs the job over `shard` once per variant of its settings (`name`,
+/// change), each into its own output root under `dir`; asserts that every
+/// output spans several data files and all are byte-identical. Returns the
+/// output roots.
+fn same_bytes_for(
+    dir: &Path,
+    input: &Path,
+    shard: &str,
+    max_file_bytes: u64,
+    variants: Vec<Variant>,
+) -> Vec<PathBuf> {
+    let mut first: Option<BTreeMap<String, Vec<u8>>> = None;
+    let mut outs = Vec::new();
+    for (name, change) in variants {
+        let out = dir.join(format!("out-{name}"));
+        let mut c = cfg(input, &out, shard);
+        c.max_file_bytes = max_file_bytes;
+        change(&mut c);
+        run(&c).unwrap();
+        let t = tree_bytes(&out);
+        let files = t.keys().filter(|k| k.ends_with(".tsf")).count();
+        assert!(files > 1, "{name}: {files} data files");
+        match &first {
+            None => first = Some(t),
+            Some(f) => assert!(f == &t, "{name}: output differs"),
+        }
+        outs.push(out);
+    }
+    outs
+}
+
 #[test]
 fn output_bytes_do_not_depend_on_partitions_or_range_size() {
     let tmp = tempdir();
     let input = tmp.path().join("in");
     generate_tree(&input, 11, 2 << 20);
     let shard = shards_of(&input)[0].clone();
-    let mut first: Option<BTreeMap<String, Vec<u8>>> = None;
-    for (parts, range) in [
+    let variants = [
         (1, 1u64 << 30),
         (2, 1 << 30),
         (8, 1 << 30),
         (2, 65_536),
         (8, 4096),
         (1, 777),
-    ] {
-        let out = tmp.path().join(format!("out-{parts}-{range}"));
-        let mut c = cfg(&input, &out, &shard);
-        c.target_partitions = parts;
-        c.range_bytes = range;
-        c.max_file_bytes = 64 << 10; // several files
-        run(&c).unwrap();
-        let t = tree_bytes(&out);
-        assert!(
-            t.keys().filter(|k| k.ends_with(".tsf")).count() > 1,
-            "several files"
-        );
-        match &first {
-            None => first = Some(t),
-            Some(f) => assert!(f == &t, "partitions {parts}, range {range}: output differs"),
-        }
-    }
+    ]
+    .into_iter()
+    .map(|(parts, range)| {
+        let change: Box<dyn Fn(&mut RunConfig)> = Box::new(move |c| {
+            c.target_partitions = parts;
+            c.range_bytes = range;
+        });
+        (format!("partitions {parts}, range {range}"), change)
+    })
+    .collect();
+    same_bytes_for(tmp.path(), &input, &shard, 64 << 10, variants);
 }
 
 /// Staged files reach a local output by a rename when the staging directory
@@ -265,24 +292,20 @@ fn staged_files_reach_a_local_output_by_rename_or_copy_with_the_same_bytes() {
     {
         stages.push(shm.to_path_buf());
     }
-    let mut first: Option<BTreeMap<String, Vec<u8>>> = None;
-    for (i, stage) in stages.iter().enumerate() {
-        std::fs::create_dir_all(stage).unwrap();
-        let out = tmp.path().join(format!("out-{i}"));
-        let mut c = cfg(&input, &out, &shard);
-        c.stage_dir = Some(stage.clone());
-        c.max_file_bytes = 16 << 10;
-        run(&c).unwrap();
-        let t = tree_bytes(&out);
-        let files = t.keys().filter(|k| k.ends_with(".tsf")).count();
-        assert!(files > 1, "{files} data files");
-        for k in t.keys() {
+    let variants = stages
+        .into_iter()
+        .map(|stage| {
+            std::fs::create_dir_all(&stage).unwrap();
+            let name = format!("staged in {}", stage.display()).replace('/', "_");
+            let change: Box<dyn Fn(&mut RunConfig)> =
+                Box::new(move |c| c.stage_dir = Some(stage.clone()));
+            (name, change)
+        })
+        .collect();
+    for out in same_bytes_for(tmp.path(), &input, &shard, 16 << 10, variants) {
+        for k in tree_bytes(&out).keys() {
             let mode = std::fs::metadata(out.join(k)).unwrap().permissions().mode();
             assert_eq!(mode & 0o444, 0o444 & !umask(), "{k}: mode {mode:o}");
-        }
-        match &first {
-            None => first = Some(t),
-            Some(f) => assert!(f == &t, "staged in {}: output differs", stage.display()),
         }
     }
 }
