@@ -188,10 +188,13 @@ pub enum Step {
     Frame(Frame),
     /// Under the skip policy: a corrupt region starting at `error.offset`,
     /// `skipped` bytes of it inside this range, after which the cursor
-    /// resynchronised (or stopped).
+    /// resynchronised (or stopped). `open`: the region runs on past this
+    /// range's end, up to the first frame a later range finds (see
+    /// [`ScanLog::corrupt`](crate::datasource::source::ScanLog::corrupt)).
     Skipped {
         error: FormatError,
         skipped: u64,
+        open: bool,
     },
 }
 
@@ -548,18 +551,23 @@ impl FrameCursor {
             return Ok(Some(Step::Skipped {
                 error: e,
                 skipped: 0,
+                open: true,
             }));
         }
-        let skipped = match self.seek(p + 1, self.end, false).await? {
+        let (skipped, open) = match self.seek(p + 1, self.end, false).await? {
             Some(q) => {
                 self.state = State::At(q);
-                q - p
+                (q - p, false)
             }
             None => {
                 self.done_at(self.end);
-                self.end - p
+                (self.end - p, true)
             }
         };
-        Ok(Some(Step::Skipped { error: e, skipped }))
+        Ok(Some(Step::Skipped {
+            error: e,
+            skipped,
+            open,
+        }))
     }
 }

@@ -103,8 +103,13 @@ pub struct CorruptRecord {
     pub key: String,
     pub offset: u64,
     pub reason: String,
-    /// Bytes skipped inside the range that reported it.
+    /// Bytes skipped: from `offset` to the next frame start that the sync
+    /// rule accepts (or the object's end), whatever ranges they lie in.
     pub skipped_bytes: u64,
+    /// While the scan runs: the region ran past the end of the range that
+    /// reported it; [`ScanLog::corrupt`] extends it over the next ranges.
+    #[serde(skip)]
+    pub open: bool,
 }
 
 /// A payload found under a shard its org does not belong to.
@@ -135,6 +140,24 @@ pub struct RangeRecord {
     /// See [`FrameCursor::rejected`].
     #[serde(skip)]
     pub rejected: Vec<Rejected>,
+}
+
+/// Where a corrupt region that reached `reach` ends: at the first frame
+/// the ranges from `reach` on found, passing over ranges that found none.
+/// `ranges` are in (key, start) order.
+fn region_end(ranges: &[RangeRecord], key: &str, mut reach: u64) -> u64 {
+    let from = ranges.partition_point(|r| r.key.as_str() < key);
+    let object = &ranges[from..];
+    let object = &object[..object.partition_point(|r| r.key == key)];
+    while let Some(r) = object.iter().find(|r| r.start <= reach && reach < r.end) {
+        match r.first_frame {
+            // A frame the range found before `reach` belongs to a chain
+            // that the tiling check follows; nothing to add here.
+            Some(f) => return f.max(reach),
+            None => reach = r.end,
+        }
+    }
+    reach
 }
 
 /// Totals of a scan.
@@ -178,9 +201,23 @@ impl ScanLog {
         self.inner.lock().unwrap().totals.clone()
     }
     /// Skipped corrupt frames, in input order.
+    ///
+    /// A range counts only the skipped bytes inside it; a corrupt region
+    /// that runs on past its end ends where a later range's sync finds its
+    /// first frame (the same rule a range covering both would apply), so
+    /// `skipped_bytes` does not depend on how the object was split. Ranges
+    /// that were not read to their end end the region where they begin.
     pub fn corrupt(&self) -> Vec<CorruptRecord> {
         let mut v = self.inner.lock().unwrap().corrupt.clone();
         v.sort_by(|a, b| (&a.key, a.offset).cmp(&(&b.key, b.offset)));
+        if v.iter().any(|c| c.open) {
+            let ranges = self.ranges();
+            for c in v.iter_mut().filter(|c| c.open) {
+                let end = region_end(&ranges, &c.key, c.offset + c.skipped_bytes);
+                c.skipped_bytes = end - c.offset;
+                c.open = false;
+            }
+        }
         v
     }
     /// Misrouted payloads, in input order.
@@ -212,11 +249,15 @@ impl ScanLog {
     /// read to their end (a stream dropped early, as under `LIMIT`) are
     /// unknown territory: nothing is concluded across them.
     pub fn tiling_errors(&self) -> Vec<FrameError> {
-        self.tiling_problems().into_iter().map(|(e, _)| e).collect()
+        self.tiling_problems()
+            .into_iter()
+            .map(|(e, _, _)| e)
+            .collect()
     }
 
     /// [`Self::tiling_errors`] with the bytes each one covers.
-    fn tiling_problems(&self) -> Vec<(FrameError, u64)> {
+    /// The bool: the region runs on past the range it was found in.
+    fn tiling_problems(&self) -> Vec<(FrameError, u64, bool)> {
         let mut ranges = self.ranges();
         // A log shared by several scans of the same files holds each range
         // once per scan.
@@ -231,9 +272,9 @@ impl ScanLog {
                 .flat_map(|r| r.rejected.iter())
                 .map(|x| (x.offset, x))
                 .collect();
-            let mut push = |error: FormatError, skipped: u64| {
+            let mut push = |error: FormatError, skipped: u64, open: bool| {
                 if !known(key, error.offset) {
-                    out.push((FrameError::new(key, error), skipped));
+                    out.push((FrameError::new(key, error), skipped, open));
                 }
             };
             // Where the next frame must start (None: unknown).
@@ -258,6 +299,7 @@ impl ScanLog {
                                     kind: ErrorKind::RangesOverlap { next: cur },
                                 },
                                 0,
+                                false,
                             );
                             break;
                         }
@@ -267,7 +309,7 @@ impl ScanLog {
                             break;
                         }
                         if let Some(x) = rejected.get(&cur) {
-                            push(x.error.clone(), x.next - x.offset);
+                            push(x.error.clone(), x.next - x.offset, false);
                             cur = x.next;
                             continue;
                         }
@@ -278,6 +320,7 @@ impl ScanLog {
                                 kind: ErrorKind::Unreadable { next },
                             },
                             next - cur,
+                            r.first_frame.is_none(),
                         );
                         break;
                     }
@@ -298,19 +341,20 @@ impl ScanLog {
         let mut g = self.inner.lock().unwrap();
         for e in errors {
             g.totals.corrupt_frames += 1;
-            let skipped = problems
+            let (skipped, open) = problems
                 .iter()
-                .find(|(p, _)| p == e)
-                .map(|(_, s)| *s)
+                .find(|(p, _, _)| p == e)
+                .map(|(_, s, open)| (*s, *open))
                 .unwrap_or(match e.error.kind {
-                    ErrorKind::Unreadable { next } => next.saturating_sub(e.error.offset),
-                    _ => 0,
+                    ErrorKind::Unreadable { next } => (next.saturating_sub(e.error.offset), false),
+                    _ => (0, false),
                 });
             g.corrupt.push(CorruptRecord {
                 key: e.key.clone(),
                 offset: e.error.offset,
                 reason: e.error.kind.to_string(),
                 skipped_bytes: skipped,
+                open,
             });
         }
     }
@@ -681,7 +725,7 @@ impl RangeScan {
     }
 
     /// Corruption in a frame: fails, or is recorded under the skip policy.
-    fn corrupt(&mut self, error: FormatError, skipped: u64) -> Result<()> {
+    fn corrupt(&mut self, error: FormatError, skipped: u64, open: bool) -> Result<()> {
         if self.source.options.on_corrupt == CorruptPolicy::Fail {
             return Err(DataFusionError::External(Box::new(FrameError::new(
                 self.key.clone(),
@@ -695,6 +739,7 @@ impl RangeScan {
             offset: error.offset,
             reason: error.kind.to_string(),
             skipped_bytes: skipped,
+            open,
         });
         Ok(())
     }
@@ -713,7 +758,7 @@ impl RangeScan {
             Ok(i) => i,
             Err(e) => {
                 let len = body.len() as u64 + 4;
-                self.corrupt(e, len)?;
+                self.corrupt(e, len, false)?;
                 return Ok(None);
             }
         };
@@ -729,7 +774,7 @@ impl RangeScan {
         {
             Ok(h) => h,
             Err(e) => {
-                self.corrupt(e, body.len() as u64 + 4)?;
+                self.corrupt(e, body.len() as u64 + 4, false)?;
                 return Ok(flushed);
             }
         };
@@ -768,7 +813,7 @@ impl RangeScan {
                 Ok(s) => s,
                 Err(CursorError::Corrupt(e)) => {
                     // Only under the fail policy; `corrupt` turns it into the error.
-                    self.corrupt(e, 0)?;
+                    self.corrupt(e, 0, false)?;
                     continue;
                 }
                 Err(CursorError::Io { range, source }) => {
@@ -789,8 +834,12 @@ impl RangeScan {
                     self.decode_time.add_duration(start.elapsed());
                     b?
                 }
-                Some(Step::Skipped { error, skipped }) => {
-                    self.corrupt(error, skipped)?;
+                Some(Step::Skipped {
+                    error,
+                    skipped,
+                    open,
+                }) => {
+                    self.corrupt(error, skipped, open)?;
                     None
                 }
                 None => {

@@ -268,11 +268,12 @@ fn garbage_between_frames_is_reported_once_whatever_the_split() {
 }
 
 /// What a scan of one payload file saw: the frames read (by offset), the
-/// corrupt frames recorded (offset, reason) and their count, or the error.
+/// corrupt frames recorded (offset, reason, bytes skipped) and their
+/// count, or the error.
 #[derive(Debug, PartialEq)]
 struct Outcome {
     frames: Vec<u64>,
-    corrupt: Vec<(u64, String)>,
+    corrupt: Vec<(u64, String, u64)>,
     corrupt_count: u64,
     error: Option<(u64, tailor::format::payload::ErrorKind)>,
 }
@@ -349,7 +350,7 @@ fn scan_file(file: &[u8], range: u64, policy: CorruptPolicy, remote: bool) -> Ou
         let corrupt = log
             .corrupt()
             .into_iter()
-            .map(|c| (c.offset, c.reason))
+            .map(|c| (c.offset, c.reason, c.skipped_bytes))
             .collect();
         Outcome {
             frames,
@@ -474,9 +475,20 @@ fn corrupt_files_read_the_same_at_every_range_size() {
                     !whole
                         .corrupt
                         .iter()
-                        .any(|(_, r)| r.contains("no readable frame")),
+                        .any(|(_, r, _)| r.contains("no readable frame")),
                     "{name}: a real reason for every corrupt frame: {whole:?}"
                 );
+                // Every byte is in a frame read or in a skipped region.
+                let frame_bytes: u64 = whole
+                    .frames
+                    .iter()
+                    .map(|&o| {
+                        let o = o as usize;
+                        4 + u32::from_le_bytes(file[o..o + 4].try_into().unwrap()) as u64
+                    })
+                    .sum();
+                let skipped: u64 = whole.corrupt.iter().map(|c| c.2).sum();
+                assert_eq!(frame_bytes + skipped, len, "{name}: {whole:?}");
             } else {
                 assert!(whole.error.is_some(), "{name}: the fail policy must fail");
             }
