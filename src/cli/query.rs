@@ -9,10 +9,11 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::cli::{load_shard_map, parse_hour};
 use crate::datasource::compact::Compact;
-use crate::datasource::listing::{Hour, Window, list_inputs};
+use crate::datasource::listing::{Hour, Listing, Window, list_inputs};
 use crate::datasource::source::{CorruptPolicy, PayloadOptions, ScanLog};
 use crate::datasource::store::StoreRoot;
 use crate::datasource::table::PayloadTable;
+use crate::format::payload::{ErrorKind, FrameError};
 use crate::job::JobError;
 use crate::job::config::parse_size;
 
@@ -126,19 +127,59 @@ fn validate(a: &QueryArgs) -> Result<QueryConfig, JobError> {
 /// After the scan: corruption only visible across ranges (a frame with a
 /// corrupt body where one range hands over to the next) fails the query
 /// under the `fail` policy, with the frame's real error, and is counted
-/// under `skip`.
-fn check_tiling(log: &ScanLog, policy: CorruptPolicy) -> Result<(), JobError> {
+/// under `skip`. Under `skip`, a range that took a false frame boundary
+/// (a well-formed frame inside a corrupt body) is returned: the result
+/// holds rows a read of the chain would not, and the query must run again
+/// without splitting objects into ranges, as `tailor run` does.
+fn check_tiling(log: &ScanLog, policy: CorruptPolicy) -> Result<Option<FrameError>, JobError> {
     let errors = log.tiling_errors();
     let Some(first) = errors.first() else {
-        return Ok(());
+        return Ok(None);
     };
     if policy == CorruptPolicy::Fail {
         return Err(JobError::DataFusion(
             datafusion::error::DataFusionError::External(Box::new(first.clone())),
         ));
     }
+    if let Some(e) = errors
+        .iter()
+        .find(|e| matches!(e.kind(), ErrorKind::RangesOverlap { .. }))
+    {
+        return Ok(Some(e.clone()));
+    }
     log.record_skipped(&errors);
-    Ok(())
+    Ok(None)
+}
+
+/// What one execution of the query produced.
+enum Produced {
+    /// Rows written to `--out`.
+    Written(u64),
+    Batches(Vec<datafusion::arrow::array::RecordBatch>),
+}
+
+/// Runs the query once over the payload table built from `opts`.
+async fn execute(
+    a: &QueryArgs,
+    root: &StoreRoot,
+    listing: &Listing,
+    opts: PayloadOptions,
+) -> Result<(Produced, Arc<ScanLog>), JobError> {
+    let mut config = SessionConfig::new()
+        .with_repartition_file_min_size(opts.range_bytes.min(usize::MAX as u64) as usize);
+    if let Some(n) = a.target_partitions {
+        config = config.with_target_partitions(n);
+    }
+    let ctx = SessionContext::new_with_config(config);
+    ctx.register_udf(Compact::udf());
+    let log = PayloadTable::new(root, listing.objects.clone(), opts, ScanLog::new())
+        .register(&ctx, root, "payloads")?;
+    let df = ctx.sql(&a.sql).await?;
+    let produced = match &a.out {
+        Some(path) => Produced::Written(write_stream(df, a.format, path).await?),
+        None => Produced::Batches(df.collect().await?),
+    };
+    Ok((produced, log))
 }
 
 pub async fn main(a: QueryArgs) -> Result<ExitCode, JobError> {
@@ -150,24 +191,29 @@ pub async fn main(a: QueryArgs) -> Result<ExitCode, JobError> {
     } = validate(&a)?;
     let listing = list_inputs(&root, shard.as_deref(), &window).await?;
     let policy = opts.on_corrupt;
-    let mut config = SessionConfig::new().with_repartition_file_min_size(opts.range_bytes as usize);
-    if let Some(n) = a.target_partitions {
-        config = config.with_target_partitions(n);
+    let (mut produced, mut log) = execute(&a, &root, &listing, opts.clone()).await?;
+    if let Some(e) = check_tiling(&log, policy)? {
+        eprintln!("-- {e}: running the query again, every object read as one range");
+        let whole = PayloadOptions {
+            range_bytes: u64::MAX,
+            ..opts
+        };
+        (produced, log) = execute(&a, &root, &listing, whole).await?;
+        if let Some(e) = check_tiling(&log, policy)? {
+            return Err(JobError::Internal(format!(
+                "objects read as one range each still overlap: {e}"
+            )));
+        }
     }
-    let ctx = SessionContext::new_with_config(config);
-    ctx.register_udf(Compact::udf());
-    let log = PayloadTable::new(&root, listing.objects.clone(), opts, ScanLog::new())
-        .register(&ctx, &root, "payloads")?;
-    let df = ctx.sql(&a.sql).await?;
-    if let Some(path) = &a.out {
-        let rows = write_stream(df, a.format, path).await?;
-        check_tiling(&log, policy)?;
-        eprintln!("-- {rows} rows written to {}", path.display());
-        report(&listing, &log);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let batches = df.collect().await?;
-    check_tiling(&log, policy)?;
+    let batches = match produced {
+        Produced::Written(rows) => {
+            let path = a.out.as_ref().expect("written to --out");
+            eprintln!("-- {rows} rows written to {}", path.display());
+            report(&listing, &log);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Produced::Batches(b) => b,
+    };
     let mut out = std::io::stdout().lock();
     use std::io::Write;
     match a.format {
@@ -206,7 +252,7 @@ pub async fn main(a: QueryArgs) -> Result<ExitCode, JobError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn report(listing: &crate::datasource::listing::Listing, log: &ScanLog) {
+fn report(listing: &Listing, log: &ScanLog) {
     let t = log.totals();
     eprintln!(
         "-- {} objects ({} ignored), {} bytes, {} bytes read ({:.4} of the input), {} frames read, {} corrupt frames skipped, {} misrouted payloads",

@@ -30,7 +30,17 @@
 //!   log turns it into a report with the real reason after the scan;
 //! * under the skip policy, a corrupt frame is reported and the cursor
 //!   resynchronises with the same rule a range start uses, from the byte
-//!   after the corrupt frame's offset;
+//!   after the corrupt frame's offset; a skipped region that runs past
+//!   `end` is extended after the scan to the first frame a later range
+//!   found ([`ScanLog::corrupt`](crate::datasource::source::ScanLog::corrupt));
+//! * the one case no local rule can settle: a corrupt body (skipped by its
+//!   length) that holds a well-formed frame which chains. A range starting
+//!   inside that body takes the inner frame. The scan log sees it after
+//!   the scan (the range's first frame lies before the previous range's
+//!   hand-over, [`ErrorKind::RangesOverlap`]):
+//!   the fail policy fails, and under the skip policy `tailor run` and
+//!   `tailor query` discard that pass and scan again with every object
+//!   read as one range;
 //! * a local file shorter than the listed size (truncated after listing)
 //!   is read up to its real end and its missing tail reported as corruption.
 

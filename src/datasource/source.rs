@@ -538,7 +538,7 @@ impl FileSource for PayloadSource {
                 let (start, end) = f.range();
                 let mut s = start;
                 while s < end {
-                    let e = (s + max).min(end);
+                    let e = s.saturating_add(max).min(end);
                     let mut piece = f.clone();
                     piece.range = Some(FileRange {
                         start: s as i64,

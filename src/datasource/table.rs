@@ -84,7 +84,7 @@ impl PayloadTable {
             }
             let mut s = 0;
             while s < obj.size {
-                let e = (s + max).min(obj.size);
+                let e = s.saturating_add(max).min(obj.size);
                 pieces.push(PartitionedFile::from(obj.meta.clone()).with_range(s as i64, e as i64));
                 s = e;
             }

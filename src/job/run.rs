@@ -41,9 +41,10 @@ use crate::datasource::listing::{Listing, Window, list_inputs};
 use crate::datasource::source::{PayloadOptions, ScanLog, frame_error};
 use crate::datasource::store::StoreRoot;
 use crate::datasource::table::PayloadTable;
+use crate::format::payload::{ErrorKind, FrameError};
 use crate::job::JobError;
 use crate::job::config::RunConfig;
-use crate::job::manifest::{self, Manifest, OutputWriter};
+use crate::job::manifest::{self, Manifest, OutputWriter, Staged};
 use crate::job::report::{Phase, Report, cpu_time, peak_rss_bytes};
 
 /// One series, merged: sorted, deduplicated, with its last payload's metadata.
@@ -365,7 +366,88 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
     let stage = tempfile::Builder::new()
         .prefix("tailor-stage-")
         .tempdir_in(cfg.stage_dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    let ctx = session(cfg, spill.path(), crate::job::report::current_rss_bytes())?;
+    let first =
+        scan_group_encode(cfg, &input, &listing, spill.path(), stage.path(), report).await?;
+    let staged = match first {
+        Pass::Done(staged) => staged,
+        Pass::FalseBoundary(e) => {
+            // Only under the skip policy (the fail policy failed on it): the
+            // output holds the payload of a frame that a read of the whole
+            // chain would not take, so it is thrown away and the window is
+            // scanned again without splitting objects, as a one-range read
+            // does. A corrupt body holding a well-formed frame that chains
+            // is the only way there; it is rare enough that the slower
+            // second pass does not matter.
+            report.warnings.push(format!(
+                "{e}: the output of that pass was discarded and the window scanned again, every object read as one range"
+            ));
+            for p in report.phases.iter_mut().skip(1) {
+                p.name.push_str(" (discarded pass)");
+            }
+            let whole = RunConfig {
+                range_bytes: u64::MAX,
+                ..cfg.clone()
+            };
+            match scan_group_encode(&whole, &input, &listing, spill.path(), stage.path(), report)
+                .await?
+            {
+                Pass::Done(staged) => staged,
+                Pass::FalseBoundary(e) => {
+                    return Err(JobError::Internal(format!(
+                        "objects read as one range each still overlap: {e}"
+                    )));
+                }
+            }
+        }
+    };
+    // -- write + commit
+    let dropped = manifest::Dropped {
+        duplicate_points: report.merge.duplicates_dropped,
+        conflicting_duplicate_points: report.merge.conflicting_duplicates,
+        misrouted_payloads: report.scan.misrouted_payloads,
+        corrupt_frames: report.scan.corrupt_frames,
+    };
+    let manifest = Manifest::build(cfg, &window, &listing, &staged, dropped);
+    let t = Phase::start("write");
+    manifest::upload_files(&output, &manifest, &staged).await?;
+    report.phases.push(t.stop());
+    if cfg.fail_before_commit {
+        return Err(JobError::Internal(
+            "--fail-before-commit: stopped after writing the data files, before the manifest"
+                .into(),
+        ));
+    }
+    let t = Phase::start("commit");
+    let committed = manifest::commit(&output, &manifest).await?;
+    report.phases.push(t.stop());
+    report.set_output(&manifest, committed.stale_removed);
+    report.warnings.extend(committed.cleanup_error);
+    drop(spill);
+    Ok(())
+}
+
+/// How a pass of scan + group + encode ended.
+enum Pass {
+    /// The output is staged.
+    Done(Staged),
+    /// Under the skip policy, a range took a false frame boundary (see
+    /// [`ErrorKind::RangesOverlap`]): what was staged must not be used.
+    FalseBoundary(Box<FrameError>),
+}
+
+/// Scans the listed objects, groups their points per series and stages the
+/// encoded files in a fresh directory under `stage`; fills the report's
+/// scan, merge and per-phase figures.
+async fn scan_group_encode(
+    cfg: &RunConfig,
+    input: &StoreRoot,
+    listing: &Listing,
+    spill: &std::path::Path,
+    stage: &std::path::Path,
+    report: &mut Report,
+) -> Result<Pass, JobError> {
+    let stage = tempfile::Builder::new().prefix("pass-").tempdir_in(stage)?;
+    let ctx = session(cfg, spill, crate::job::report::current_rss_bytes())?;
     let mut options = PayloadOptions::new(Arc::clone(&cfg.shard_map));
     options.on_corrupt = cfg.on_corrupt;
     options.range_bytes = cfg.range_bytes;
@@ -375,8 +457,8 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
         options.slab_bytes =
             (limit / (64 * cfg.target_partitions.max(1) as u64)).clamp(16 << 10, 8 << 20) as usize;
     }
-    let log = PayloadTable::new(&input, listing.objects.clone(), options, ScanLog::new())
-        .register(&ctx, &input, "payloads")?;
+    let log = PayloadTable::new(input, listing.objects.clone(), options, ScanLog::new())
+        .register(&ctx, input, "payloads")?;
 
     // scan + decode, group and encode run as one pipeline: their wall times
     // overlap; the CPU of each is measured where it is spent.
@@ -455,6 +537,12 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
                 Box::new(report.clone()),
             ));
         }
+        if let Some(overlap) = gaps
+            .iter()
+            .find(|g| matches!(g.kind(), ErrorKind::RangesOverlap { .. }))
+        {
+            return Ok(Pass::FalseBoundary(Box::new(overlap.clone())));
+        }
         log.record_skipped(&gaps);
         report.scan = log.totals();
         report.corrupt = log.corrupt();
@@ -465,31 +553,9 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
         report.failed(&format!("{n} misrouted payloads (--fail-on-misrouted)"));
         return Err(JobError::Misrouted(n, Box::new(report.clone())));
     }
-
-    // -- write + commit
-    let dropped = manifest::Dropped {
-        duplicate_points: report.merge.duplicates_dropped,
-        conflicting_duplicate_points: report.merge.conflicting_duplicates,
-        misrouted_payloads: report.scan.misrouted_payloads,
-        corrupt_frames: report.scan.corrupt_frames,
-    };
-    let manifest = Manifest::build(cfg, &window, &listing, &staged, dropped);
-    let t = Phase::start("write");
-    manifest::upload_files(&output, &manifest, &staged).await?;
-    report.phases.push(t.stop());
-    if cfg.fail_before_commit {
-        return Err(JobError::Internal(
-            "--fail-before-commit: stopped after writing the data files, before the manifest"
-                .into(),
-        ));
-    }
-    let t = Phase::start("commit");
-    let committed = manifest::commit(&output, &manifest).await?;
-    report.phases.push(t.stop());
-    report.set_output(&manifest, committed.stale_removed);
-    report.warnings.extend(committed.cleanup_error);
-    drop(spill);
-    Ok(())
+    // The staged files live until the job's stage directory is removed.
+    let _ = stage.keep();
+    Ok(Pass::Done(staged))
 }
 
 /// The window the job covers: the flags, or every hour present.
