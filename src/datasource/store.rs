@@ -174,14 +174,26 @@ impl StoreRoot {
 
 /// In-memory stores by name, so that `memory://name/...` URLs given twice in
 /// one process (tests) see the same objects.
-fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
+fn memory_stores()
+-> std::sync::MutexGuard<'static, std::collections::HashMap<String, Arc<dyn ObjectStore>>> {
     use std::collections::HashMap;
     use std::sync::{LazyLock, Mutex};
     static STORES: LazyLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> =
         LazyLock::new(|| Mutex::new(HashMap::new()));
-    let mut g = STORES.lock().unwrap();
+    STORES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
     Arc::clone(
-        g.entry(name.to_string())
+        memory_stores()
+            .entry(name.to_string())
             .or_insert_with(|| Arc::new(InMemory::new())),
     )
+}
+
+/// Serves `memory://<name>/...` URLs from `store` instead of a fresh
+/// in-memory store: how a test (or a program embedding tailor) hands the
+/// job a store of its own, such as one whose deletes fail.
+pub fn install_memory_store(name: &str, store: Arc<dyn ObjectStore>) {
+    memory_stores().insert(name.to_string(), store);
 }

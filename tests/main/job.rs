@@ -607,3 +607,169 @@ fn corrupt_input_fails_with_key_and_offset_or_is_skipped_and_listed() {
     assert!(victim.to_str().unwrap().ends_with(&r.corrupt[0].key));
     assert_eq!(r.scan.corrupt_frames, 1);
 }
+
+/// An in-memory store whose deletes fail while `fail` is set.
+#[derive(Debug)]
+struct FailingDeletes {
+    inner: object_store::memory::InMemory,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Display for FailingDeletes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FailingDeletes({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for FailingDeletes {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        use futures::StreamExt;
+        if !self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return self.inner.delete_stream(locations);
+        }
+        locations
+            .map(|l| {
+                Err(object_store::Error::Generic {
+                    store: "FailingDeletes",
+                    source: format!("refusing to delete {:?}", l.map(|p| p.to_string())).into(),
+                })
+            })
+            .boxed()
+    }
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// The manifest is the commit: removing the previous run's files after it
+/// is best effort. When that fails the run still succeeds, with a warning,
+/// readers see the new run only, and the next run removes what was left.
+#[test]
+fn a_cleanup_that_fails_after_the_commit_is_a_warning_and_the_next_run_finishes_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    generate_tree(&input, 21, 2 << 20);
+    let shard = shards_of(&input)[0].clone();
+    let fail = Arc::new(AtomicBool::new(false));
+    tailor::datasource::store::install_memory_store(
+        "failing-deletes",
+        Arc::new(FailingDeletes {
+            inner: object_store::memory::InMemory::new(),
+            fail: Arc::clone(&fail),
+        }),
+    );
+    let out = "memory://failing-deletes/out";
+    let mut c = RunConfig::new(input.to_str().unwrap(), out, &shard);
+    c.shard_map = shard_map();
+    c.target_partitions = 2;
+    c.max_file_bytes = 64 << 10;
+    let root = StoreRoot::open(out).unwrap();
+    // Every object under the output root, by relative path.
+    let objects = || -> Vec<String> {
+        use futures::TryStreamExt;
+        let mut v: Vec<String> = rt()
+            .block_on(root.store.list(None).try_collect::<Vec<_>>())
+            .unwrap()
+            .into_iter()
+            .filter_map(|o| root.relative(&o.location).map(|p| p.to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    let data_of = |run_id: &str| -> Vec<String> {
+        objects()
+            .into_iter()
+            .filter(|p| p.contains(&format!("/data/{run_id}/")))
+            .collect()
+    };
+
+    let first = run(&c).unwrap();
+    assert!(first.warnings.is_empty(), "{:?}", first.warnings);
+    let first_files = data_of(&first.output.run_id);
+    assert!(first_files.len() > 1, "{first_files:?}");
+
+    // The run id is a digest of input, settings and output: a rerun with
+    // another file size cap writes under a new one.
+    fail.store(true, Ordering::SeqCst);
+    c.max_file_bytes = 48 << 10;
+    let second = run(&c).unwrap();
+    assert_eq!(second.status, "committed");
+    assert_eq!(second.output.stale_objects_removed, 0);
+    assert!(
+        second
+            .warnings
+            .iter()
+            .any(|w| w.contains("committed, but removing other runs' files")
+                && w.contains("refusing to delete")),
+        "{:?}",
+        second.warnings
+    );
+    // Both runs' files are there; the manifest names the second.
+    assert_eq!(data_of(&first.output.run_id), first_files);
+    let (s, w) = second.output.location.split_once('/').unwrap();
+    let m = rt().block_on(read_manifest(&root, s, w)).unwrap();
+    assert_eq!(m.run_id, second.output.run_id);
+    let second_files = data_of(&second.output.run_id);
+
+    fail.store(false, Ordering::SeqCst);
+    c.max_file_bytes = 40 << 10;
+    let third = run(&c).unwrap();
+    assert!(third.warnings.is_empty(), "{:?}", third.warnings);
+    assert_eq!(
+        third.output.stale_objects_removed as usize,
+        first_files.len() + second_files.len()
+    );
+    let left: Vec<String> = objects()
+        .into_iter()
+        .filter(|p| p.contains("/data/"))
+        .collect();
+    assert_eq!(left, data_of(&third.output.run_id));
+}
