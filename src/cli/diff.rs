@@ -21,7 +21,8 @@ pub struct DiffArgs {
     /// Shards to compare (repeatable; default: every shard on either side).
     #[arg(long = "shard")]
     pub shards: Vec<String>,
-    /// Only windows starting at or after this hour.
+    /// Only windows starting at or after this hour. Windows are compared
+    /// whole: one only partly inside --from/--to is an error.
     #[arg(long, value_parser = parse_hour)]
     pub from: Option<Hour>,
     /// Only windows ending at or before this hour.
@@ -65,7 +66,19 @@ pub async fn main(a: DiffArgs) -> Result<ExitCode, JobError> {
     if let Some(p) = &a.report {
         std::fs::write(p, serde_json::to_string_pretty(&report).expect("json"))?;
     }
-    print!("{}", report.summary());
+    // The verdict is the exit code: a reader that stops reading the
+    // summary (`| head`) does not change it.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = out
+            .write_all(report.summary().as_bytes())
+            .and_then(|()| out.flush())
+            && e.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            return Err(e.into());
+        }
+    }
     Ok(if report.identical() {
         ExitCode::SUCCESS
     } else {

@@ -142,7 +142,9 @@ pub fn main_with(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            if is_broken_pipe(&e) {
+            // A closed stdout ends a listing early, as it should; diff's
+            // exit code is its verdict, so it never takes this way out.
+            if is_broken_pipe(&e) && !is_diff {
                 return ExitCode::SUCCESS;
             }
             print_error(&e);

@@ -504,6 +504,10 @@ async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, Jo
         cfg.from.as_ref().is_none_or(|f| from >= f.as_str())
             && cfg.to.as_ref().is_none_or(|t| to <= t.as_str())
     };
+    let overlaps = |from: &str, to: &str| {
+        cfg.from.as_ref().is_none_or(|f| to >= f.as_str())
+            && cfg.to.as_ref().is_none_or(|t| from <= t.as_str())
+    };
     for shard in shards {
         let (windows, uncommitted) = window_dirs(&root, shard).await?;
         if !windows.is_empty() {
@@ -513,7 +517,7 @@ async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, Jo
         // that wrote it was stopped and never rerun.
         if let Some(w) = uncommitted
             .iter()
-            .find(|w| w.split_once('_').is_none_or(|(f, t)| inside(f, t)))
+            .find(|w| w.split_once('_').is_none_or(|(f, t)| overlaps(f, t)))
         {
             return Err(JobError::Output(format!(
                 "{url}: {shard}/{w} holds files but no {} (a run that did not commit; \
@@ -525,6 +529,15 @@ async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, Jo
             let m = read_manifest(&root, shard, &w).await?;
             if inside(&m.window_from, &m.window_to) {
                 manifests.push((shard.clone(), w, m));
+            } else if overlaps(&m.window_from, &m.window_to) {
+                // A window's points are not kept by input hour: it is
+                // compared whole or not at all, and leaving it out
+                // silently would hide its differences.
+                return Err(JobError::Config(format!(
+                    "{url}: window {shard}/{w} ({} to {}) is only partly inside --from/--to; \
+                     windows are compared whole: move --from/--to to window bounds",
+                    m.window_from, m.window_to
+                )));
             }
         }
     }

@@ -227,6 +227,17 @@ fn diff_exits_0_when_identical_1_when_different_2_on_error() {
     std::fs::write(&data, bytes).unwrap();
     let o = diff(&["--old", "a", "--new", "c"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
+    // The error names the file and what is wrong with it.
+    let name = std::path::Path::new(&data)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        stderr(&o).contains(name) && stderr(&o).contains("the manifest says"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -551,3 +551,139 @@ fn an_uncommitted_side_is_an_error() {
         .unwrap_err();
     assert!(e.to_string().contains("did not commit"), "{e}");
 }
+
+/// Runs the diff over `--from`/`--to` (hours, `YYYY-MM-DDTHH`).
+fn run_diff_range(
+    old: &Path,
+    new: &Path,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<tailor::job::diff::DiffReport, tailor::job::JobError> {
+    let hour = |h: Option<&str>| h.map(|h| tailor::datasource::listing::Hour::parse(h).unwrap());
+    rt().block_on(diff(&DiffConfig {
+        old: old.to_str().unwrap().into(),
+        new: new.to_str().unwrap().into(),
+        shards: vec![],
+        from: hour(from),
+        to: hour(to),
+        orgs: vec![],
+        examples: 2,
+        memory_limit: Some(64 << 20),
+        out: Some(
+            old.parent()
+                .unwrap()
+                .join(format!("diff-{}.parquet", rand_suffix())),
+        ),
+    }))
+}
+
+/// `--from`/`--to` select whole windows, and a window only partly inside
+/// them is an error rather than left out; points and series only the new
+/// side has are counted (and listed with side "new"), per shard too.
+#[test]
+fn from_and_to_select_whole_windows_and_new_only_data_is_counted() {
+    let f = fixture();
+    let (shard, _, base, series) = f.base[0].clone();
+    assert!(series.len() >= 3 && series[0].ts.len() >= 2);
+    let (old, new) = (f.dir.join("hours-old"), f.dir.join("hours-new"));
+    let hours = [
+        ("2026-11-21T00", "2026-11-21T00"),
+        ("2026-11-21T01", "2026-11-21T01"),
+        ("2026-11-21T02", "2026-11-21T03"),
+    ];
+    // The new side: a flipped bit in the second window; in the third, two
+    // points after the first series' last and one more series (last in
+    // key order) of four points.
+    let last = series.last().unwrap().clone();
+    let extra = S {
+        metric: last.metric + 1,
+        ts: vec![10, 20, 30, 40],
+        vals: vec![1, 2, 3, 4],
+        ..last
+    };
+    let end = *series[0].ts.last().unwrap();
+    for (i, (from, to)) in hours.iter().enumerate() {
+        let m = Manifest {
+            window_from: (*from).into(),
+            window_to: (*to).into(),
+            ..base.clone()
+        };
+        let w = format!("{from}_{to}");
+        write_window(&old, &shard, &w, &m, &series, u64::MAX);
+        let mut s = series.clone();
+        if i == 1 {
+            s[1].vals[0] ^= 1;
+        }
+        if i == 2 {
+            s[0].ts.extend([end + 1, end + 2]);
+            s[0].vals.extend([7, 8]);
+            s.push(extra.clone());
+        }
+        write_window(&new, &shard, &w, &m, &s, u64::MAX);
+    }
+
+    let r = run_diff_range(&old, &new, None, None).unwrap();
+    let all = vec![
+        (Category::SeriesNewOnly, 1),
+        (Category::PointNewOnly, 6),
+        (Category::ValueDiffers, 1),
+    ];
+    assert_eq!(counts(&r), all);
+    let per_shard: Vec<(Category, u64)> = r.shards[&shard]
+        .counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, n)| (*c, *n))
+        .collect();
+    assert_eq!(per_shard, all);
+    assert_eq!(r.shards[&shard].new_points, r.shards[&shard].old_points + 6);
+
+    let only = |from, to| counts(&run_diff_range(&old, &new, from, to).unwrap());
+    assert_eq!(only(Some("2026-11-21T00"), Some("2026-11-21T00")), vec![]);
+    assert_eq!(
+        only(Some("2026-11-21T01"), Some("2026-11-21T01")),
+        vec![(Category::ValueDiffers, 1)]
+    );
+    let r = run_diff_range(&old, &new, Some("2026-11-21T02"), None).unwrap();
+    assert_eq!(
+        counts(&r),
+        vec![(Category::SeriesNewOnly, 1), (Category::PointNewOnly, 6)]
+    );
+    let rows = differing_rows(&r);
+    assert_eq!(rows.len(), 6);
+    for row in &rows {
+        assert_eq!(
+            (row.side.as_str(), row.old_bits, row.category.as_str()),
+            ("new", None, "point_new_only"),
+            "{row:?}"
+        );
+        assert_eq!(row.win, "2026-11-21T02_2026-11-21T03");
+    }
+    let new_points: Vec<(u64, i64, Option<u64>)> =
+        rows.iter().map(|r| (r.metric, r.ts, r.new_bits)).collect();
+    let mut want = vec![
+        (series[0].metric, end + 1, Some(7)),
+        (series[0].metric, end + 2, Some(8)),
+    ];
+    want.extend(
+        extra
+            .ts
+            .iter()
+            .zip(&extra.vals)
+            .map(|(t, v)| (extra.metric, *t, Some(*v))),
+    );
+    assert_eq!(new_points, want);
+
+    // The third window spans T02-T03: a range ending at T02 cuts it.
+    for (from, to) in [
+        (Some("2026-11-21T01"), Some("2026-11-21T02")),
+        (Some("2026-11-21T03"), None),
+    ] {
+        let e = run_diff_range(&old, &new, from, to).unwrap_err();
+        assert!(
+            e.to_string().contains("2026-11-21T02_2026-11-21T03")
+                && e.to_string().contains("only partly inside"),
+            "{e}"
+        );
+    }
+}
