@@ -13,7 +13,11 @@
 //! Every range reads the object as one reader from byte 0 would (the
 //! canonical walk: follow the chain, a frame with a sound length prefix
 //! but a corrupt body being skipped by its length; on a bad length prefix
-//! report it and resynchronise at the first frame start after it), so
+//! report it and resynchronise at the first frame start after it. A length
+//! prefix is sound when it is within the limits and the object and either
+//! the chain goes on after it or the body is one well-formed zstd frame:
+//! a length that satisfies neither is not trusted to skip bytes that may
+//! hold good frames), so
 //! what is read and
 //! reported does not depend on how the object is split. Edge cases, each
 //! tested in `tests/main/ranges.rs` or `tests/main/scan.rs`:
@@ -54,7 +58,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 #[cfg(doc)]
 use crate::format::payload::find_frame_start;
 use crate::format::payload::{
-    ErrorKind, FRAME_PROBE_LEN, FormatError, PREFIX_LEN, Rejected, Sync, chains_at,
+    ErrorKind, FRAME_PROBE_LEN, FormatError, PREFIX_LEN, Rejected, Sync, chains_at, check_body,
     find_frame_start_with, parse_frame_prefix,
 };
 
@@ -511,6 +515,16 @@ impl FrameCursor {
                                 (body_start - self.buf_start) as usize
                                     ..(next - self.buf_start) as usize,
                             );
+                            // A corrupt body is skipped by its length only
+                            // when the chain goes on after it. When neither
+                            // holds, the length prefix is what is wrong:
+                            // the bytes it claims may hold good frames, so
+                            // the walk resynchronises after `p` instead.
+                            if !self.chains(next).await?
+                                && let Err(e) = check_body(&body, p)
+                            {
+                                return self.corrupt(e, p).await;
+                            }
                             if owned {
                                 self.first_frame.get_or_insert(p);
                             }

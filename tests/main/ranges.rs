@@ -457,6 +457,11 @@ fn corrupt_files() -> Vec<(&'static str, Vec<u8>)> {
     let mut f = frames.clone();
     f[12][..4].copy_from_slice(&5u32.to_le_bytes());
     files.push(("bad_body_len", join(&f)));
+    // A length prefix that is wrong but in range: the frame does not chain.
+    let mut f = frames.clone();
+    let wrong = f[12].len() as u32 - 4 + 500;
+    f[12][..4].copy_from_slice(&wrong.to_le_bytes());
+    files.push(("wrong_body_len", join(&f)));
     // Garbage between two frames.
     let mut f = frames.clone();
     f.insert(7, vec![0x55; 37]);
@@ -581,5 +586,37 @@ fn corrupt_files_read_the_same_at_every_range_size() {
                 }
             }
         }
+    }
+}
+
+/// A length prefix that is wrong but within the limits and the object: the
+/// frame neither is one zstd frame nor chains, so the walk does not trust
+/// the length to skip it (that would drop the good frames it spans) and
+/// resynchronises at the next frame; only the damaged frame is lost.
+#[test]
+fn a_wrong_length_prefix_loses_only_its_own_frame() {
+    let frames = frames_of(21, 24);
+    let mut damaged = frames.clone();
+    let real = frames[12].len() as u64;
+    damaged[12][..4].copy_from_slice(&(real as u32 - 4 + 500).to_le_bytes());
+    let file = damaged.concat();
+    let mut offsets = Vec::new();
+    let mut at = 0u64;
+    for f in &frames {
+        offsets.push(at);
+        at += f.len() as u64;
+    }
+    let bad = offsets.remove(12);
+    for range in [file.len() as u64, 7, 100, 333, 4096] {
+        let out = scan_file(&file, range, CorruptPolicy::Skip, false);
+        assert_eq!(out.frames, offsets, "range {range}");
+        assert_eq!(out.corrupt.len(), 1, "range {range}: {:?}", out.corrupt);
+        assert_eq!(
+            (out.corrupt[0].0, out.corrupt[0].2),
+            (bad, real),
+            "range {range}"
+        );
+        let failed = scan_file(&file, range, CorruptPolicy::Fail, false);
+        assert_eq!(failed.error.map(|e| e.0), Some(bad), "range {range}");
     }
 }
