@@ -52,8 +52,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 
 #[cfg(doc)]
 use crate::format::payload::find_frame_start;
@@ -71,10 +71,14 @@ pub enum ObjectBytes {
     /// hands the pages it has read back to the kernel as it goes, so a scan
     /// of a big file does not keep it all resident.
     MappedFile(Bytes, Arc<memmap2::Mmap>),
-    /// Ranged GETs against an object store.
+    /// Ranged GETs against an object store. With the ETag the object was
+    /// listed with, every GET is conditional on it (`If-Match`), so an
+    /// object replaced after the listing fails the scan instead of mixing
+    /// two versions.
     Store {
         store: Arc<dyn ObjectStore>,
         location: Path,
+        e_tag: Option<String>,
     },
 }
 
@@ -112,7 +116,32 @@ impl ObjectBytes {
                 }
                 Ok(b.slice(range.start as usize..range.end as usize))
             }
-            ObjectBytes::Store { store, location } => store.get_range(location, range).await,
+            ObjectBytes::Store {
+                store,
+                location,
+                e_tag,
+            } => {
+                let opts = object_store::GetOptions {
+                    range: Some(object_store::GetRange::Bounded(range.clone())),
+                    if_match: e_tag.clone(),
+                    ..Default::default()
+                };
+                let got = store.get_opts(location, opts).await?.bytes().await?;
+                // A store shortens a range that runs past the object's
+                // current end: the object shrank after it was listed.
+                if got.len() as u64 != range.end - range.start {
+                    return Err(object_store::Error::Generic {
+                        store: "object",
+                        source: format!(
+                            "asked for bytes {range:?} of {location}, got {}: \
+                             the object changed after it was listed",
+                            got.len()
+                        )
+                        .into(),
+                    });
+                }
+                Ok(got)
+            }
         }
     }
 }

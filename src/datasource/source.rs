@@ -646,6 +646,7 @@ impl FileOpener for PayloadOpener {
                 ObjectBytes::Store {
                     store,
                     location: file.object_meta.location.clone(),
+                    e_tag: file.object_meta.e_tag.clone(),
                 }
             };
             let scan = RangeScan::new(

@@ -100,6 +100,7 @@ fn check_split(file: &[u8], offsets: &[u64], range: u64, remote: bool, chunk: u6
             ObjectBytes::Store {
                 store: Arc::clone(&store),
                 location: path.clone(),
+                e_tag: None,
             }
         } else {
             ObjectBytes::Mapped(bytes.clone())
@@ -191,6 +192,7 @@ fn one_range_reads_the_file_once() {
     let src = ObjectBytes::Store {
         store,
         location: path,
+        e_tag: None,
     };
     let (frames, fetched, stop, _) = rt.block_on(read_range(src, len, 0, len, 1 << 20, false));
     assert_eq!(frames.len(), offsets.len());
@@ -618,5 +620,104 @@ fn a_wrong_length_prefix_loses_only_its_own_frame() {
         );
         let failed = scan_file(&file, range, CorruptPolicy::Fail, false);
         assert_eq!(failed.error.map(|e| e.0), Some(bad), "range {range}");
+    }
+}
+
+/// A remote object that shrank after it was listed (a store without ETags,
+/// so only the lengths show it): the store serves fewer bytes than asked
+/// for, and the cursor fails with an I/O error naming the object, never a
+/// panic, at every chunk size.
+#[test]
+fn an_object_shorter_than_listed_is_an_io_error_not_a_panic() {
+    let mut rng = Rng(31);
+    let payloads: Vec<P> = (0..30).map(|_| random_payload(&mut rng, 7, 30)).collect();
+    let (file, offsets) = file_of(&payloads);
+    let len = file.len() as u64;
+    let rt = rt();
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let path = Path::from("shrunk.tsp");
+    // Cut inside frame 20's body.
+    rt.block_on(store.put(
+        &path,
+        PutPayload::from(file[..offsets[20] as usize + 10].to_vec()),
+    ))
+    .unwrap();
+    for chunk in [64, 1000, 1 << 20] {
+        let src = ObjectBytes::Store {
+            store: Arc::clone(&store),
+            location: path.clone(),
+            e_tag: None,
+        };
+        let mut c = FrameCursor::new(src, len, 0..len, true).with_chunk(chunk);
+        let e = rt.block_on(async {
+            loop {
+                match c.next().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("chunk {chunk}: read to the end of a shrunk object"),
+                    Err(e) => break e,
+                }
+            }
+        });
+        let msg = e.to_string();
+        assert!(
+            msg.contains("shrunk.tsp") && msg.contains("changed after it was listed"),
+            "chunk {chunk}: {msg}"
+        );
+    }
+}
+
+/// A remote object replaced after the listing, by one as long or shorter:
+/// every ranged GET is conditional on the listed ETag, so the scan fails
+/// with an I/O error naming the object instead of reading two versions.
+#[test]
+fn a_remote_object_replaced_after_listing_fails_the_scan() {
+    let mut rng = Rng(32);
+    let payloads: Vec<P> = (0..30).map(|_| random_payload(&mut rng, 7, 30)).collect();
+    let (file, offsets) = file_of(&payloads);
+    let rel = "org-mod-7/dt=2026-11-21/hour=00/t+0+0000000000.tsp";
+    let mut same_size = file.clone();
+    same_size[offsets[25] as usize + 9] ^= 0x40;
+    let shorter = file[..offsets[20] as usize + 10].to_vec();
+    let rt = rt();
+    for (n, replacement) in [same_size, shorter].into_iter().enumerate() {
+        for policy in [CorruptPolicy::Fail, CorruptPolicy::Skip] {
+            let root = StoreRoot::open(&format!("memory://replaced-{n}-{policy:?}/in")).unwrap();
+            let at = root.child(rel);
+            rt.block_on(root.store.put(&at, PutPayload::from(file.clone())))
+                .unwrap();
+            let r = rt.block_on(async {
+                let listing = list_inputs(&root, None, &Window::default()).await.unwrap();
+                root.store
+                    .put(&at, PutPayload::from(replacement.clone()))
+                    .await
+                    .unwrap();
+                let mut opts = PayloadOptions::new(shard_map());
+                opts.on_corrupt = policy;
+                opts.range_bytes = 4096;
+                opts.fetch_chunk = 1000;
+                let ctx = SessionContext::new_with_config(
+                    SessionConfig::new()
+                        .with_target_partitions(2)
+                        .with_repartition_file_min_size(4096),
+                );
+                PayloadTable::new(&root, listing.objects, opts, ScanLog::new())
+                    .register(&ctx, &root, "payloads")
+                    .unwrap();
+                ctx.sql("SELECT count(*) FROM payloads")
+                    .await
+                    .unwrap()
+                    .collect()
+                    .await
+            });
+            let e = r.expect_err("a replaced object fails the scan");
+            assert!(frame_error(&e).is_none(), "not corruption: {e}");
+            assert!(e.to_string().contains("t+0+0000000000.tsp"), "{e}");
+            let job = tailor::job::JobError::DataFusion(e);
+            assert_eq!(
+                tailor::cli::exit_code(&job),
+                tailor::cli::EXIT_IO,
+                "{policy:?}: {job}"
+            );
+        }
     }
 }
