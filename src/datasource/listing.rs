@@ -23,7 +23,8 @@ impl Hour {
     /// minutes after the hour).
     pub fn parse(s: &str) -> Option<Hour> {
         let s = s.trim().trim_end_matches(":00").trim_end_matches('Z');
-        if s.len() != 13 {
+        // Non-ASCII input could put byte 10 inside a character.
+        if s.len() != 13 || !s.is_ascii() {
             return None;
         }
         let (date, rest) = s.split_at(10);
@@ -203,6 +204,8 @@ mod tests {
             "2026-13-01T00",
             "2026-11-21T24",
             "20261121T03",
+            "2026-11-2é03",
+            "2026-11-21é3",
         ] {
             assert_eq!(Hour::parse(bad), None, "{bad}");
         }
