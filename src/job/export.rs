@@ -105,20 +105,43 @@ impl PointBatcher {
     }
 }
 
-/// The committed windows of `shard` that lie inside `[from, to]`.
+/// The committed windows of `shard` that lie inside `[from, to]`, in
+/// window order. Windows are exported whole, so one only partly inside the
+/// range is an error (leaving it out would drop its points unseen), and so
+/// are two selected windows that cover the same hour (a replay committed
+/// under other bounds than the scheduler's): their points would be
+/// exported twice.
 pub async fn select_windows(
     root: &StoreRoot,
     shard: &str,
     from: Option<&Hour>,
     to: Option<&Hour>,
 ) -> Result<Vec<Manifest>, JobError> {
-    let mut out = Vec::new();
+    let mut out: Vec<Manifest> = Vec::new();
     for w in list_windows(root, shard).await? {
         let m = read_manifest(root, shard, &w).await?;
-        let inside = from.is_none_or(|f| m.window_from.as_str() >= f.as_str())
-            && to.is_none_or(|t| m.window_to.as_str() <= t.as_str());
+        let (wf, wt) = (m.window_from.as_str(), m.window_to.as_str());
+        let inside = from.is_none_or(|f| wf >= f.as_str()) && to.is_none_or(|t| wt <= t.as_str());
+        let overlaps = from.is_none_or(|f| wt >= f.as_str()) && to.is_none_or(|t| wf <= t.as_str());
         if inside {
+            if let Some(o) = out
+                .iter()
+                .find(|o| o.window_from.as_str() <= wt && wf <= o.window_to.as_str())
+            {
+                return Err(JobError::Output(format!(
+                    "{}: shard {shard} has two committed windows over the same hours, \
+                     {} and {}: their points would be exported twice; remove the one \
+                     that should not be there (replays use the scheduler's window bounds)",
+                    root.display, o.location, m.location
+                )));
+            }
             out.push(m);
+        } else if overlaps {
+            return Err(JobError::Config(format!(
+                "{}: window {} ({wf} to {wt}) is only partly inside --from/--to; \
+                 windows are exported whole: move --from/--to to window bounds",
+                root.display, m.location
+            )));
         }
     }
     Ok(out)

@@ -773,3 +773,51 @@ fn a_cleanup_that_fails_after_the_commit_is_a_warning_and_the_next_run_finishes_
         .collect();
     assert_eq!(left, data_of(&third.output.run_id));
 }
+
+/// `export` takes committed windows whole: hourly windows export side by
+/// side; a window only partly inside --from/--to, or two committed windows
+/// over the same hours (a replay under other bounds), is an error instead
+/// of points left out or exported twice.
+#[test]
+fn export_refuses_windows_it_would_cut_or_export_twice() {
+    use tailor::datasource::listing::{Hour, Window};
+    use tailor::job::export::{ExportFormat, export};
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    let output = tmp.path().join("out");
+    generate_tree(&input, 23, 1 << 20);
+    let shard = shards_of(&input)[0].clone();
+    let h = |s: &str| Hour::parse(s).unwrap();
+    let (h0, h1) = (h("2026-11-21T00"), h("2026-11-21T01"));
+    let mut points = Vec::new();
+    for hour in [&h0, &h1] {
+        let mut c = cfg(&input, &output, &shard);
+        c.window = Window {
+            from: Some(hour.clone()),
+            to: Some(hour.clone()),
+        };
+        points.push(run(&c).unwrap().output.points);
+    }
+    let root = StoreRoot::open(output.to_str().unwrap()).unwrap();
+    let out = tmp.path().join("points.csv");
+    let exported = |from: Option<&Hour>, to: Option<&Hour>| {
+        rt().block_on(export(&root, &shard, from, to, ExportFormat::Csv, &out))
+    };
+    let all = exported(None, None).unwrap();
+    assert_eq!(all.windows.len(), 2);
+    assert_eq!(all.points, points[0] + points[1]);
+    assert_eq!(exported(Some(&h1), Some(&h1)).unwrap().points, points[1]);
+
+    // A replay of both hours as one window, into the same output root.
+    run(&cfg(&input, &output, &shard)).unwrap();
+    let e = exported(None, None).unwrap_err().to_string();
+    assert!(
+        e.contains("two committed windows over the same hours"),
+        "{e}"
+    );
+    let e = exported(Some(&h0), Some(&h0)).unwrap_err().to_string();
+    assert!(
+        e.contains("2026-11-21T00_2026-11-21T01") && e.contains("only partly inside"),
+        "{e}"
+    );
+}
