@@ -425,6 +425,14 @@ impl<'a> BitReader<'a> {
                 "trailing bytes after bit stream",
             ));
         }
+        // The last byte's unused low bits are zero padding.
+        let used = (self.bit % 8) as u32;
+        if used != 0 && self.b[self.b.len() - 1] & (0xFFu8 >> used) != 0 {
+            return Err(corrupt(
+                self.base.saturating_add(self.b.len() as u64 - 1),
+                "non-zero padding bits after bit stream",
+            ));
+        }
         Ok(())
     }
 }
@@ -1187,6 +1195,11 @@ fn unzstd(data: &[u8], n: usize, base: u64) -> Result<Vec<u8>> {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        // Exactly one zstd frame: the decompressor would also take several
+        // frames back to back, or skippable ones.
+        if zstd::zstd_safe::find_frame_compressed_size(data) != Ok(data.len()) {
+            return Err(corrupt(base, "section is not exactly one zstd frame"));
         }
         let d = slot.as_mut().expect("set above");
         d.decompress(data, plain_stream_bound(n))
@@ -2401,6 +2414,29 @@ impl<'a> FileReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zstd_section_is_exactly_one_frame() {
+        let one = zstd::bulk::compress(&[1u8; 64], 3).unwrap();
+        assert_eq!(unzstd(&one, 8, 0).unwrap(), vec![1u8; 64]);
+        let two = [one.as_slice(), one.as_slice()].concat();
+        let skippable = [one.as_slice(), &[0x50, 0x2A, 0x4D, 0x18, 0, 0, 0, 0]].concat();
+        for (what, bad) in [("two frames", two), ("a skippable frame after", skippable)] {
+            let e = unzstd(&bad, 16, 100).unwrap_err().to_string();
+            assert!(e.contains("not exactly one zstd frame"), "{what}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_bit_stream_ends_with_zero_padding() {
+        let mut r = BitReader::new(&[0b1010_0000], 0);
+        assert_eq!(r.read(3).unwrap(), 0b101);
+        r.expect_end().unwrap();
+        let mut r = BitReader::new(&[0b1010_0001], 40);
+        r.read(3).unwrap();
+        let e = r.expect_end().unwrap_err().to_string();
+        assert!(e.contains("padding") && e.contains("40"), "{e}");
+    }
 
     struct Rng(u64);
     impl Rng {
