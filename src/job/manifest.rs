@@ -403,12 +403,15 @@ pub struct Manifest {
 }
 
 /// The run's data directory name: 128 bits of SHA-256 over what the run
-/// read, its output settings and what it wrote (each data file's name, size
-/// and CRC32C). The same input and settings give the same bytes and so the
-/// same paths, and a rerun rewrites identical objects; any difference in
-/// the data written (a new tailor build, other settings) gives new paths,
-/// so data files a committed manifest refers to are never overwritten with
-/// other bytes.
+/// read (each input's key below the input root, and size), its output
+/// settings and what it wrote
+/// (each data file's name, size and CRC32C). The same input and settings
+/// give the same bytes and so the same paths, and a rerun rewrites
+/// identical objects; any difference in the data written (a new tailor
+/// build, other settings) gives new paths, so data files a committed
+/// manifest refers to are never overwritten with other bytes. ETags are in
+/// the manifest but not in the id: a local file's ETag is its inode and
+/// mtime, which a copy of the same bytes changes.
 fn run_id(
     shard: &str,
     from: &str,
@@ -421,6 +424,15 @@ fn run_id(
         .files
         .iter()
         .map(|f| (f.name.as_str(), f.bytes, f.crc32c))
+        .collect();
+    // Keys are relative to the store; the layout puts four segments
+    // (<shard>/dt=/hour=/<file>) below the input root.
+    fn below_root(k: &str) -> &str {
+        k.rmatch_indices('/').nth(3).map_or(k, |(i, _)| &k[i + 1..])
+    }
+    let inputs: Vec<(&str, u64)> = inputs
+        .iter()
+        .map(|i| (below_root(&i.key), i.size))
         .collect();
     let ident = serde_json::to_vec(&(shard, from, to, inputs, settings, files)).expect("json");
     let digest = ring::digest::digest(&ring::digest::SHA256, &ident);
