@@ -350,6 +350,49 @@ fn self_diff_and_different_file_caps_are_identical() {
     );
     let r = run_diff(&f.old, &small, vec![]);
     assert!(r.identical(), "{}", r.summary());
+
+    // Other blocks and codecs: 7-point blocks (so other timestamp and value
+    // codecs win) at another zstd level, from the same input.
+    let other = f.dir.join("other-codecs");
+    rt().block_on(async {
+        for (shard, ..) in &f.base {
+            let input = f.dir.join("in");
+            let mut c = RunConfig::new(input.to_str().unwrap(), other.to_str().unwrap(), shard);
+            c.shard_map = shard_map();
+            c.block_points = 7;
+            c.zstd_level = 19;
+            run_shard(&c).await.unwrap();
+        }
+    });
+    let (a, b) = (tsf_bytes(&f.old), tsf_bytes(&other));
+    assert!(
+        a.len() == b.len() && a != b,
+        "other bytes, same number of files"
+    );
+    let r = run_diff(&f.old, &other, vec![]);
+    assert!(r.identical(), "{}", r.summary());
+    assert_eq!(
+        r.compared_points,
+        run_diff(&f.old, &f.old, vec![]).compared_points
+    );
+}
+
+/// The bytes of every data file under `dir`, in path order.
+fn tsf_bytes(dir: &Path) -> Vec<Vec<u8>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "tsf") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    files.iter().map(|p| std::fs::read(p).unwrap()).collect()
 }
 
 fn walk_tsf(dir: &Path) -> usize {
