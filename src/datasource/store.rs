@@ -88,7 +88,12 @@ impl StoreRoot {
         };
         let scheme = parsed.scheme().to_string();
         let (store, local): (Arc<dyn ObjectStore>, bool) = match scheme.as_str() {
-            "file" => (Arc::new(LocalFileSystem::new()), true),
+            // Deleting a run's files (a commit's cleanup) also removes the
+            // directories they leave empty, as on an object store.
+            "file" => (
+                Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
+                true,
+            ),
             "memory" => (memory_store(parsed.host_str().unwrap_or("")), false),
             "s3" | "s3a" => (
                 build(

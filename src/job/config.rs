@@ -153,6 +153,11 @@ pub struct RunConfig {
     /// (what a job killed at that moment leaves behind).
     #[serde(skip)]
     pub fail_before_commit: bool,
+    /// How old files of a run that no manifest names must be before a
+    /// commit of the same window removes them
+    /// ([`DEFAULT_CLEANUP_GRACE`](crate::job::manifest::DEFAULT_CLEANUP_GRACE)).
+    #[serde(skip)]
+    pub cleanup_grace: std::time::Duration,
 }
 
 impl RunConfig {
@@ -184,6 +189,7 @@ impl RunConfig {
             report: None,
             progress: false,
             fail_before_commit: false,
+            cleanup_grace: crate::job::manifest::DEFAULT_CLEANUP_GRACE,
         }
     }
 

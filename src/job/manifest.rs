@@ -597,17 +597,42 @@ async fn rename_local(root: &StoreRoot, local: &std::path::Path, to: &Path) -> b
 /// What a commit did after the manifest was written.
 #[derive(Debug, Clone, Default)]
 pub struct Committed {
-    /// Objects of other (older, uncommitted) runs removed.
+    /// Objects of other runs removed: the run this commit replaced, and
+    /// runs no manifest names that are older than the grace period.
     pub stale_removed: u64,
+    /// Objects of other runs left in place: younger than the grace period
+    /// and not the replaced commit's, so possibly a run of this window
+    /// still uploading. A later commit removes them once they are older.
+    pub young_left: u64,
     /// Why the cleanup stopped, if it did. The commit stands: readers
     /// trust the manifest, and the next run of the window cleans up.
     pub cleanup_error: Option<String>,
 }
 
-/// Writes the manifest (the commit), then removes data of other runs.
-/// Only writing the manifest can fail the commit; the cleanup after it is
-/// best effort and reported.
-pub async fn commit(root: &StoreRoot, m: &Manifest) -> Result<Committed, JobError> {
+/// How long files of a run that no manifest names are left alone by other
+/// runs' cleanups: a run of the same window may still be uploading them.
+pub const DEFAULT_CLEANUP_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Writes the manifest (the commit), then removes data of other runs: at
+/// once the files of the commit it replaces, and those of runs no manifest
+/// names once they are older than `grace`. Only writing the manifest can
+/// fail the commit; the cleanup after it is best effort and reported.
+pub async fn commit(
+    root: &StoreRoot,
+    m: &Manifest,
+    grace: std::time::Duration,
+) -> Result<Committed, JobError> {
+    let (shard, window) = m
+        .location
+        .split_once('/')
+        .ok_or_else(|| JobError::Internal(format!("bad location {}", m.location)))?;
+    // The commit this one replaces (none, or unreadable: then its files
+    // wait for the grace period like any other run's).
+    let replaced = read_manifest(root, shard, window)
+        .await
+        .ok()
+        .map(|p| p.run_id)
+        .filter(|r| *r != m.run_id);
     let path = root.child(&format!("{}/{MANIFEST_NAME}", m.location));
     root.store
         .put(
@@ -616,7 +641,7 @@ pub async fn commit(root: &StoreRoot, m: &Manifest) -> Result<Committed, JobErro
         )
         .await?;
     let mut done = Committed::default();
-    if let Err(e) = cleanup(root, m, &mut done.stale_removed).await {
+    if let Err(e) = cleanup(root, m, replaced.as_deref(), grace, &mut done).await {
         done.cleanup_error = Some(format!(
             "committed, but removing other runs' files under {} failed: {e}",
             m.location
@@ -625,9 +650,15 @@ pub async fn commit(root: &StoreRoot, m: &Manifest) -> Result<Committed, JobErro
     Ok(done)
 }
 
-async fn cleanup(root: &StoreRoot, m: &Manifest, removed: &mut u64) -> Result<(), JobError> {
+async fn cleanup(
+    root: &StoreRoot,
+    m: &Manifest,
+    replaced: Option<&str>,
+    grace: std::time::Duration,
+    done: &mut Committed,
+) -> Result<(), JobError> {
     // Another run of this window may have committed after us: its files
-    // are the visible ones, and it removes ours.
+    // are the visible ones, and its cleanup handles ours.
     let (shard, window) = m
         .location
         .split_once('/')
@@ -637,12 +668,23 @@ async fn cleanup(root: &StoreRoot, m: &Manifest, removed: &mut u64) -> Result<()
     }
     let data = root.child(&format!("{}/data", m.location));
     let keep = format!("{}/data/{}/", m.location, m.run_id);
+    let replaced = replaced.map(|r| format!("{}/data/{r}/", m.location));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let cutoff = now.saturating_sub(grace.as_millis().min(i64::MAX as u128) as i64);
     let objects: Vec<_> = root.store.list(Some(&data)).try_collect().await?;
     for o in objects {
         let rel = root.relative(&o.location).unwrap_or_default().to_string();
-        if !rel.starts_with(&keep) {
+        if rel.starts_with(&keep) {
+            continue;
+        }
+        let of_replaced = replaced.as_ref().is_some_and(|r| rel.starts_with(r));
+        if of_replaced || o.last_modified.timestamp_millis() <= cutoff {
             root.store.delete(&o.location).await?;
-            *removed += 1;
+            done.stale_removed += 1;
+        } else {
+            done.young_left += 1;
         }
     }
     Ok(())

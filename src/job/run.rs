@@ -418,10 +418,20 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
         ));
     }
     let t = Phase::start("commit");
-    let committed = manifest::commit(&output, &manifest).await?;
+    let committed = manifest::commit(&output, &manifest, cfg.cleanup_grace).await?;
     report.phases.push(t.stop());
     report.set_output(&manifest, committed.stale_removed);
     report.warnings.extend(committed.cleanup_error);
+    if committed.young_left > 0 {
+        report.warnings.push(format!(
+            "{} objects of other runs under {}/data left in place: no manifest names them and \
+             they are younger than {} h (a run of this window may still be uploading them); \
+             a later commit removes them",
+            committed.young_left,
+            manifest.location,
+            cfg.cleanup_grace.as_secs() / 3600
+        ));
+    }
     drop(spill);
     Ok(())
 }

@@ -689,9 +689,9 @@ impl object_store::ObjectStore for FailingDeletes {
 
 /// The manifest is the commit: removing the previous run's files after it
 /// is best effort. When that fails the run still succeeds, with a warning,
-/// readers see the new run only, and the next run removes what was left.
+/// readers see the new run only, and later runs remove what was left.
 #[test]
-fn a_cleanup_that_fails_after_the_commit_is_a_warning_and_the_next_run_finishes_it() {
+fn a_cleanup_that_fails_after_the_commit_is_a_warning_and_later_runs_finish_it() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let tmp = tempdir();
@@ -762,16 +762,36 @@ fn a_cleanup_that_fails_after_the_commit_is_a_warning_and_the_next_run_finishes_
     fail.store(false, Ordering::SeqCst);
     c.max_file_bytes = 40 << 10;
     let third = run(&c).unwrap();
-    assert!(third.warnings.is_empty(), "{:?}", third.warnings);
+    // The commit it replaced goes at once; the first run's files, which no
+    // manifest names, wait for the grace period (a run of the window still
+    // uploading looks the same), with a warning.
     assert_eq!(
         third.output.stale_objects_removed as usize,
-        first_files.len() + second_files.len()
+        second_files.len()
+    );
+    assert!(
+        third.warnings.len() == 1
+            && third.warnings[0]
+                .starts_with(&format!("{} objects of other runs", first_files.len())),
+        "{:?}",
+        third.warnings
+    );
+    assert_eq!(data_of(&first.output.run_id), first_files);
+    let third_files = data_of(&third.output.run_id);
+
+    c.max_file_bytes = 36 << 10;
+    c.cleanup_grace = std::time::Duration::ZERO;
+    let fourth = run(&c).unwrap();
+    assert!(fourth.warnings.is_empty(), "{:?}", fourth.warnings);
+    assert_eq!(
+        fourth.output.stale_objects_removed as usize,
+        first_files.len() + third_files.len()
     );
     let left: Vec<String> = objects()
         .into_iter()
         .filter(|p| p.contains("/data/"))
         .collect();
-    assert_eq!(left, data_of(&third.output.run_id));
+    assert_eq!(left, data_of(&fourth.output.run_id));
 }
 
 /// `export` takes committed windows whole: hourly windows export side by
@@ -861,4 +881,56 @@ fn a_copy_of_the_input_gives_the_same_paths_and_bytes() {
     };
     assert!(ta != tb, "the ETags differ");
     assert!(normalized(&ta) == normalized(&tb));
+}
+
+/// A commit removes the files of the commit it replaces at once, but leaves
+/// young files no manifest names: they may be a run of the same window
+/// still uploading, which would otherwise commit a manifest naming files
+/// that are gone. Once older than the grace period, a commit removes them.
+#[test]
+fn a_commit_leaves_the_files_of_a_run_still_uploading() {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    let output = tmp.path().join("out");
+    generate_tree(&input, 37, 1 << 20);
+    let shard = shards_of(&input)[0].clone();
+    let mut c = cfg(&input, &output, &shard);
+    let first = run(&c).unwrap();
+    let window = output.join(&first.output.location);
+    // Another run of the window, uploading.
+    let inflight = window.join("data/0123456789abcdef0123456789abcdef/part-00000.tsf");
+    std::fs::create_dir_all(inflight.parent().unwrap()).unwrap();
+    std::fs::write(&inflight, b"being uploaded").unwrap();
+
+    c.zstd_level = 5; // another run id
+    let second = run(&c).unwrap();
+    assert_ne!(second.output.run_id, first.output.run_id);
+    assert_eq!(
+        second.output.stale_objects_removed, first.output.files,
+        "the replaced commit's files go"
+    );
+    assert!(inflight.exists(), "the uploading run's file stays");
+    assert!(
+        second
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("1 objects of other runs")),
+        "{:?}",
+        second.warnings
+    );
+    assert!(!window.join("data").join(&first.output.run_id).exists());
+
+    // Two days later, nothing has committed it: the next commit removes it.
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(&inflight)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+    c.zstd_level = 7;
+    let third = run(&c).unwrap();
+    assert!(third.warnings.is_empty(), "{:?}", third.warnings);
+    assert_eq!(third.output.stale_objects_removed, second.output.files + 1);
+    assert!(!inflight.exists());
 }
