@@ -230,10 +230,14 @@ def main() -> None:
                      "--spill-dir", str(out / "spill")]
         smalls, larges = [], []
         for _ in range(REPEAT):
+            # Each run writes into an empty output, as the first did.
+            shutil.rmtree(out / "job-out-2", ignore_errors=True)
             smalls.append(timed(small_cmd, out / "job-small-paired.log"))
+            shutil.rmtree(o, ignore_errors=True)
             larges.append(timed(large_cmd, out / "job-large.log"))
         r = min(larges, key=lambda x: x["wall_s"])
         r["walls_s"] = [x["wall_s"] for x in larges]
+        r["min_cpu_s"] = min(x["cpu_s"] for x in larges)
         r.pop("stdout")
         r.pop("stderr")
         r["report"] = {k: v for k, v in json.loads(rep.read_text()).items() if k in ("scan", "output", "spill")}
@@ -241,6 +245,7 @@ def main() -> None:
         runs["job_large"] = r
         r = min(smalls, key=lambda x: x["wall_s"])
         r["walls_s"] = [x["wall_s"] for x in smalls]
+        r["min_cpu_s"] = min(x["cpu_s"] for x in smalls)
         r.pop("stdout")
         r.pop("stderr")
         r["report"] = runs["job_2"]["report"]
@@ -276,8 +281,8 @@ def main() -> None:
         ratios["ns_per_point_small"] = ns_per_point(small)
         ratios["ns_per_point_large"] = ns_per_point(runs["job_large"])
         ratios["cost_per_point_growth"] = ratios["ns_per_point_large"] / ratios["ns_per_point_small"]
-        ratios["cpu_cost_per_point_growth"] = (ns_per_point(runs["job_large"], "cpu_s")
-                                               / ns_per_point(small, "cpu_s"))
+        ratios["cpu_cost_per_point_growth"] = (ns_per_point(runs["job_large"], "min_cpu_s")
+                                               / ns_per_point(small, "min_cpu_s"))
     mbps = lambda run: in_bytes / 1e6 / run["wall_s"]  # noqa: E731
     pts = runs["job_2"]["report"]["scan"]["points"]
     throughput = {name: {"MB_per_s": round(mbps(runs[name]), 1), "points_per_s": round(pts / runs[name]["wall_s"])}

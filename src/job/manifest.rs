@@ -622,18 +622,25 @@ pub async fn commit(
     m: &Manifest,
     grace: std::time::Duration,
 ) -> Result<Committed, JobError> {
-    let (shard, window) = m
-        .location
-        .split_once('/')
-        .ok_or_else(|| JobError::Internal(format!("bad location {}", m.location)))?;
-    // The commit this one replaces (none, or unreadable: then its files
-    // wait for the grace period like any other run's).
-    let replaced = read_manifest(root, shard, window)
-        .await
-        .ok()
-        .map(|p| p.run_id)
-        .filter(|r| *r != m.run_id);
     let path = root.child(&format!("{}/{MANIFEST_NAME}", m.location));
+    // The commit this one replaces, and when it was written (none, or
+    // unreadable: then its files wait for the grace period like any
+    // other run's).
+    let replaced = match root.store.get(&path).await {
+        Ok(r) => {
+            let at = r.meta.last_modified.timestamp_millis();
+            r.bytes()
+                .await
+                .ok()
+                .and_then(|b| Manifest::parse(&b, path.as_ref()).ok())
+                .map(|p| Replaced {
+                    run_id: p.run_id,
+                    committed_at_ms: at,
+                })
+        }
+        Err(_) => None,
+    }
+    .filter(|r| r.run_id != m.run_id);
     root.store
         .put(
             &path,
@@ -641,7 +648,7 @@ pub async fn commit(
         )
         .await?;
     let mut done = Committed::default();
-    if let Err(e) = cleanup(root, m, replaced.as_deref(), grace, &mut done).await {
+    if let Err(e) = cleanup(root, m, replaced.as_ref(), grace, &mut done).await {
         done.cleanup_error = Some(format!(
             "committed, but removing other runs' files under {} failed: {e}",
             m.location
@@ -650,10 +657,17 @@ pub async fn commit(
     Ok(done)
 }
 
+/// The commit a commit replaces.
+struct Replaced {
+    run_id: String,
+    /// When its manifest was written (store time, ms since the epoch).
+    committed_at_ms: i64,
+}
+
 async fn cleanup(
     root: &StoreRoot,
     m: &Manifest,
-    replaced: Option<&str>,
+    replaced: Option<&Replaced>,
     grace: std::time::Duration,
     done: &mut Committed,
 ) -> Result<(), JobError> {
@@ -668,7 +682,7 @@ async fn cleanup(
     }
     let data = root.child(&format!("{}/data", m.location));
     let keep = format!("{}/data/{}/", m.location, m.run_id);
-    let replaced = replaced.map(|r| format!("{}/data/{r}/", m.location));
+    let replaced_dir = replaced.map(|r| format!("{}/data/{}/", m.location, r.run_id));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -679,7 +693,10 @@ async fn cleanup(
         if rel.starts_with(&keep) {
             continue;
         }
-        let of_replaced = replaced.as_ref().is_some_and(|r| rel.starts_with(r));
+        // A file of the replaced run written after its commit is a rerun
+        // of that run (same inputs, same run id) rewriting it: left alone.
+        let of_replaced = replaced_dir.as_ref().is_some_and(|d| rel.starts_with(d))
+            && replaced.is_some_and(|r| o.last_modified.timestamp_millis() <= r.committed_at_ms);
         if of_replaced || o.last_modified.timestamp_millis() <= cutoff {
             root.store.delete(&o.location).await?;
             done.stale_removed += 1;

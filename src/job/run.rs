@@ -366,8 +366,12 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
     let stage = tempfile::Builder::new()
         .prefix("tailor-stage-")
         .tempdir_in(cfg.stage_dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    let first =
-        scan_group_encode(cfg, &input, &listing, spill.path(), stage.path(), report).await?;
+    // What the process holds before the job: the pool of either pass is
+    // sized from it (a second pass would otherwise count the pages the
+    // allocator kept from the first).
+    let resident = crate::job::report::current_rss_bytes();
+    let dirs = (spill.path(), stage.path());
+    let first = scan_group_encode(cfg, &input, &listing, dirs, resident, report).await?;
     let staged = match first {
         Pass::Done(staged) => staged,
         Pass::FalseBoundary(e) => {
@@ -384,13 +388,20 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
             for p in report.phases.iter_mut().skip(1) {
                 p.name.push_str(" (discarded pass)");
             }
+            // Bytes read and spilled count both passes; the other scan
+            // figures are the second pass's.
+            let (fetched, spill1) = (report.scan.bytes_fetched, report.spill.clone());
             let whole = RunConfig {
                 range_bytes: u64::MAX,
                 ..cfg.clone()
             };
-            match scan_group_encode(&whole, &input, &listing, spill.path(), stage.path(), report)
-                .await?
-            {
+            let second =
+                scan_group_encode(&whole, &input, &listing, dirs, resident, report).await?;
+            report.scan.bytes_fetched += fetched;
+            report.spill.spill_count += spill1.spill_count;
+            report.spill.spilled_bytes += spill1.spilled_bytes;
+            report.spill.spilled_rows += spill1.spilled_rows;
+            match second {
                 Pass::Done(staged) => staged,
                 Pass::FalseBoundary(e) => {
                     return Err(JobError::Internal(format!(
@@ -425,11 +436,11 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
     if committed.young_left > 0 {
         report.warnings.push(format!(
             "{} objects of other runs under {}/data left in place: no manifest names them and \
-             they are younger than {} h (a run of this window may still be uploading them); \
-             a later commit removes them",
+             they are younger than {} s (a run of this window may still be uploading them); \
+             a later commit of the window removes them once older",
             committed.young_left,
             manifest.location,
-            cfg.cleanup_grace.as_secs() / 3600
+            cfg.cleanup_grace.as_secs()
         ));
     }
     drop(spill);
@@ -452,12 +463,12 @@ async fn scan_group_encode(
     cfg: &RunConfig,
     input: &StoreRoot,
     listing: &Listing,
-    spill: &std::path::Path,
-    stage: &std::path::Path,
+    (spill, stage): (&std::path::Path, &std::path::Path),
+    resident: u64,
     report: &mut Report,
 ) -> Result<Pass, JobError> {
     let stage = tempfile::Builder::new().prefix("pass-").tempdir_in(stage)?;
-    let ctx = session(cfg, spill, crate::job::report::current_rss_bytes())?;
+    let ctx = session(cfg, spill, resident)?;
     let mut options = PayloadOptions::new(Arc::clone(&cfg.shard_map));
     options.on_corrupt = cfg.on_corrupt;
     options.range_bytes = cfg.range_bytes;

@@ -390,6 +390,15 @@ fn corrupt_input_skipped_gives_the_same_bytes_and_list_at_every_split() {
         // A range boundary falls inside the 5000 zero bytes at these sizes.
         let rescanned = r.warnings.iter().any(|w| w.contains("scanned again"));
         assert_eq!(rescanned, range <= 4096, "range {range}: {:?}", r.warnings);
+        // Bytes read count both passes: every byte at least once, and twice
+        // when the window was scanned again.
+        let passes = if rescanned { 2 } else { 1 };
+        assert!(
+            r.scan.bytes_fetched >= passes * r.input.bytes,
+            "range {range}: {} read of {}",
+            r.scan.bytes_fetched,
+            r.input.bytes
+        );
         let got = (tree_bytes(&out), corrupt, r.scan.corrupt_frames);
         match &first {
             None => first = Some(got),
@@ -933,4 +942,42 @@ fn a_commit_leaves_the_files_of_a_run_still_uploading() {
     assert!(third.warnings.is_empty(), "{:?}", third.warnings);
     assert_eq!(third.output.stale_objects_removed, second.output.files + 1);
     assert!(!inflight.exists());
+}
+
+/// A rerun of a committed run (same inputs, same run id) rewrites that
+/// run's files: a commit that replaces the run removes only the files
+/// written before the run's manifest, not those the rerun has rewritten.
+#[test]
+fn a_commit_leaves_the_files_a_rerun_of_the_replaced_run_rewrote() {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    let output = tmp.path().join("out");
+    generate_tree(&input, 21, 2 << 20);
+    let shard = shards_of(&input)[0].clone();
+    let mut c = cfg(&input, &output, &shard);
+    c.max_file_bytes = 16 << 10;
+    let first = run(&c).unwrap();
+    assert!(first.output.files >= 2);
+    let dir = output
+        .join(&first.output.location)
+        .join("data")
+        .join(&first.output.run_id);
+    // The rerun has rewritten its first file (same bytes, a newer time).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let rewritten = dir.join("part-00000.tsf");
+    let bytes = std::fs::read(&rewritten).unwrap();
+    std::fs::write(&rewritten, &bytes).unwrap();
+
+    c.zstd_level = 9; // another run commits over the first
+    let second = run(&c).unwrap();
+    assert_eq!(second.output.stale_objects_removed, first.output.files - 1);
+    assert!(rewritten.exists());
+    assert!(
+        second
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("1 objects of other runs")),
+        "{:?}",
+        second.warnings
+    );
 }
