@@ -13,7 +13,7 @@ use crate::datasource::listing::{Hour, Listing, Window, list_inputs};
 use crate::datasource::source::{CorruptPolicy, PayloadOptions, ScanLog};
 use crate::datasource::store::StoreRoot;
 use crate::datasource::table::PayloadTable;
-use crate::format::payload::{ErrorKind, FrameError};
+use crate::format::payload::FrameError;
 use crate::job::JobError;
 use crate::job::config::parse_size;
 
@@ -124,31 +124,12 @@ fn validate(a: &QueryArgs) -> Result<QueryConfig, JobError> {
     })
 }
 
-/// After the scan: corruption only visible across ranges (a frame with a
-/// corrupt body where one range hands over to the next) fails the query
-/// under the `fail` policy, with the frame's real error, and is counted
-/// under `skip`. Under `skip`, a range that took a false frame boundary
-/// (a well-formed frame inside a corrupt body) is returned: the result
-/// holds rows a read of the chain would not, and the query must run again
-/// without splitting objects into ranges, as `tailor run` does.
+/// [`ScanLog::settle`] as the query's result: the first problem fails the
+/// query under the fail policy.
 fn check_tiling(log: &ScanLog, policy: CorruptPolicy) -> Result<Option<FrameError>, JobError> {
-    let errors = log.tiling_errors();
-    let Some(first) = errors.first() else {
-        return Ok(None);
-    };
-    if policy == CorruptPolicy::Fail {
-        return Err(JobError::DataFusion(
-            datafusion::error::DataFusionError::External(Box::new(first.clone())),
-        ));
-    }
-    if let Some(e) = errors
-        .iter()
-        .find(|e| matches!(e.kind(), ErrorKind::RangesOverlap { .. }))
-    {
-        return Ok(Some(e.clone()));
-    }
-    log.record_skipped(&errors);
-    Ok(None)
+    log.settle(policy).map_err(|e| {
+        JobError::DataFusion(datafusion::error::DataFusionError::External(Box::new(e)))
+    })
 }
 
 /// What one execution of the query produced.

@@ -335,6 +335,32 @@ impl ScanLog {
         out
     }
 
+    /// Settles, after the scan, what only shows across ranges
+    /// ([`Self::tiling_errors`]). Under the fail policy the first problem
+    /// is the error. Under the skip policy they are recorded as skipped
+    /// corrupt frames, except a range that took a false frame boundary
+    /// ([`ErrorKind::RangesOverlap`]: a well-formed frame inside a corrupt
+    /// body), which is returned: the scan's rows hold a frame a read of
+    /// the chain would not take, so the caller discards them and scans
+    /// again with every object read as one range.
+    pub fn settle(&self, policy: CorruptPolicy) -> Result<Option<FrameError>, FrameError> {
+        let errors = self.tiling_errors();
+        let Some(first) = errors.first() else {
+            return Ok(None);
+        };
+        if policy == CorruptPolicy::Fail {
+            return Err(first.clone());
+        }
+        if let Some(e) = errors
+            .iter()
+            .find(|e| matches!(e.kind(), ErrorKind::RangesOverlap { .. }))
+        {
+            return Ok(Some(e.clone()));
+        }
+        self.record_skipped(&errors);
+        Ok(None)
+    }
+
     /// Records tiling errors as skipped corrupt frames (skip policy).
     pub fn record_skipped(&self, errors: &[FrameError]) {
         let problems = self.tiling_problems();

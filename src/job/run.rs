@@ -41,7 +41,7 @@ use crate::datasource::listing::{Listing, Window, list_inputs};
 use crate::datasource::source::{PayloadOptions, ScanLog, frame_error};
 use crate::datasource::store::StoreRoot;
 use crate::datasource::table::PayloadTable;
-use crate::format::payload::{ErrorKind, FrameError};
+use crate::format::payload::FrameError;
 use crate::job::JobError;
 use crate::job::config::RunConfig;
 use crate::job::manifest::{self, Manifest, OutputWriter, Staged};
@@ -549,24 +549,16 @@ async fn scan_group_encode(
         pipeline_cpu.saturating_sub(decode_cpu + staged.encode_phase.cpu),
     ));
     report.phases.push(staged.encode_phase.clone());
-    let gaps = log.tiling_errors();
-    if !gaps.is_empty() {
-        if cfg.on_corrupt == crate::datasource::source::CorruptPolicy::Fail {
-            report.failed(&gaps[0].to_string());
-            return Err(JobError::Corrupt(
-                Box::new(gaps[0].clone()),
-                Box::new(report.clone()),
-            ));
+    match log.settle(cfg.on_corrupt) {
+        Err(e) => {
+            report.failed(&e.to_string());
+            return Err(JobError::Corrupt(Box::new(e), Box::new(report.clone())));
         }
-        if let Some(overlap) = gaps
-            .iter()
-            .find(|g| matches!(g.kind(), ErrorKind::RangesOverlap { .. }))
-        {
-            return Ok(Pass::FalseBoundary(Box::new(overlap.clone())));
+        Ok(Some(overlap)) => return Ok(Pass::FalseBoundary(Box::new(overlap))),
+        Ok(None) => {
+            report.scan = log.totals();
+            report.corrupt = log.corrupt();
         }
-        log.record_skipped(&gaps);
-        report.scan = log.totals();
-        report.corrupt = log.corrupt();
     }
 
     if !report.misrouted.is_empty() && cfg.fail_on_misrouted {

@@ -343,19 +343,19 @@ fn scan_once(file: &[u8], range: u64, policy: CorruptPolicy, remote: bool) -> Re
             .unwrap()
             .collect()
             .await;
-        let gaps = log.tiling_errors();
         let (frames, error) = match r {
             Ok(batches) => {
                 let frames = batches
                     .iter()
                     .flat_map(|b| b.column(0).as_primitive::<UInt64Type>().values().to_vec())
                     .collect();
-                // Under the fail policy what shows between ranges fails.
-                let error = gaps
-                    .first()
-                    .filter(|_| policy == CorruptPolicy::Fail)
-                    .map(|e| (e.offset(), e.kind().clone()));
-                (frames, error)
+                // What shows between ranges: fails under the fail policy,
+                // is recorded (or needs a rescan) under skip.
+                match log.settle(policy) {
+                    Err(e) => (frames, Some((e.offset(), e.kind().clone()))),
+                    Ok(Some(_)) => return Err(()),
+                    Ok(None) => (frames, None),
+                }
             }
             Err(e) => {
                 let fe = frame_error(&e).unwrap_or_else(|| panic!("not a frame error: {e}"));
@@ -364,15 +364,6 @@ fn scan_once(file: &[u8], range: u64, policy: CorruptPolicy, remote: bool) -> Re
         };
         if policy == CorruptPolicy::Skip {
             assert!(error.is_none(), "skip policy: {error:?}");
-            if gaps.iter().any(|g| {
-                matches!(
-                    g.kind(),
-                    tailor::format::payload::ErrorKind::RangesOverlap { .. }
-                )
-            }) {
-                return Err(());
-            }
-            log.record_skipped(&gaps);
         }
         let corrupt = log
             .corrupt()
