@@ -85,6 +85,27 @@ impl Window {
     pub fn contains(&self, h: &Hour) -> bool {
         self.from.as_ref().is_none_or(|f| h >= f) && self.to.as_ref().is_none_or(|t| h <= t)
     }
+
+    /// Whether a committed window covering hours `from..=to` (as its
+    /// manifest writes them) is selected by this one: committed windows
+    /// are read whole, so one only partly inside is an error naming it
+    /// (`what`), never left out unseen.
+    pub fn selects(&self, from: &str, to: &str, what: &str) -> Result<bool, String> {
+        let starts_after = |f: &Hour| from >= f.as_str();
+        let ends_before = |t: &Hour| to <= t.as_str();
+        if self.from.as_ref().is_none_or(starts_after) && self.to.as_ref().is_none_or(ends_before) {
+            return Ok(true);
+        }
+        let overlaps = self.from.as_ref().is_none_or(|f| to >= f.as_str())
+            && self.to.as_ref().is_none_or(|t| from <= t.as_str());
+        if overlaps {
+            return Err(format!(
+                "window {what} ({from} to {to}) is only partly inside --from/--to; \
+                 windows are read whole: move --from/--to to window bounds"
+            ));
+        }
+        Ok(false)
+    }
 }
 
 /// A payload file of the input.

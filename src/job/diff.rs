@@ -52,7 +52,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::datasource::listing::Hour;
+use crate::datasource::listing::{Hour, Window};
 use crate::datasource::store::StoreRoot;
 use crate::format::tsf;
 use crate::job::JobError;
@@ -500,13 +500,14 @@ async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, Jo
     let root = StoreRoot::open(url)?;
     let mut manifests = Vec::new();
     let mut committed = std::collections::BTreeSet::new();
-    let inside = |from: &str, to: &str| {
-        cfg.from.as_ref().is_none_or(|f| from >= f.as_str())
-            && cfg.to.as_ref().is_none_or(|t| to <= t.as_str())
+    let selection = Window {
+        from: cfg.from.clone(),
+        to: cfg.to.clone(),
     };
-    let overlaps = |from: &str, to: &str| {
-        cfg.from.as_ref().is_none_or(|f| to >= f.as_str())
-            && cfg.to.as_ref().is_none_or(|t| from <= t.as_str())
+    let selects = |from: &str, to: &str, what: &str| {
+        selection
+            .selects(from, to, what)
+            .map_err(|e| JobError::Config(format!("{url}: {e}")))
     };
     for shard in shards {
         let (windows, uncommitted) = window_dirs(&root, shard).await?;
@@ -515,10 +516,10 @@ async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, Jo
         }
         // Data without its commit is an error, not a difference: the run
         // that wrote it was stopped and never rerun.
-        if let Some(w) = uncommitted
-            .iter()
-            .find(|w| w.split_once('_').is_none_or(|(f, t)| overlaps(f, t)))
-        {
+        if let Some(w) = uncommitted.iter().find(|w| {
+            w.split_once('_')
+                .is_none_or(|(f, t)| selection.selects(f, t, w) != Ok(false))
+        }) {
             return Err(JobError::Output(format!(
                 "{url}: {shard}/{w} holds files but no {} (a run that did not commit; \
                  rerun it, or leave the window out with --from/--to)",
@@ -527,17 +528,8 @@ async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, Jo
         }
         for w in windows {
             let m = read_manifest(&root, shard, &w).await?;
-            if inside(&m.window_from, &m.window_to) {
+            if selects(&m.window_from, &m.window_to, &m.location)? {
                 manifests.push((shard.clone(), w, m));
-            } else if overlaps(&m.window_from, &m.window_to) {
-                // A window's points are not kept by input hour: it is
-                // compared whole or not at all, and leaving it out
-                // silently would hide its differences.
-                return Err(JobError::Config(format!(
-                    "{url}: window {shard}/{w} ({} to {}) is only partly inside --from/--to; \
-                     windows are compared whole: move --from/--to to window bounds",
-                    m.window_from, m.window_to
-                )));
             }
         }
     }

@@ -18,7 +18,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
-use crate::datasource::listing::Hour;
+use crate::datasource::listing::{Hour, Window};
 use crate::datasource::store::StoreRoot;
 use crate::job::JobError;
 use crate::job::manifest::{Manifest, for_each_series, list_windows, read_manifest};
@@ -117,32 +117,32 @@ pub async fn select_windows(
     from: Option<&Hour>,
     to: Option<&Hour>,
 ) -> Result<Vec<Manifest>, JobError> {
+    let selection = Window {
+        from: from.cloned(),
+        to: to.cloned(),
+    };
     let mut out: Vec<Manifest> = Vec::new();
     for w in list_windows(root, shard).await? {
         let m = read_manifest(root, shard, &w).await?;
         let (wf, wt) = (m.window_from.as_str(), m.window_to.as_str());
-        let inside = from.is_none_or(|f| wf >= f.as_str()) && to.is_none_or(|t| wt <= t.as_str());
-        let overlaps = from.is_none_or(|f| wt >= f.as_str()) && to.is_none_or(|t| wf <= t.as_str());
-        if inside {
-            if let Some(o) = out
-                .iter()
-                .find(|o| o.window_from.as_str() <= wt && wf <= o.window_to.as_str())
-            {
-                return Err(JobError::Output(format!(
-                    "{}: shard {shard} has two committed windows over the same hours, \
-                     {} and {}: their points would be exported twice; remove the one \
-                     that should not be there (replays use the scheduler's window bounds)",
-                    root.display, o.location, m.location
-                )));
-            }
-            out.push(m);
-        } else if overlaps {
-            return Err(JobError::Config(format!(
-                "{}: window {} ({wf} to {wt}) is only partly inside --from/--to; \
-                 windows are exported whole: move --from/--to to window bounds",
-                root.display, m.location
+        let selected = selection
+            .selects(wf, wt, &m.location)
+            .map_err(|e| JobError::Config(format!("{}: {e}", root.display)))?;
+        if !selected {
+            continue;
+        }
+        if let Some(o) = out
+            .iter()
+            .find(|o| o.window_from.as_str() <= wt && wf <= o.window_to.as_str())
+        {
+            return Err(JobError::Output(format!(
+                "{}: shard {shard} has two committed windows over the same hours, \
+                 {} and {}: their points would be exported twice; remove the one \
+                 that should not be there (replays use the scheduler's window bounds)",
+                root.display, o.location, m.location
             )));
         }
+        out.push(m);
     }
     Ok(out)
 }
