@@ -622,25 +622,22 @@ pub async fn commit(
     m: &Manifest,
     grace: std::time::Duration,
 ) -> Result<Committed, JobError> {
-    let path = root.child(&format!("{}/{MANIFEST_NAME}", m.location));
+    let (shard, window) = m
+        .location
+        .split_once('/')
+        .ok_or_else(|| JobError::Internal(format!("bad location {}", m.location)))?;
     // The commit this one replaces, and when it was written (none, or
     // unreadable: then its files wait for the grace period like any
     // other run's).
-    let replaced = match root.store.get(&path).await {
-        Ok(r) => {
-            let at = r.meta.last_modified.timestamp_millis();
-            r.bytes()
-                .await
-                .ok()
-                .and_then(|b| Manifest::parse(&b, path.as_ref()).ok())
-                .map(|p| Replaced {
-                    run_id: p.run_id,
-                    committed_at_ms: at,
-                })
-        }
-        Err(_) => None,
-    }
-    .filter(|r| r.run_id != m.run_id);
+    let replaced = read_manifest_at(root, shard, window)
+        .await
+        .ok()
+        .filter(|(p, _)| p.run_id != m.run_id)
+        .map(|(p, at)| Replaced {
+            dir: format!("{}/data/{}/", m.location, p.run_id),
+            committed_at_ms: at,
+        });
+    let path = root.child(&format!("{}/{MANIFEST_NAME}", m.location));
     root.store
         .put(
             &path,
@@ -648,7 +645,16 @@ pub async fn commit(
         )
         .await?;
     let mut done = Committed::default();
-    if let Err(e) = cleanup(root, m, replaced.as_ref(), grace, &mut done).await {
+    if let Err(e) = cleanup(
+        root,
+        (shard, window),
+        m,
+        replaced.as_ref(),
+        grace,
+        &mut done,
+    )
+    .await
+    {
         done.cleanup_error = Some(format!(
             "committed, but removing other runs' files under {} failed: {e}",
             m.location
@@ -659,13 +665,15 @@ pub async fn commit(
 
 /// The commit a commit replaces.
 struct Replaced {
-    run_id: String,
+    /// Its data directory (relative to the output root, with a final `/`).
+    dir: String,
     /// When its manifest was written (store time, ms since the epoch).
     committed_at_ms: i64,
 }
 
 async fn cleanup(
     root: &StoreRoot,
+    (shard, window): (&str, &str),
     m: &Manifest,
     replaced: Option<&Replaced>,
     grace: std::time::Duration,
@@ -673,16 +681,11 @@ async fn cleanup(
 ) -> Result<(), JobError> {
     // Another run of this window may have committed after us: its files
     // are the visible ones, and its cleanup handles ours.
-    let (shard, window) = m
-        .location
-        .split_once('/')
-        .ok_or_else(|| JobError::Internal(format!("bad location {}", m.location)))?;
     if read_manifest(root, shard, window).await?.run_id != m.run_id {
         return Ok(());
     }
     let data = root.child(&format!("{}/data", m.location));
     let keep = format!("{}/data/{}/", m.location, m.run_id);
-    let replaced_dir = replaced.map(|r| format!("{}/data/{}/", m.location, r.run_id));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -695,9 +698,10 @@ async fn cleanup(
         }
         // A file of the replaced run written after its commit is a rerun
         // of that run (same inputs, same run id) rewriting it: left alone.
-        let of_replaced = replaced_dir.as_ref().is_some_and(|d| rel.starts_with(d))
-            && replaced.is_some_and(|r| o.last_modified.timestamp_millis() <= r.committed_at_ms);
-        if of_replaced || o.last_modified.timestamp_millis() <= cutoff {
+        let written = o.last_modified.timestamp_millis();
+        let of_replaced =
+            replaced.is_some_and(|r| rel.starts_with(&r.dir) && written <= r.committed_at_ms);
+        if of_replaced || written <= cutoff {
             root.store.delete(&o.location).await?;
             done.stale_removed += 1;
         } else {
@@ -746,9 +750,22 @@ pub async fn read_manifest(
     shard: &str,
     window: &str,
 ) -> Result<Manifest, JobError> {
+    Ok(read_manifest_at(root, shard, window).await?.0)
+}
+
+/// [`read_manifest`], with when the manifest was written (store time, ms
+/// since the epoch).
+async fn read_manifest_at(
+    root: &StoreRoot,
+    shard: &str,
+    window: &str,
+) -> Result<(Manifest, i64), JobError> {
     let path = root.child(&format!("{shard}/{window}/{MANIFEST_NAME}"));
-    let bytes = match root.store.get(&path).await {
-        Ok(r) => r.bytes().await?,
+    let (bytes, at) = match root.store.get(&path).await {
+        Ok(r) => {
+            let at = r.meta.last_modified.timestamp_millis();
+            (r.bytes().await?, at)
+        }
         Err(object_store::Error::NotFound { .. }) => {
             return Err(JobError::Output(format!(
                 "{shard}/{window} has no committed output ({MANIFEST_NAME} not found under {})",
@@ -757,7 +774,7 @@ pub async fn read_manifest(
         }
         Err(e) => return Err(e.into()),
     };
-    Manifest::parse(&bytes, path.as_ref())
+    Ok((Manifest::parse(&bytes, path.as_ref())?, at))
 }
 
 /// One data file of a committed output, checked against its manifest.
