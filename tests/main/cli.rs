@@ -195,6 +195,16 @@ fn diff_exits_0_when_identical_1_when_different_2_on_error() {
 
     let o = diff(&["--old", "a", "--new", "c"]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
+    // A reader that closed stdout (`| head`) does not change the verdict.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tailor"))
+        .current_dir(root)
+        .args(["diff", "--old", "a", "--new", "c"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    assert_eq!(child.wait().unwrap().code(), Some(1), "closed stdout");
 
     // A wrong path is an error, not "every series is new".
     let o = diff(&["--old", "no-such-dir", "--new", "a"]);

@@ -113,6 +113,20 @@ pub fn plant_fake_frame(file: &mut [u8], at: usize, body_len: u32) {
 }
 
 /// A fresh temporary directory.
+/// A frame wrapped in a corrupt body: `head` (a zstd frame's body, so the
+/// outer body starts like one), `pad` zero bytes, then `inner`, a whole
+/// frame that chains to whatever follows. A read of the chain skips the
+/// outer frame by its length; a range starting inside it finds `inner` by
+/// the sync rule.
+pub fn hidden_in_corrupt_body(head: &[u8], pad: usize, inner: &[u8]) -> Vec<u8> {
+    let len = head.len() + pad + inner.len();
+    let mut outer = (len as u32).to_le_bytes().to_vec();
+    outer.extend_from_slice(head);
+    outer.resize(4 + head.len() + pad, 0);
+    outer.extend_from_slice(inner);
+    outer
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("tailor-test-")

@@ -296,46 +296,15 @@ fn every_corpus_file_has_an_expectation_and_vice_versa() {
 }
 
 /// Scans one corpus file through the DataFusion table (as a payload file of
-/// shard org-mod-7) and returns the error.
-fn scan_error(
+/// shard org-mod-7) with `policy`: `SELECT count(*)`'s result or error, and
+/// the scan's log.
+fn scan_corpus(
     name: &str,
     policy: CorruptPolicy,
-) -> (Option<tailor::format::payload::FrameError>, u64) {
-    let tmp = crate::common::tempdir();
-    let dir = tmp.path().join(SHARD_DIR);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(corpus_dir().join(name), dir.join("points+0+0000000000.tsp")).unwrap();
-    let rt = rt();
-    rt.block_on(async {
-        let root = StoreRoot::open(tmp.path().to_str().unwrap()).unwrap();
-        let listing = list_inputs(&root, None, &Window::default()).await.unwrap();
-        let mut opts = PayloadOptions::new(shard_map());
-        opts.on_corrupt = policy;
-        let ctx = SessionContext::new();
-        let log = PayloadTable::new(&root, listing.objects, opts, ScanLog::new())
-            .register(&ctx, &root, "payloads")
-            .unwrap();
-        let r = ctx
-            .sql("SELECT count(*) FROM payloads")
-            .await
-            .unwrap()
-            .collect()
-            .await;
-        let err = r.err().map(|e| {
-            frame_error(&e)
-                .cloned()
-                .unwrap_or_else(|| panic!("{name}: not a frame error: {e}"))
-        });
-        let mut corrupt = log.totals().corrupt_frames;
-        corrupt += log.tiling_errors().len() as u64;
-        (err, corrupt)
-    })
-}
-
-/// Scans one corpus file under the skip policy, as `tailor run` does:
-/// returns the payloads read and the corrupt frames recorded (offset,
-/// reason, bytes skipped).
-fn scan_skipping(name: &str) -> (u64, Vec<(u64, String, u64)>) {
+) -> (
+    Result<u64, datafusion::error::DataFusionError>,
+    std::sync::Arc<ScanLog>,
+) {
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::Int64Type;
     let tmp = crate::common::tempdir();
@@ -346,7 +315,7 @@ fn scan_skipping(name: &str) -> (u64, Vec<(u64, String, u64)>) {
         let root = StoreRoot::open(tmp.path().to_str().unwrap()).unwrap();
         let listing = list_inputs(&root, None, &Window::default()).await.unwrap();
         let mut opts = PayloadOptions::new(shard_map());
-        opts.on_corrupt = CorruptPolicy::Skip;
+        opts.on_corrupt = policy;
         let ctx = SessionContext::new();
         let log = PayloadTable::new(&root, listing.objects, opts, ScanLog::new())
             .register(&ctx, &root, "payloads")
@@ -357,27 +326,43 @@ fn scan_skipping(name: &str) -> (u64, Vec<(u64, String, u64)>) {
             .unwrap()
             .collect()
             .await
-            .unwrap_or_else(|e| panic!("{name}: the skip policy must not fail: {e}"));
-        log.record_skipped(&log.tiling_errors());
-        let corrupt = log
-            .corrupt()
-            .into_iter()
-            .map(|c| {
-                assert!(c.key.ends_with("points+0+0000000000.tsp"), "{name}: {c:?}");
-                (c.offset, c.reason, c.skipped_bytes)
-            })
-            .collect();
-        (
-            rows[0].column(0).as_primitive::<Int64Type>().value(0) as u64,
-            corrupt,
-        )
+            .map(|b| b[0].column(0).as_primitive::<Int64Type>().value(0) as u64);
+        (rows, log)
     })
+}
+
+/// The error a corpus file's scan fails with under the fail policy.
+fn scan_error(name: &str) -> Option<tailor::format::payload::FrameError> {
+    let (r, _) = scan_corpus(name, CorruptPolicy::Fail);
+    r.err().map(|e| {
+        frame_error(&e)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: not a frame error: {e}"))
+    })
+}
+
+/// Scans one corpus file under the skip policy, as `tailor run` does:
+/// returns the payloads read and the corrupt frames recorded (offset,
+/// reason, bytes skipped).
+fn scan_skipping(name: &str) -> (u64, Vec<(u64, String, u64)>) {
+    let (rows, log) = scan_corpus(name, CorruptPolicy::Skip);
+    let rows = rows.unwrap_or_else(|e| panic!("{name}: the skip policy must not fail: {e}"));
+    assert_eq!(log.settle(CorruptPolicy::Skip), Ok(None), "{name}");
+    let corrupt = log
+        .corrupt()
+        .into_iter()
+        .map(|c| {
+            assert!(c.key.ends_with("points+0+0000000000.tsp"), "{name}: {c:?}");
+            (c.offset, c.reason, c.skipped_bytes)
+        })
+        .collect();
+    (rows, corrupt)
 }
 
 #[test]
 fn every_corpus_file_fails_with_its_exact_error() {
     for (name, _, offset, kind) in make_corpus() {
-        let (err, _) = scan_error(name, CorruptPolicy::Fail);
+        let err = scan_error(name);
         let err = err.unwrap_or_else(|| panic!("{name}: the scan must fail"));
         assert!(
             err.key
@@ -424,7 +409,7 @@ fn every_corpus_file_is_skipped_and_counted_under_the_skip_policy() {
 fn errors_are_classified_as_corruption() {
     // Corruption is a property of the input: a FrameError (exit code 65),
     // never an I/O error (74, retried).
-    let (err, _) = scan_error("garbage.tsp", CorruptPolicy::Fail);
+    let err = scan_error("garbage.tsp");
     let e = tailor::job::JobError::Corrupt(
         Box::new(err.unwrap()),
         Box::new(tailor::job::report::Report::new(

@@ -181,12 +181,25 @@ fn fixture() -> Fixture {
 }
 
 fn run_diff(old: &Path, new: &Path, orgs: Vec<u64>) -> tailor::job::diff::DiffReport {
+    diff_with(old, new, orgs, None, None).unwrap()
+}
+
+/// The diff of two output roots, narrowed to `orgs` and `--from`/`--to`
+/// (hours, `YYYY-MM-DDTHH`), writing its differing points beside `old`.
+fn diff_with(
+    old: &Path,
+    new: &Path,
+    orgs: Vec<u64>,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<tailor::job::diff::DiffReport, tailor::job::JobError> {
+    let hour = |h: Option<&str>| h.map(|h| tailor::datasource::listing::Hour::parse(h).unwrap());
     rt().block_on(diff(&DiffConfig {
         old: old.to_str().unwrap().into(),
         new: new.to_str().unwrap().into(),
         shards: vec![],
-        from: None,
-        to: None,
+        from: hour(from),
+        to: hour(to),
         orgs,
         examples: 3,
         memory_limit: Some(64 << 20),
@@ -196,7 +209,6 @@ fn run_diff(old: &Path, new: &Path, orgs: Vec<u64>) -> tailor::job::diff::DiffRe
                 .join(format!("diff-{}.parquet", rand_suffix())),
         ),
     }))
-    .unwrap()
 }
 
 fn rand_suffix() -> u128 {
@@ -602,22 +614,7 @@ fn run_diff_range(
     from: Option<&str>,
     to: Option<&str>,
 ) -> Result<tailor::job::diff::DiffReport, tailor::job::JobError> {
-    let hour = |h: Option<&str>| h.map(|h| tailor::datasource::listing::Hour::parse(h).unwrap());
-    rt().block_on(diff(&DiffConfig {
-        old: old.to_str().unwrap().into(),
-        new: new.to_str().unwrap().into(),
-        shards: vec![],
-        from: hour(from),
-        to: hour(to),
-        orgs: vec![],
-        examples: 2,
-        memory_limit: Some(64 << 20),
-        out: Some(
-            old.parent()
-                .unwrap()
-                .join(format!("diff-{}.parquet", rand_suffix())),
-        ),
-    }))
+    diff_with(old, new, vec![], from, to)
 }
 
 /// `--from`/`--to` select whole windows, and a window only partly inside

@@ -353,13 +353,12 @@ fn corrupt_input_skipped_gives_the_same_bytes_and_list_at_every_split() {
     let c = std::fs::read(&files[2]).unwrap();
     let len_at = |o: usize| 4 + u32::from_le_bytes(c[o..o + 4].try_into().unwrap()) as usize;
     let (f0, f1) = (len_at(0), len_at(len_at(0)));
-    let mut body = c[4..f0].to_vec();
-    body.resize(body.len() + 5000, 0);
-    body.extend_from_slice(&c[f0..f0 + f1]);
-    let mut damaged = c[..f0].to_vec();
-    damaged.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    damaged.extend_from_slice(&body);
-    damaged.extend_from_slice(&c[f0 + f1..]);
+    let damaged = [
+        &c[..f0],
+        &crate::common::hidden_in_corrupt_body(&c[4..f0], 5000, &c[f0..f0 + f1]),
+        &c[f0 + f1..],
+    ]
+    .concat();
     std::fs::write(&files[2], &damaged).unwrap();
 
     /// Output file bytes by name, the corrupt list, and the skipped count.

@@ -16,7 +16,7 @@ use tailor::datasource::store::StoreRoot;
 use tailor::datasource::table::PayloadTable;
 use tailor::format::payload::{MAX_BODY_LEN, ZSTD_MAGIC};
 
-use crate::common::{P, Rng, file_of, random_payload, rt, shard_map};
+use crate::common::{P, Rng, file_of, hidden_in_corrupt_body, random_payload, rt, shard_map};
 
 /// Reads `[start, end)` and returns (frame offsets, bytes fetched, stop, skipped offsets).
 async fn read_range(
@@ -479,13 +479,7 @@ fn corrupt_files() -> Vec<(&'static str, Vec<u8>)> {
     // finds that frame by the sync rule, one that reads the chain skips
     // the body by its length.
     let mut f = frames.clone();
-    let inner = f[11].clone();
-    let mut body = small[4..].to_vec();
-    body.resize(body.len() + 40, 0);
-    body.extend_from_slice(&inner);
-    let mut outer = (body.len() as u32).to_le_bytes().to_vec();
-    outer.extend_from_slice(&body);
-    f[11] = outer;
+    f[11] = hidden_in_corrupt_body(&small[4..], 40, &frames[11]);
     files.push(("chaining_frame_in_a_body", join(&f)));
     // Trailing bytes and a truncated tail.
     let mut t = join(&frames);
@@ -654,61 +648,5 @@ fn an_object_shorter_than_listed_is_an_io_error_not_a_panic() {
             msg.contains("shrunk.tsp") && msg.contains("changed after it was listed"),
             "chunk {chunk}: {msg}"
         );
-    }
-}
-
-/// A remote object replaced after the listing, by one as long or shorter:
-/// every ranged GET is conditional on the listed ETag, so the scan fails
-/// with an I/O error naming the object instead of reading two versions.
-#[test]
-fn a_remote_object_replaced_after_listing_fails_the_scan() {
-    let mut rng = Rng(32);
-    let payloads: Vec<P> = (0..30).map(|_| random_payload(&mut rng, 7, 30)).collect();
-    let (file, offsets) = file_of(&payloads);
-    let rel = "org-mod-7/dt=2026-11-21/hour=00/t+0+0000000000.tsp";
-    let mut same_size = file.clone();
-    same_size[offsets[25] as usize + 9] ^= 0x40;
-    let shorter = file[..offsets[20] as usize + 10].to_vec();
-    let rt = rt();
-    for (n, replacement) in [same_size, shorter].into_iter().enumerate() {
-        for policy in [CorruptPolicy::Fail, CorruptPolicy::Skip] {
-            let root = StoreRoot::open(&format!("memory://replaced-{n}-{policy:?}/in")).unwrap();
-            let at = root.child(rel);
-            rt.block_on(root.store.put(&at, PutPayload::from(file.clone())))
-                .unwrap();
-            let r = rt.block_on(async {
-                let listing = list_inputs(&root, None, &Window::default()).await.unwrap();
-                root.store
-                    .put(&at, PutPayload::from(replacement.clone()))
-                    .await
-                    .unwrap();
-                let mut opts = PayloadOptions::new(shard_map());
-                opts.on_corrupt = policy;
-                opts.range_bytes = 4096;
-                opts.fetch_chunk = 1000;
-                let ctx = SessionContext::new_with_config(
-                    SessionConfig::new()
-                        .with_target_partitions(2)
-                        .with_repartition_file_min_size(4096),
-                );
-                PayloadTable::new(&root, listing.objects, opts, ScanLog::new())
-                    .register(&ctx, &root, "payloads")
-                    .unwrap();
-                ctx.sql("SELECT count(*) FROM payloads")
-                    .await
-                    .unwrap()
-                    .collect()
-                    .await
-            });
-            let e = r.expect_err("a replaced object fails the scan");
-            assert!(frame_error(&e).is_none(), "not corruption: {e}");
-            assert!(e.to_string().contains("t+0+0000000000.tsp"), "{e}");
-            let job = tailor::job::JobError::DataFusion(e);
-            assert_eq!(
-                tailor::cli::exit_code(&job),
-                tailor::cli::EXIT_IO,
-                "{policy:?}: {job}"
-            );
-        }
     }
 }

@@ -465,6 +465,46 @@ fn a_file_truncated_after_listing_is_reported_not_a_panic() {
     }
 }
 
+/// A remote object replaced after the listing, by one as long or shorter:
+/// every ranged GET is conditional on the listed ETag, so the scan fails
+/// with an I/O error naming the object instead of reading two versions.
+#[test]
+fn a_remote_object_replaced_after_listing_fails_the_scan() {
+    use object_store::{ObjectStoreExt, PutPayload};
+    use tailor::datasource::source::{CorruptPolicy, frame_error};
+    let mut rng = Rng(32);
+    let payloads: Vec<P> = (0..30).map(|_| random_payload(&mut rng, 7, 30)).collect();
+    let (file, offsets) = file_of(&payloads);
+    let rel = "org-mod-7/dt=2026-11-21/hour=00/t+0+0000000000.tsp";
+    let mut same_size = file.clone();
+    same_size[offsets[25] as usize + 9] ^= 0x40;
+    let shorter = file[..offsets[20] as usize + 10].to_vec();
+    let rt = rt();
+    for (n, replacement) in [same_size, shorter].into_iter().enumerate() {
+        for policy in [CorruptPolicy::Fail, CorruptPolicy::Skip] {
+            let root = StoreRoot::open(&format!("memory://replaced-{n}-{policy:?}/in")).unwrap();
+            let at = root.child(rel);
+            rt.block_on(root.store.put(&at, PutPayload::from(file.clone())))
+                .unwrap();
+            let (r, _) = rt.block_on(scan_after(&root, 4096, policy, || {
+                futures::executor::block_on(
+                    root.store.put(&at, PutPayload::from(replacement.clone())),
+                )
+                .unwrap();
+            }));
+            let e = r.expect_err("a replaced object fails the scan");
+            assert!(frame_error(&e).is_none(), "not corruption: {e}");
+            assert!(e.to_string().contains("t+0+0000000000.tsp"), "{e}");
+            let job = tailor::job::JobError::DataFusion(e);
+            assert_eq!(
+                tailor::cli::exit_code(&job),
+                tailor::cli::EXIT_IO,
+                "{policy:?}: {job}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_file_gone_after_listing_is_an_io_error() {
     use tailor::datasource::source::{CorruptPolicy, frame_error};
@@ -607,13 +647,12 @@ fn query_under_skip_gives_the_same_rows_when_a_range_starts_inside_a_corrupt_bod
     // skips the body by its length; a range starting in the zeros would
     // take frame 3 for a frame of the file.
     let (a, b) = (offsets[3] as usize, offsets[4] as usize);
-    let mut body = file[4..offsets[1] as usize].to_vec();
-    body.resize(body.len() + 5000, 0);
-    body.extend_from_slice(&file[a..b]);
-    let mut damaged = file[..a].to_vec();
-    damaged.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    damaged.extend_from_slice(&body);
-    damaged.extend_from_slice(&file[b..]);
+    let damaged = [
+        &file[..a],
+        &crate::common::hidden_in_corrupt_body(&file[4..offsets[1] as usize], 5000, &file[a..b]),
+        &file[b..],
+    ]
+    .concat();
     let tmp = tempdir();
     put_file(&tmp, &damaged);
     let input = tmp.path().to_str().unwrap().to_string();
