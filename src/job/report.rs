@@ -131,6 +131,15 @@ pub struct SpillSummary {
     pub spilled_rows: u64,
 }
 
+impl SpillSummary {
+    /// Adds another pass's spills.
+    pub fn add(&mut self, other: &SpillSummary) {
+        self.spill_count += other.spill_count;
+        self.spilled_bytes += other.spilled_bytes;
+        self.spilled_rows += other.spilled_rows;
+    }
+}
+
 /// The report of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {

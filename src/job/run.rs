@@ -398,9 +398,7 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
             let second =
                 scan_group_encode(&whole, &input, &listing, dirs, resident, report).await?;
             report.scan.bytes_fetched += fetched;
-            report.spill.spill_count += spill1.spill_count;
-            report.spill.spilled_bytes += spill1.spilled_bytes;
-            report.spill.spilled_rows += spill1.spilled_rows;
+            report.spill.add(&spill1);
             match second {
                 Pass::Done(staged) => staged,
                 Pass::FalseBoundary(e) => {
