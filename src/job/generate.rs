@@ -357,27 +357,11 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn gen_file(
-    opts: &GenerateOptions,
-    map: &ShardMap,
-    world: &[(Shard, Vec<Series>)],
-    all_shards: &[Shard],
-    start_ms: i64,
-    h: u32,
-    si: usize,
-    p: u32,
-    big: bool,
-) -> (String, Vec<u8>, GenerateSummary) {
-    let (shard, series) = &world[si];
+/// The chunks of partition `p` (hour `h`, shard `si`): every series' grid
+/// for the hour is cut into payloads, each sent to a partition chosen by a
+/// per-chunk hash.
+fn chunks_of(opts: &GenerateOptions, series: &[Series], h: u32, si: usize, p: u32) -> Vec<Chunk> {
     let parts = opts.partitions.max(1);
-    let hour_ms = start_ms + h as i64 * 3_600_000;
-    let mut rng =
-        ChaCha8Rng::seed_from_u64(seed_of(&[opts.seed, 2, h as u64, si as u64, p as u64]));
-    let mut summary = GenerateSummary::default();
-    // This file's chunks: every series' grid for the hour is cut into
-    // payloads, each sent to a partition chosen by a per-chunk hash; this
-    // file takes the chunks of partition p.
     let mut chunks = Vec::new();
     for (i, s) in series.iter().enumerate() {
         let n = 3_600_000 / s.interval_ms;
@@ -398,6 +382,80 @@ fn gen_file(
             c += 1;
         }
     }
+    chunks
+}
+
+/// Frames that re-deliver a few of partition `q`'s chunks of hour `h`
+/// with corrected values (new value noise, now and then new metadata),
+/// on the grid without jitter. The same bytes go at the end of `q`'s own
+/// file and of the next partition's file (of the same file again when there
+/// is one partition): conflicting duplicates, and a verbatim copy of them,
+/// in two objects, so "last in input order wins" spans files.
+fn redeliveries(
+    opts: &GenerateOptions,
+    series: &[Series],
+    hour_ms: i64,
+    h: u32,
+    si: usize,
+    q: u32,
+) -> (Vec<u8>, u64, u64) {
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed_of(&[opts.seed, 5, h as u64, si as u64, q as u64]));
+    let mut w = PayloadWriter::new(opts.zstd_level);
+    let (mut out, mut frames, mut points) = (Vec::new(), 0, 0);
+    for c in chunks_of(opts, series, h, si, q) {
+        if !rng.random_bool(opts.conflict_rate.clamp(0.0, 1.0)) {
+            continue;
+        }
+        let s = &series[c.series as usize];
+        let ks = c.start_k..c.start_k + c.len as i64;
+        let ts: Vec<i64> = ks.clone().map(|k| hour_ms + k * s.interval_ms).collect();
+        let vals: Vec<u64> = ks.map(|k| value(s, k, &mut rng)).collect();
+        let meta = if rng.random_range(0..4) == 0 {
+            format!("{},resent:{q}", s.metadata)
+        } else {
+            s.metadata.clone()
+        };
+        let spec = PayloadSpec {
+            version: if rng.random_bool(opts.v1_rate.clamp(0.0, 1.0)) {
+                1
+            } else {
+                2
+            },
+            org_id: s.org,
+            metric_id: s.metric,
+            kind: s.kind,
+            interval_s: s.interval_s,
+            timestamps: &ts,
+            values: &vals,
+            metadata: &meta,
+        };
+        w.write_frame(&spec, &mut out);
+        frames += 1;
+        points += ts.len() as u64;
+    }
+    (out, frames, points)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gen_file(
+    opts: &GenerateOptions,
+    map: &ShardMap,
+    world: &[(Shard, Vec<Series>)],
+    all_shards: &[Shard],
+    start_ms: i64,
+    h: u32,
+    si: usize,
+    p: u32,
+    big: bool,
+) -> (String, Vec<u8>, GenerateSummary) {
+    let (shard, series) = &world[si];
+    let parts = opts.partitions.max(1);
+    let hour_ms = start_ms + h as i64 * 3_600_000;
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed_of(&[opts.seed, 2, h as u64, si as u64, p as u64]));
+    let mut summary = GenerateSummary::default();
+    let chunks = chunks_of(opts, series, h, si, p);
     // Big file on request: repeat the hour's chunks (as re-deliveries) until large enough.
     let mut out = Vec::with_capacity(if big {
         opts.big_file_bytes as usize + (64 << 20)
@@ -525,6 +583,20 @@ fn gen_file(
         round += 1;
         if !big || out.len() as u64 >= opts.big_file_bytes || chunks.is_empty() {
             break;
+        }
+    }
+    if !big {
+        // This partition's re-deliveries, then the previous partition's.
+        for (copy, q) in [p, (p + parts - 1) % parts].into_iter().enumerate() {
+            let (bytes, frames, points) = redeliveries(opts, series, hour_ms, h, si, q);
+            out.extend_from_slice(&bytes);
+            summary.frames += frames;
+            summary.points += points;
+            if copy == 0 {
+                summary.conflicting_duplicates += frames;
+            } else {
+                summary.verbatim_duplicates += frames;
+            }
         }
     }
     let hour = ms_to_hour(hour_ms);
