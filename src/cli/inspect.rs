@@ -13,7 +13,8 @@ use crate::job::manifest::Manifest;
 pub struct InspectArgs {
     /// A local `_manifest.json` or `.tsf` data file.
     pub path: std::path::PathBuf,
-    /// Print one series' points: ORG:METRIC.
+    /// Print one series' points: ORG:METRIC (in a manifest: from the data
+    /// file that holds it).
     #[arg(long)]
     pub series: Option<String>,
     /// Most series (or points) to list.
@@ -53,33 +54,38 @@ pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
             m.dropped.misrouted_payloads,
             m.dropped.corrupt_frames
         );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let reader = tsf::FileReader::open(&bytes)?;
-    let series = reader.footer().series();
-    if let Some(sel) = &a.series {
-        let (org, metric) = sel
-            .split_once(':')
-            .and_then(|(o, m)| Some((o.parse::<u64>().ok()?, m.parse::<u64>().ok()?)))
-            .ok_or_else(|| JobError::Config(format!("--series {sel:?}: expected ORG:METRIC")))?;
-        let Some(entry) = reader.footer().find(org, metric) else {
-            return Err(JobError::Config(format!(
-                "series {org}:{metric} is not in {}",
-                a.path.display()
-            )));
-        };
-        let (ts, vals) = reader.read_series(entry)?;
-        println!(
-            "series {org}:{metric} kind {} interval_s {} metadata {:?}: {} points",
-            entry.kind,
-            entry.interval_s,
-            entry.metadata,
-            ts.len()
-        );
-        for (t, v) in ts.iter().zip(&vals).take(a.limit) {
-            println!("  {t}\t{}\t0x{v:016x}", f64::from_bits(*v));
+        if let Some(sel) = &a.series {
+            // The one file whose series range holds it, next to the manifest.
+            let key = parse_series(sel)?;
+            let Some(f) = m.files.iter().find(|f| {
+                (f.first_series[0], f.first_series[1]) <= key
+                    && key <= (f.last_series[0], f.last_series[1])
+            }) else {
+                return Err(JobError::Config(format!(
+                    "series {}:{} is not in {}",
+                    key.0,
+                    key.1,
+                    a.path.display()
+                )));
+            };
+            let path = a
+                .path
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(&f.path);
+            let bytes = map_file(&path)?;
+            let in_file = |e| JobError::Output(format!("data file {}: {e}", path.display()));
+            let reader = tsf::FileReader::open(&bytes).map_err(in_file)?;
+            return show_series(&reader, &path, key, a.limit);
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    let in_file = |e| JobError::Output(format!("data file {}: {e}", a.path.display()));
+    let reader = tsf::FileReader::open(&bytes).map_err(in_file)?;
+    let series = reader.footer().series();
+    if let Some(sel) = &a.series {
+        let (org, metric) = parse_series(sel)?;
+        return show_series(&reader, &a.path, (org, metric), a.limit);
     }
     let points: u64 = series.iter().map(|s| s.n_points).sum();
     if a.stats {
@@ -109,6 +115,44 @@ pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
     }
     if series.len() > a.limit {
         println!("  … {} more", series.len() - a.limit);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_series(sel: &str) -> Result<(u64, u64), JobError> {
+    sel.split_once(':')
+        .and_then(|(o, m)| Some((o.parse::<u64>().ok()?, m.parse::<u64>().ok()?)))
+        .ok_or_else(|| JobError::Config(format!("--series {sel:?}: expected ORG:METRIC")))
+}
+
+/// `--series`: one series' header and (up to `limit`) points.
+fn show_series(
+    reader: &tsf::FileReader<'_>,
+    path: &std::path::Path,
+    (org, metric): (u64, u64),
+    limit: usize,
+) -> Result<ExitCode, JobError> {
+    let Some(entry) = reader.footer().find(org, metric) else {
+        return Err(JobError::Config(format!(
+            "series {org}:{metric} is not in {}",
+            path.display()
+        )));
+    };
+    let (ts, vals) = reader
+        .read_series(entry)
+        .map_err(|e| JobError::Output(format!("data file {}: {e}", path.display())))?;
+    println!(
+        "series {org}:{metric} kind {} interval_s {} metadata {:?}: {} points",
+        entry.kind,
+        entry.interval_s,
+        entry.metadata,
+        ts.len()
+    );
+    for (t, v) in ts.iter().zip(&vals).take(limit) {
+        println!("  {t}\t{}\t0x{v:016x}", f64::from_bits(*v));
+    }
+    if ts.len() > limit {
+        println!("  … {} more", ts.len() - limit);
     }
     Ok(ExitCode::SUCCESS)
 }

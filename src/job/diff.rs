@@ -367,7 +367,7 @@ async fn produce(
         for f in &m.files {
             let mut data = read_data_file(&side.root, m, f).await?;
             let bytes = data.bytes.clone();
-            let reader = tsf::FileReader::open(&bytes)?;
+            let reader = tsf::FileReader::open(&bytes).map_err(|e| data.error(e))?;
             for e in reader.footer().series() {
                 data.release_before(e.byte_range().start);
                 let key = (e.org_id, e.metric_id);
@@ -389,7 +389,9 @@ async fn produce(
                 if points {
                     ts.clear();
                     vals.clear();
-                    reader.read_series_into(e, &mut ts, &mut vals)?;
+                    reader
+                        .read_series_into(e, &mut ts, &mut vals)
+                        .map_err(|err| data.error(err))?;
                     if let Some(w) = ts.windows(2).position(|w| w[0] >= w[1]) {
                         return Err(JobError::Output(format!(
                             "{}: {shard}/{window}/{}: series {}/{} has timestamp {} after {}",

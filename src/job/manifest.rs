@@ -780,11 +780,18 @@ async fn read_manifest_at(
 /// One data file of a committed output, checked against its manifest.
 pub struct DataFile {
     pub bytes: Bytes,
+    /// Where it was read from, for errors.
+    pub path: String,
     map: Option<Arc<memmap2::Mmap>>,
     released: u64,
 }
 
 impl DataFile {
+    /// A format error found in this file, naming it.
+    pub fn error(&self, e: tsf::TsfError) -> JobError {
+        JobError::Output(format!("data file {}: {e}", self.path))
+    }
+
     /// Tells the file that everything before `offset` has been read: a
     /// mapped file hands those pages back, so reading a file many times
     /// the memory limit keeps a small resident set.
@@ -840,6 +847,7 @@ pub async fn read_data_file(
     // The CRC in steps, releasing what it has read.
     let mut file = DataFile {
         bytes,
+        path: path.to_string(),
         map,
         released: 0,
     };
@@ -871,12 +879,14 @@ pub async fn for_each_series(
     for file in &m.files {
         let mut data = read_data_file(root, m, file).await?;
         let bytes = data.bytes.clone();
-        let reader = tsf::FileReader::open(&bytes)?;
+        let reader = tsf::FileReader::open(&bytes).map_err(|e| data.error(e))?;
         for entry in reader.footer().series() {
             data.release_before(entry.byte_range().start);
             ts.clear();
             vals.clear();
-            reader.read_series_into(entry, &mut ts, &mut vals)?;
+            reader
+                .read_series_into(entry, &mut ts, &mut vals)
+                .map_err(|e| data.error(e))?;
             f(entry, &ts, &vals)?;
         }
     }

@@ -393,3 +393,133 @@ fn export_writes_every_committed_point_with_its_bits() {
     assert_ne!(code(&o), 0);
     assert!(!root.join("none.parquet").exists());
 }
+
+/// Lines of stdout.
+fn stdout_lines(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn inspect_shows_a_manifest_a_data_file_and_one_series_from_either() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    generate(root, &root.join("in"), 5);
+    let o = tailor(
+        root,
+        &[
+            "run",
+            "--input",
+            "in",
+            "--output",
+            "out",
+            "--shard",
+            "org-mod-0",
+            "--shard-map",
+            "map1.toml",
+            "--max-file-bytes",
+            "16KiB",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let manifest = walk(&root.join("out"))
+        .into_iter()
+        .find(|f| f.ends_with("_manifest.json"))
+        .unwrap();
+    let m = read_json(Path::new(&manifest));
+    let files = m["files"].as_array().unwrap();
+    assert!(files.len() > 1, "several data files");
+
+    // The manifest: one line per data file, with its counts.
+    let o = tailor(root, &["inspect", &manifest]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let lines = stdout_lines(&o);
+    assert!(lines[0].starts_with("manifest org-mod-0/"), "{lines:?}");
+    assert!(
+        lines[0].contains(&format!("{} series", m["series"])),
+        "{lines:?}"
+    );
+    for f in files {
+        let line = format!(
+            "  {} {} bytes, {} series, {} points",
+            f["path"].as_str().unwrap(),
+            f["bytes"],
+            f["series"],
+            f["points"]
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with(&line)),
+            "{line} in {lines:?}"
+        );
+    }
+
+    // The last data file: its series, with their point counts.
+    let last = files.last().unwrap();
+    let data = Path::new(&manifest)
+        .parent()
+        .unwrap()
+        .join(last["path"].as_str().unwrap());
+    let o = tailor(root, &["inspect", p(&data), "--limit", "100000"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let lines = stdout_lines(&o);
+    assert!(
+        lines[0].contains(&format!(
+            "{} series, {} points",
+            last["series"], last["points"]
+        )),
+        "{lines:?}"
+    );
+    assert_eq!(lines.len() as u64, 1 + last["series"].as_u64().unwrap());
+    // Its last series: "  ORG:METRIC kind K interval_s I points N ...".
+    let words: Vec<&str> = lines.last().unwrap().split_whitespace().collect();
+    let (key, n) = (words[0], words[6].parse::<usize>().unwrap());
+    assert_eq!(
+        key,
+        format!("{}:{}", last["last_series"][0], last["last_series"][1])
+    );
+
+    // That series, from the manifest (found in the right file) and from the
+    // file: the same header line and its N points.
+    let from_manifest = tailor(
+        root,
+        &["inspect", &manifest, "--series", key, "--limit", "100000"],
+    );
+    let from_file = tailor(
+        root,
+        &["inspect", p(&data), "--series", key, "--limit", "100000"],
+    );
+    assert_eq!(code(&from_manifest), 0, "{}", stderr(&from_manifest));
+    // After the manifest's own summary.
+    let lines = stdout_lines(&from_file);
+    let via_manifest = stdout_lines(&from_manifest);
+    assert!(via_manifest.ends_with(&lines), "{via_manifest:?}");
+    assert!(
+        lines[0].starts_with(&format!("series {key} kind ")),
+        "{lines:?}"
+    );
+    assert!(lines[0].ends_with(&format!(": {n} points")), "{lines:?}");
+    assert_eq!(lines.len(), 1 + n);
+
+    // A series no file holds is a usage error; a damaged file is a data
+    // error that names the file.
+    let o = tailor(root, &["inspect", &manifest, "--series", "1:1"]);
+    assert_eq!(code(&o), 64, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("series 1:1 is not in"),
+        "{}",
+        stderr(&o)
+    );
+    let mut bytes = std::fs::read(&data).unwrap();
+    let footer_crc_at = bytes.len() - 52 + 32;
+    bytes[footer_crc_at] ^= 1;
+    std::fs::write(&data, &bytes).unwrap();
+    let o = tailor(root, &["inspect", p(&data)]);
+    assert_eq!(code(&o), 65, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("data file {}", data.display())),
+        "{}",
+        stderr(&o)
+    );
+}
