@@ -96,7 +96,7 @@ pub enum ErrorKind {
     Truncated { needed: u64, available: u64 },
     #[error("frame body does not start with the zstd magic 28 B5 2F FD (found {found:02X?})")]
     NotZstd { found: [u8; 4] },
-    #[error("zstd frame header is invalid: {reason}")]
+    #[error("zstd frame is malformed (header or block structure): {reason}")]
     BadZstdHeader { reason: String },
     #[error("zstd frame header does not carry the decompressed content size")]
     NoContentSize,

@@ -72,6 +72,16 @@ fn zstd_without_content_size(data: &[u8]) -> Vec<u8> {
     f
 }
 
+/// Offset, inside a zstd frame, of its first block header.
+fn first_block_header(frame: &[u8]) -> usize {
+    let fhd = frame[4];
+    let single_segment = (fhd >> 5) & 1 == 1;
+    let fcs = [usize::from(single_segment), 2, 4, 8][usize::from(fhd >> 6)];
+    let window = usize::from(!single_segment);
+    let dict = [0, 1, 2, 4][usize::from(fhd & 3)];
+    4 + 1 + window + dict + fcs
+}
+
 /// Every corpus file: (name, bytes, expected frame offset, expected error).
 fn make_corpus() -> Vec<(&'static str, Vec<u8>, u64, ErrorKind)> {
     let good = good_frame();
@@ -247,6 +257,53 @@ fn make_corpus() -> Vec<(&'static str, Vec<u8>, u64, ErrorKind)> {
             found: 32 << 20,
             min: 48,
             max: 40 + 16 * 1_048_576 + 65_536,
+        },
+    ));
+    v.push((
+        "zstd_reserved_header_bit.tsp",
+        {
+            // The frame header descriptor's reserved bit (bit 3) set.
+            let mut f = good_frame();
+            f[4 + 4] |= 0x08;
+            f
+        },
+        0,
+        ErrorKind::BadZstdHeader {
+            reason: "ContentSizeError".into(),
+        },
+    ));
+    v.push((
+        "zstd_reserved_block_type.tsp",
+        {
+            let mut f = good_frame();
+            let at = 4 + first_block_header(&f[4..]);
+            f[at] |= 0b110; // block type 3: reserved
+            f
+        },
+        0,
+        ErrorKind::BadZstdHeader {
+            reason: "Data corruption detected".into(),
+        },
+    ));
+    v.push((
+        "zstd_corrupt_literals.tsp",
+        {
+            // A compressed block whose literals claim to reuse the previous
+            // block's Huffman table (treeless) although there is none: the
+            // frame's structure is sound, decompressing it fails.
+            let ts: Vec<i64> = (0..256).map(|i| i * 10_000).collect();
+            let vals: Vec<u64> = (0..256).map(|i| (i % 7) as u64).collect();
+            let mut f = Vec::new();
+            PayloadWriter::new(3).write_frame(&good_spec(&ts, &vals, "host:x"), &mut f);
+            let at = 4 + first_block_header(&f[4..]);
+            assert_eq!((f[at] >> 1) & 3, 2, "a compressed block");
+            f[at + 3] |= 0b11; // literals block type 3: treeless
+            f
+        },
+        0,
+        // zstd's name for "no table to reuse".
+        ErrorKind::Decompress {
+            reason: "Dictionary is corrupted".into(),
         },
     ));
     v.push((
