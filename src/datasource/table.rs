@@ -2,9 +2,10 @@
 //!
 //! The job lists its input once (it needs the objects' sizes and ETags for
 //! the manifest anyway), so the table is built from that listing instead of
-//! listing again: files are split into byte ranges of at most
-//! `range_bytes` and spread over `target_partitions` groups in input order;
-//! DataFusion may repartition further through `PayloadSource::repartitioned`.
+//! listing again. It hands DataFusion every file whole, in input order;
+//! DataFusion's file-scan repartitioning (`PayloadSource::repartitioned`)
+//! cuts them into byte ranges of at most `range_bytes` and spreads those over
+//! `target_partitions` partitions.
 
 use std::sync::Arc;
 
@@ -57,6 +58,18 @@ impl PayloadTable {
         self.format.log()
     }
 
+    /// Every file whole, in input order, as one group: DataFusion's
+    /// file-scan repartitioning splits them into byte ranges and spreads
+    /// those over the partitions ([`PayloadSource::repartitioned`]).
+    fn files_in_input_order(&self) -> FileGroup {
+        FileGroup::new(
+            self.files
+                .iter()
+                .map(|o| PartitionedFile::from(o.meta.clone()))
+                .collect(),
+        )
+    }
+
     /// Registers the root's store with the context (so the scan can reach
     /// it) and this table under `name`.
     pub fn register(
@@ -69,39 +82,6 @@ impl PayloadTable {
         let log = Arc::clone(self.log());
         ctx.register_table(name, Arc::new(self))?;
         Ok(log)
-    }
-
-    /// Splits the files into ranges of at most `range_bytes` and deals them,
-    /// in input order, into at most `partitions` contiguous groups of
-    /// similar byte size.
-    fn file_groups(&self, partitions: usize) -> Vec<FileGroup> {
-        let max = self.format.options().range_bytes.max(1);
-        let mut pieces = Vec::new();
-        for obj in &self.files {
-            if obj.size == 0 {
-                pieces.push(PartitionedFile::from(obj.meta.clone()));
-                continue;
-            }
-            let mut s = 0;
-            while s < obj.size {
-                let e = s.saturating_add(max).min(obj.size);
-                pieces.push(PartitionedFile::from(obj.meta.clone()).with_range(s as i64, e as i64));
-                s = e;
-            }
-        }
-        let total: u64 = pieces.iter().map(|p| p.effective_size()).sum();
-        let per_group = total.div_ceil(partitions.max(1) as u64).max(1);
-        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new()];
-        let mut size = 0;
-        for p in pieces {
-            if size >= per_group && groups.len() < partitions {
-                groups.push(Vec::new());
-                size = 0;
-            }
-            size += p.effective_size();
-            groups.last_mut().unwrap().push(p);
-        }
-        groups.into_iter().map(FileGroup::new).collect()
     }
 }
 
@@ -138,10 +118,9 @@ impl TableProvider for PayloadTable {
             };
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
-        let partitions = state.config().target_partitions();
         let source = self.format.file_source(TableSchema::from(payload_schema()));
         let config = FileScanConfigBuilder::new(self.store_url.clone(), source)
-            .with_file_groups(self.file_groups(partitions))
+            .with_file_groups(vec![self.files_in_input_order()])
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .build();
