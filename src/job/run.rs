@@ -352,6 +352,14 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
     let window = resolve_window(&cfg.window, &listing)?;
     report.window = Some(window.clone());
     report.set_inputs(&listing);
+    // A payload-named object the layout does not place in an hour is not
+    // read: its points may belong to this shard, so say so loudly.
+    for o in listing.ignored.iter().filter(|o| o.key.ends_with(".tsp")) {
+        report.warnings.push(format!(
+            "not read: {} ({} bytes): {}",
+            o.key, o.size, o.reason
+        ));
+    }
 
     // -- scan + group (DataFusion) with merge + encode on a writer thread
     let spill = match &cfg.spill_dir {

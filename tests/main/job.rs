@@ -1034,3 +1034,62 @@ fn the_generator_is_deterministic_for_a_seed() {
     assert_eq!(format!("{sa:?}"), format!("{sb:?}"));
     assert!(ta != tc, "another seed, other data");
 }
+
+#[test]
+fn payload_files_outside_the_layout_are_listed_and_warned_about_not_read() {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    generate_tree(&input, 43, 256 << 10);
+    let shard = shards_of(&input)[0].clone();
+    let dt_dir = std::fs::read_dir(input.join(&shard))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let a_file = walk_tsp(&dt_dir)[0].clone();
+    let bytes = std::fs::read(&a_file).unwrap();
+    // A payload file one level too high, and one under an hour that is not one.
+    std::fs::write(input.join(&shard).join("stray.tsp"), &bytes).unwrap();
+    let bad_hour = dt_dir.join("hour=24");
+    std::fs::create_dir_all(&bad_hour).unwrap();
+    std::fs::write(bad_hour.join("points+0+0000000000.tsp"), &bytes).unwrap();
+    std::fs::write(dt_dir.join("_SUCCESS"), b"").unwrap();
+    let r = run(&cfg(&input, &tmp.path().join("out"), &shard)).unwrap();
+    let stray: Vec<&str> = r
+        .input
+        .ignored
+        .iter()
+        .filter(|o| o.key.ends_with(".tsp"))
+        .map(|o| o.key.as_str())
+        .collect();
+    assert_eq!(stray.len(), 2, "{stray:?}");
+    for key in stray {
+        let w = r
+            .warnings
+            .iter()
+            .find(|w| w.contains(key))
+            .unwrap_or_else(|| panic!("no warning for {key}: {:?}", r.warnings));
+        assert!(
+            w.starts_with("not read: ") && w.contains(&format!("({} bytes)", bytes.len())),
+            "{w}"
+        );
+        assert!(
+            w.contains("outside the <shard>/dt=YYYY-MM-DD/hour=HH/ layout"),
+            "{w}"
+        );
+    }
+    // Other objects (markers) are listed but not warned about.
+    assert!(r.input.ignored.iter().any(|o| !o.key.ends_with(".tsp")));
+    assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
+}
+
+/// The .tsp files under a directory, sorted.
+fn walk_tsp(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = tree_bytes(dir)
+        .into_keys()
+        .filter(|k| k.ends_with(".tsp"))
+        .map(|k| dir.join(k))
+        .collect();
+    out.sort();
+    out
+}
