@@ -34,7 +34,8 @@ pub struct DiffArgs {
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Write every differing point to this Parquet file.
+    /// Write every differing point to this Parquet file (default: next to
+    /// the report, `<report>.points.parquet`, when --report is given).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Examples per category and shard in the summary.
@@ -54,7 +55,11 @@ pub async fn main(a: DiffArgs) -> Result<ExitCode, JobError> {
         to: a.to,
         orgs: a.orgs,
         examples: a.examples,
-        out: a.out,
+        out: a.out.or_else(|| {
+            a.report
+                .as_ref()
+                .map(|r| r.with_extension("points.parquet"))
+        }),
         memory_limit: a
             .memory_limit
             .as_deref()

@@ -195,6 +195,20 @@ fn diff_exits_0_when_identical_1_when_different_2_on_error() {
 
     let o = diff(&["--old", "a", "--new", "c"]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
+    // With a report, every differing point goes next to it by default.
+    let o = diff(&["--old", "a", "--new", "c", "--report", "ac.json"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let r = read_json(&root.join("ac.json"));
+    assert_eq!(r["differing_points_file"], "ac.points.parquet", "{r}");
+    let rows = parquet::file::reader::SerializedFileReader::new(
+        std::fs::File::open(root.join("ac.points.parquet")).unwrap(),
+    )
+    .map(|f| {
+        use parquet::file::reader::FileReader;
+        f.metadata().file_metadata().num_rows()
+    })
+    .unwrap();
+    assert!(rows > 0, "{rows} differing points");
     // A reader that closed stdout (`| head`) does not change the verdict.
     let mut child = Command::new(env!("CARGO_BIN_EXE_tailor"))
         .current_dir(root)
