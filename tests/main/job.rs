@@ -46,18 +46,7 @@ fn generate_tree(root: &Path, seed: u64, size: u64) -> GenerateSummary {
 fn reference(input: &Path, shard: &str) -> (Content, MergeCounts, u64) {
     let map = shard_map();
     let want = Shard::parse(shard).unwrap();
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut stack = vec![input.join(shard)];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "tsp") {
-                files.push(p);
-            }
-        }
-    }
+    let mut files = tsp_files(&input.join(shard));
     // Input order: object key bytes (the relative paths sort like the keys).
     files.sort_by(|a, b| {
         a.as_os_str()
@@ -159,25 +148,54 @@ fn rt_multi() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The data files and manifests under an output root, by relative path.
-fn tree_bytes(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
+/// Every file under `root`, sorted by path (none when it does not exist).
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
-    if !root.exists() {
-        return out;
-    }
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, std::fs::read(&p).unwrap());
+                out.push(p);
             }
         }
     }
+    out.sort();
     out
+}
+
+/// The payload files under a directory, sorted by path.
+fn tsp_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "tsp"))
+        .collect()
+}
+
+/// The data files and manifests under an output root, by relative path.
+fn tree_bytes(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    files_under(root)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let bytes = std::fs::read(&p).unwrap();
+            (rel, bytes)
+        })
+        .collect()
+}
+
+/// A generated tree under `<tmp>/in`, and its first shard.
+fn generated(seed: u64, size: u64) -> (tempfile::TempDir, PathBuf, String) {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    generate_tree(&input, seed, size);
+    let shard = shards_of(&input)[0].clone();
+    (tmp, input, shard)
 }
 
 fn shards_of(input: &Path) -> Vec<String> {
@@ -280,10 +298,7 @@ fn same_bytes_for(
 
 #[test]
 fn output_bytes_do_not_depend_on_partitions_or_range_size() {
-    let tmp = tempdir();
-    let input = tmp.path().join("in");
-    generate_tree(&input, 11, 2 << 20);
-    let shard = shards_of(&input)[0].clone();
+    let (tmp, input, shard) = generated(11, 2 << 20);
     let variants = [
         (1, 1u64 << 30),
         (2, 1 << 30),
@@ -311,10 +326,7 @@ fn output_bytes_do_not_depend_on_partitions_or_range_size() {
 #[test]
 fn staged_files_reach_a_local_output_by_rename_or_copy_with_the_same_bytes() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let tmp = tempdir();
-    let input = tmp.path().join("in");
-    generate_tree(&input, 12, 2 << 20);
-    let shard = shards_of(&input)[0].clone();
+    let (tmp, input, shard) = generated(12, 2 << 20);
     let mut stages = vec![tmp.path().join("stage")];
     let shm = std::path::Path::new("/dev/shm");
     if shm.is_dir()
@@ -349,26 +361,12 @@ fn umask() -> u32 {
 
 #[test]
 fn corrupt_input_skipped_gives_the_same_bytes_and_list_at_every_split() {
-    let tmp = tempdir();
-    let input = tmp.path().join("in");
-    generate_tree(&input, 13, 2 << 20);
-    let shard = shards_of(&input)[0].clone();
+    let (tmp, input, shard) = generated(13, 2 << 20);
     // Damage two files: a flipped byte inside a frame, and a cut tail.
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut stack = vec![input.join(&shard)];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "tsp")
-                && std::fs::metadata(&p).unwrap().len() > 20_000
-            {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
+    let files: Vec<PathBuf> = tsp_files(&input.join(&shard))
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 20_000)
+        .collect();
     assert!(files.len() >= 3);
     // The flipped byte is the zstd magic of the frame in the middle: a byte
     // flipped inside compressed data can decode to other valid points (the
@@ -457,11 +455,8 @@ fn corrupt_input_skipped_gives_the_same_bytes_and_list_at_every_split() {
 
 #[test]
 fn a_job_stopped_before_its_manifest_leaves_the_previous_commit() {
-    let tmp = tempdir();
-    let input = tmp.path().join("in");
+    let (tmp, input, shard) = generated(5, 1 << 20);
     let output = tmp.path().join("out");
-    generate_tree(&input, 5, 1 << 20);
-    let shard = shards_of(&input)[0].clone();
     let c = cfg(&input, &output, &shard);
     run(&c).unwrap();
     let before = tree_bytes(&output);
@@ -565,7 +560,10 @@ fn eight_scan_partitions_under_a_limit_give_the_same_bytes() {
 }
 
 fn dir_size(p: &Path) -> u64 {
-    tree_bytes(p).values().map(|v| v.len() as u64).sum()
+    files_under(p)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum()
 }
 
 #[test]
@@ -609,10 +607,7 @@ fn list_manifests(p: &Path) -> Vec<String> {
 
 #[test]
 fn corrupt_input_fails_with_key_and_offset_or_is_skipped_and_listed() {
-    let tmp = tempdir();
-    let input = tmp.path().join("in");
-    generate_tree(&input, 19, 1 << 20);
-    let shard = shards_of(&input)[0].clone();
+    let (tmp, input, shard) = generated(19, 1 << 20);
     // Truncate one payload file mid-frame.
     let hour_dir = std::fs::read_dir(input.join(&shard))
         .unwrap()
@@ -738,10 +733,7 @@ impl object_store::ObjectStore for FailingDeletes {
 fn a_cleanup_that_fails_after_the_commit_is_a_warning_and_later_runs_finish_it() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let tmp = tempdir();
-    let input = tmp.path().join("in");
-    generate_tree(&input, 21, 2 << 20);
-    let shard = shards_of(&input)[0].clone();
+    let (_tmp, input, shard) = generated(21, 2 << 20);
     let fail = Arc::new(AtomicBool::new(false));
     tailor::datasource::store::install_memory_store(
         "failing-deletes",
@@ -846,11 +838,8 @@ fn a_cleanup_that_fails_after_the_commit_is_a_warning_and_later_runs_finish_it()
 fn export_refuses_windows_it_would_cut_or_export_twice() {
     use tailor::datasource::listing::{Hour, Window};
     use tailor::job::export::{ExportFormat, export};
-    let tmp = tempdir();
-    let input = tmp.path().join("in");
+    let (tmp, input, shard) = generated(23, 1 << 20);
     let output = tmp.path().join("out");
-    generate_tree(&input, 23, 1 << 20);
-    let shard = shards_of(&input)[0].clone();
     let h = |s: &str| Hour::parse(s).unwrap();
     let (h0, h1) = (h("2026-11-21T00"), h("2026-11-21T01"));
     let mut points = Vec::new();
@@ -933,11 +922,8 @@ fn a_copy_of_the_input_gives_the_same_paths_and_bytes() {
 /// that are gone. Once older than the grace period, a commit removes them.
 #[test]
 fn a_commit_leaves_the_files_of_a_run_still_uploading() {
-    let tmp = tempdir();
-    let input = tmp.path().join("in");
+    let (tmp, input, shard) = generated(37, 1 << 20);
     let output = tmp.path().join("out");
-    generate_tree(&input, 37, 1 << 20);
-    let shard = shards_of(&input)[0].clone();
     let mut c = cfg(&input, &output, &shard);
     let first = run(&c).unwrap();
     let window = output.join(&first.output.location);
@@ -984,11 +970,8 @@ fn a_commit_leaves_the_files_of_a_run_still_uploading() {
 /// written before the run's manifest, not those the rerun has rewritten.
 #[test]
 fn a_commit_leaves_the_files_a_rerun_of_the_replaced_run_rewrote() {
-    let tmp = tempdir();
-    let input = tmp.path().join("in");
+    let (tmp, input, shard) = generated(21, 2 << 20);
     let output = tmp.path().join("out");
-    generate_tree(&input, 21, 2 << 20);
-    let shard = shards_of(&input)[0].clone();
     let mut c = cfg(&input, &output, &shard);
     c.max_file_bytes = 16 << 10;
     let first = run(&c).unwrap();
@@ -1037,16 +1020,13 @@ fn the_generator_is_deterministic_for_a_seed() {
 
 #[test]
 fn payload_files_outside_the_layout_are_listed_and_warned_about_not_read() {
-    let tmp = tempdir();
-    let input = tmp.path().join("in");
-    generate_tree(&input, 43, 256 << 10);
-    let shard = shards_of(&input)[0].clone();
+    let (tmp, input, shard) = generated(43, 256 << 10);
     let dt_dir = std::fs::read_dir(input.join(&shard))
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.is_dir())
         .unwrap();
-    let a_file = walk_tsp(&dt_dir)[0].clone();
+    let a_file = tsp_files(&dt_dir)[0].clone();
     let bytes = std::fs::read(&a_file).unwrap();
     // A payload file one level too high, and one under an hour that is not one.
     std::fs::write(input.join(&shard).join("stray.tsp"), &bytes).unwrap();
@@ -1081,15 +1061,4 @@ fn payload_files_outside_the_layout_are_listed_and_warned_about_not_read() {
     // Other objects (markers) are listed but not warned about.
     assert!(r.input.ignored.iter().any(|o| !o.key.ends_with(".tsp")));
     assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
-}
-
-/// The .tsp files under a directory, sorted.
-fn walk_tsp(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = tree_bytes(dir)
-        .into_keys()
-        .filter(|k| k.ends_with(".tsp"))
-        .map(|k| dir.join(k))
-        .collect();
-    out.sort();
-    out
 }
