@@ -148,22 +148,7 @@ fn filters_run_inside_the_scan_and_projection_is_pushed_down() {
             .unwrap();
         let mut rows = 0;
         for b in &batches {
-            let ts = b
-                .column(0)
-                .as_any()
-                .downcast_ref::<ListViewArray>()
-                .unwrap();
-            let vals = b
-                .column(1)
-                .as_any()
-                .downcast_ref::<ListViewArray>()
-                .unwrap();
-            let ts_child = ts.values().as_primitive::<Int64Type>().values().as_ptr() as usize;
-            let val_child = vals
-                .values()
-                .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
-                .values()
-                .as_ptr() as usize;
+            let (ts, vals, ts_child, val_child) = point_columns(b, 0);
             assert_eq!(ts_child, val_child, "one slab behind both columns");
             for i in 0..b.num_rows() {
                 // Timestamps then values of a payload, side by side in the slab.
@@ -202,6 +187,28 @@ fn filters_run_inside_the_scan_and_projection_is_pushed_down() {
     });
 }
 
+/// The timestamps and values list columns at `first` and `first + 1`, and
+/// where each one's child values start in memory.
+fn point_columns(
+    b: &datafusion::arrow::array::RecordBatch,
+    first: usize,
+) -> (&ListViewArray, &ListViewArray, usize, usize) {
+    let list = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<ListViewArray>()
+            .unwrap()
+    };
+    let (ts, vals) = (list(first), list(first + 1));
+    let ts_child = ts.values().as_primitive::<Int64Type>().values().as_ptr() as usize;
+    let val_child = vals
+        .values()
+        .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+        .values()
+        .as_ptr() as usize;
+    (ts, vals, ts_child, val_child)
+}
+
 #[test]
 fn arrays_point_into_the_decode_buffer_and_slabs_return_to_the_pool() {
     let mut rng = Rng(8);
@@ -225,22 +232,7 @@ fn arrays_point_into_the_decode_buffer_and_slabs_return_to_the_pool() {
         b.commit(&h, off, false);
     }
     let batch = b.finish().unwrap().unwrap();
-    let ts = batch
-        .column(5)
-        .as_any()
-        .downcast_ref::<ListViewArray>()
-        .unwrap();
-    let vals = batch
-        .column(6)
-        .as_any()
-        .downcast_ref::<ListViewArray>()
-        .unwrap();
-    let ts_child = ts.values().as_primitive::<Int64Type>().values().as_ptr() as usize;
-    let val_child = vals
-        .values()
-        .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
-        .values()
-        .as_ptr() as usize;
+    let (ts, vals, ts_child, val_child) = point_columns(&batch, 5);
     assert_eq!(ts_child, val_child, "timestamps and values share one slab");
     for (i, &p) in ts_ptrs.iter().enumerate() {
         // The row's list starts exactly where zstd wrote the timestamps.
