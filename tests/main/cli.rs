@@ -55,6 +55,25 @@ fn generate(root: &Path, into: &Path, seed: u64) {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
+/// Runs the job over `org-mod-0` of a tree [`generate`] wrote (paths
+/// relative to `root`), with `extra` flags; it must succeed.
+fn run_ok(root: &Path, input: &str, output: &str, extra: &[&str]) {
+    let mut args = vec![
+        "run",
+        "--input",
+        input,
+        "--output",
+        output,
+        "--shard",
+        "org-mod-0",
+        "--shard-map",
+        "map1.toml",
+    ];
+    args.extend_from_slice(extra);
+    let o = tailor(root, &args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -162,26 +181,9 @@ fn diff_exits_0_when_identical_1_when_different_2_on_error() {
     let root = tmp.path();
     generate(root, &root.join("in"), 2);
     generate(root, &root.join("in-other"), 3);
-    let run = |input: &str, out: &str| {
-        let o = tailor(
-            root,
-            &[
-                "run",
-                "--input",
-                input,
-                "--output",
-                out,
-                "--shard",
-                "org-mod-0",
-                "--shard-map",
-                "map1.toml",
-            ],
-        );
-        assert_eq!(code(&o), 0, "{}", stderr(&o));
-    };
-    run("in", "a");
-    run("in", "b");
-    run("in-other", "c");
+    run_ok(root, "in", "a", &[]);
+    run_ok(root, "in", "b", &[]);
+    run_ok(root, "in-other", "c", &[]);
     let diff = |args: &[&str]| {
         let mut all = vec!["diff"];
         all.extend_from_slice(args);
@@ -273,21 +275,7 @@ fn export_writes_every_committed_point_with_its_bits() {
     let tmp = tempdir();
     let root = tmp.path();
     generate(root, &root.join("in"), 4);
-    let o = tailor(
-        root,
-        &[
-            "run",
-            "--input",
-            "in",
-            "--output",
-            "out",
-            "--shard",
-            "org-mod-0",
-            "--shard-map",
-            "map1.toml",
-        ],
-    );
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    run_ok(root, "in", "out", &[]);
 
     // What the committed output holds, read with the library.
     let mut want = Vec::new();
@@ -421,23 +409,7 @@ fn inspect_shows_a_manifest_a_data_file_and_one_series_from_either() {
     let tmp = tempdir();
     let root = tmp.path();
     generate(root, &root.join("in"), 5);
-    let o = tailor(
-        root,
-        &[
-            "run",
-            "--input",
-            "in",
-            "--output",
-            "out",
-            "--shard",
-            "org-mod-0",
-            "--shard-map",
-            "map1.toml",
-            "--max-file-bytes",
-            "16KiB",
-        ],
-    );
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    run_ok(root, "in", "out", &["--max-file-bytes", "16KiB"]);
     let manifest = walk(&root.join("out"))
         .into_iter()
         .find(|f| f.ends_with("_manifest.json"))
