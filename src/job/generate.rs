@@ -385,6 +385,15 @@ fn chunks_of(opts: &GenerateOptions, series: &[Series], h: u32, si: usize, p: u3
     chunks
 }
 
+/// Payload version 1 at `opts.v1_rate`, 2 otherwise.
+fn payload_version(opts: &GenerateOptions, rng: &mut ChaCha8Rng) -> u16 {
+    if rng.random_bool(opts.v1_rate.clamp(0.0, 1.0)) {
+        1
+    } else {
+        2
+    }
+}
+
 /// Frames that re-deliver a few of partition `q`'s chunks of hour `h`
 /// with corrected values (new value noise, now and then new metadata),
 /// on the grid without jitter. The same bytes go at the end of `q`'s own
@@ -403,25 +412,25 @@ fn redeliveries(
         ChaCha8Rng::seed_from_u64(seed_of(&[opts.seed, 5, h as u64, si as u64, q as u64]));
     let mut w = PayloadWriter::new(opts.zstd_level);
     let (mut out, mut frames, mut points) = (Vec::new(), 0, 0);
+    let (mut ts, mut vals, mut meta) = (Vec::new(), Vec::new(), String::new());
     for c in chunks_of(opts, series, h, si, q) {
         if !rng.random_bool(opts.conflict_rate.clamp(0.0, 1.0)) {
             continue;
         }
         let s = &series[c.series as usize];
         let ks = c.start_k..c.start_k + c.len as i64;
-        let ts: Vec<i64> = ks.clone().map(|k| hour_ms + k * s.interval_ms).collect();
-        let vals: Vec<u64> = ks.map(|k| value(s, k, &mut rng)).collect();
-        let meta = if rng.random_range(0..4) == 0 {
-            format!("{},resent:{q}", s.metadata)
-        } else {
-            s.metadata.clone()
-        };
+        ts.clear();
+        ts.extend(ks.clone().map(|k| hour_ms + k * s.interval_ms));
+        vals.clear();
+        vals.extend(ks.map(|k| value(s, k, &mut rng)));
+        meta.clear();
+        meta.push_str(&s.metadata);
+        if rng.random_range(0..4) == 0 {
+            use std::fmt::Write;
+            let _ = write!(meta, ",resent:{q}");
+        }
         let spec = PayloadSpec {
-            version: if rng.random_bool(opts.v1_rate.clamp(0.0, 1.0)) {
-                1
-            } else {
-                2
-            },
+            version: payload_version(opts, &mut rng),
             org_id: s.org,
             metric_id: s.metric,
             kind: s.kind,
@@ -507,11 +516,7 @@ fn gen_file(
             }
             let misrouted = map.shard_of(org) != *shard;
             summary.misrouted += misrouted as u64;
-            let version = if rng.random_bool(opts.v1_rate.clamp(0.0, 1.0)) {
-                1
-            } else {
-                2
-            };
+            let version = payload_version(opts, &mut rng);
             // A quarter of the series have metadata that changes between
             // hours and partitions (a tag being rolled out): the series'
             // metadata is then its last payload's, in input order.
