@@ -7,7 +7,7 @@ use clap::Args;
 use crate::datasource::reader::map_file;
 use crate::format::tsf;
 use crate::job::JobError;
-use crate::job::manifest::Manifest;
+use crate::job::manifest::{Manifest, data_file_error};
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -54,34 +54,28 @@ pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
             m.dropped.misrouted_payloads,
             m.dropped.corrupt_frames
         );
-        if let Some(sel) = &a.series {
-            // The one file whose series range holds it, next to the manifest.
-            let key = parse_series(sel)?;
-            let Some(f) = m.files.iter().find(|f| {
+        let Some(sel) = &a.series else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        // The one file whose series range holds it, next to the manifest.
+        let key = parse_series(sel)?;
+        let f = m
+            .files
+            .iter()
+            .find(|f| {
                 (f.first_series[0], f.first_series[1]) <= key
                     && key <= (f.last_series[0], f.last_series[1])
-            }) else {
-                return Err(JobError::Config(format!(
-                    "series {}:{} is not in {}",
-                    key.0,
-                    key.1,
-                    a.path.display()
-                )));
-            };
-            let path = a
-                .path
-                .parent()
-                .unwrap_or(std::path::Path::new("."))
-                .join(&f.path);
-            let bytes = map_file(&path)?;
-            let in_file = |e| JobError::Output(format!("data file {}: {e}", path.display()));
-            let reader = tsf::FileReader::open(&bytes).map_err(in_file)?;
-            return show_series(&reader, &path, key, a.limit);
-        }
-        return Ok(ExitCode::SUCCESS);
+            })
+            .ok_or_else(|| not_in(key, &a.path))?;
+        let path = a
+            .path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(&f.path);
+        let bytes = map_file(&path)?;
+        return show_series(&open(&bytes, &path)?, &path, key, a.limit);
     }
-    let in_file = |e| JobError::Output(format!("data file {}: {e}", a.path.display()));
-    let reader = tsf::FileReader::open(&bytes).map_err(in_file)?;
+    let reader = open(&bytes, &a.path)?;
     let series = reader.footer().series();
     if let Some(sel) = &a.series {
         let (org, metric) = parse_series(sel)?;
@@ -119,6 +113,18 @@ pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A data file's reader; a format error names the file.
+fn open<'a>(bytes: &'a [u8], path: &std::path::Path) -> Result<tsf::FileReader<'a>, JobError> {
+    tsf::FileReader::open(bytes).map_err(|e| data_file_error(path.display(), e))
+}
+
+fn not_in((org, metric): (u64, u64), path: &std::path::Path) -> JobError {
+    JobError::Config(format!(
+        "series {org}:{metric} is not in {}",
+        path.display()
+    ))
+}
+
 fn parse_series(sel: &str) -> Result<(u64, u64), JobError> {
     sel.split_once(':')
         .and_then(|(o, m)| Some((o.parse::<u64>().ok()?, m.parse::<u64>().ok()?)))
@@ -132,15 +138,13 @@ fn show_series(
     (org, metric): (u64, u64),
     limit: usize,
 ) -> Result<ExitCode, JobError> {
-    let Some(entry) = reader.footer().find(org, metric) else {
-        return Err(JobError::Config(format!(
-            "series {org}:{metric} is not in {}",
-            path.display()
-        )));
-    };
+    let entry = reader
+        .footer()
+        .find(org, metric)
+        .ok_or_else(|| not_in((org, metric), path))?;
     let (ts, vals) = reader
         .read_series(entry)
-        .map_err(|e| JobError::Output(format!("data file {}: {e}", path.display())))?;
+        .map_err(|e| data_file_error(path.display(), e))?;
     println!(
         "series {org}:{metric} kind {} interval_s {} metadata {:?}: {} points",
         entry.kind,

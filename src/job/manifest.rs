@@ -777,6 +777,11 @@ async fn read_manifest_at(
     Ok((Manifest::parse(&bytes, path.as_ref())?, at))
 }
 
+/// A format error found in the data file at `path`, naming it.
+pub fn data_file_error(path: impl std::fmt::Display, e: tsf::TsfError) -> JobError {
+    JobError::Output(format!("data file {path}: {e}"))
+}
+
 /// One data file of a committed output, checked against its manifest.
 pub struct DataFile {
     pub bytes: Bytes,
@@ -789,7 +794,7 @@ pub struct DataFile {
 impl DataFile {
     /// A format error found in this file, naming it.
     pub fn error(&self, e: tsf::TsfError) -> JobError {
-        JobError::Output(format!("data file {}: {e}", self.path))
+        data_file_error(&self.path, e)
     }
 
     /// Tells the file that everything before `offset` has been read: a

@@ -490,13 +490,12 @@ fn inspect_shows_a_manifest_a_data_file_and_one_series_from_either() {
 
     // A series no file holds is a usage error; a damaged file is a data
     // error that names the file.
-    let o = tailor(root, &["inspect", &manifest, "--series", "1:1"]);
-    assert_eq!(code(&o), 64, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("series 1:1 is not in"),
-        "{}",
-        stderr(&o)
-    );
+    for at in [manifest.as_str(), p(&data)] {
+        let o = tailor(root, &["inspect", at, "--series", "1:1"]);
+        assert_eq!(code(&o), 64, "{}", stderr(&o));
+        let want = format!("series 1:1 is not in {at}");
+        assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    }
     let mut bytes = std::fs::read(&data).unwrap();
     let footer_crc_at = bytes.len() - 52 + 32;
     bytes[footer_crc_at] ^= 1;
