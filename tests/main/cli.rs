@@ -250,7 +250,7 @@ fn diff_exits_0_when_identical_1_when_different_2_on_error() {
     let mut bytes = std::fs::read(&data).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
-    std::fs::write(&data, bytes).unwrap();
+    std::fs::write(&data, &bytes).unwrap();
     let o = diff(&["--old", "a", "--new", "c"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     // The error names the file and what is wrong with it.
@@ -261,6 +261,29 @@ fn diff_exits_0_when_identical_1_when_different_2_on_error() {
         .unwrap();
     assert!(
         stderr(&o).contains(name) && stderr(&o).contains("the manifest says"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The same damage under a manifest that vouches for it (its CRC32C
+    // updated): the block's own checksum catches it, and the error names
+    // the data file.
+    let a_manifest = walk(&root.join("a"))
+        .into_iter()
+        .find(|f| f.ends_with("_manifest.json"))
+        .unwrap();
+    let mut m = read_json(Path::new(&a_manifest));
+    let files = m["files"].as_array_mut().unwrap();
+    let entry = files
+        .iter_mut()
+        .find(|f| data.ends_with(f["path"].as_str().unwrap()))
+        .unwrap();
+    entry["crc32c"] = crc32c::crc32c(&bytes).into();
+    std::fs::write(&a_manifest, m.to_string()).unwrap();
+    let o = diff(&["--old", "a", "--new", "c"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("data file {}", data.trim_start_matches('/'))),
         "{}",
         stderr(&o)
     );
