@@ -13,7 +13,6 @@ use crate::datasource::listing::{Hour, Listing, Window, list_inputs};
 use crate::datasource::source::{CorruptPolicy, PayloadOptions, ScanLog};
 use crate::datasource::store::StoreRoot;
 use crate::datasource::table::PayloadTable;
-use crate::format::payload::FrameError;
 use crate::job::JobError;
 use crate::job::config::parse_size;
 
@@ -126,7 +125,7 @@ fn validate(a: &QueryArgs) -> Result<QueryConfig, JobError> {
 
 /// [`ScanLog::settle`] as the query's result: the first problem fails the
 /// query under the fail policy.
-fn check_tiling(log: &ScanLog, policy: CorruptPolicy) -> Result<Option<FrameError>, JobError> {
+fn check_tiling(log: &ScanLog, policy: CorruptPolicy) -> Result<(), JobError> {
     log.settle(policy).map_err(|e| {
         JobError::DataFusion(datafusion::error::DataFusionError::External(Box::new(e)))
     })
@@ -172,20 +171,8 @@ pub async fn main(a: QueryArgs) -> Result<ExitCode, JobError> {
     } = validate(&a)?;
     let listing = list_inputs(&root, shard.as_deref(), &window).await?;
     let policy = opts.on_corrupt;
-    let (mut produced, mut log) = execute(&a, &root, &listing, opts.clone()).await?;
-    if let Some(e) = check_tiling(&log, policy)? {
-        eprintln!("-- {e}: running the query again, every object read as one range");
-        let whole = PayloadOptions {
-            range_bytes: u64::MAX,
-            ..opts
-        };
-        (produced, log) = execute(&a, &root, &listing, whole).await?;
-        if let Some(e) = check_tiling(&log, policy)? {
-            return Err(JobError::Internal(format!(
-                "objects read as one range each still overlap: {e}"
-            )));
-        }
-    }
+    let (produced, log) = execute(&a, &root, &listing, opts).await?;
+    check_tiling(&log, policy)?;
     let batches = match produced {
         Produced::Written(rows) => {
             let path = a.out.as_ref().expect("written to --out");

@@ -41,10 +41,10 @@
 //!   length) that holds a well-formed frame which chains. A range starting
 //!   inside that body takes the inner frame. The scan log sees it after
 //!   the scan (the range's first frame lies before the previous range's
-//!   hand-over, [`ErrorKind::RangesOverlap`]):
-//!   the fail policy fails, and under the skip policy `tailor run` and
-//!   `tailor query` discard that pass and scan again with every object
-//!   read as one range;
+//!   hand-over, [`ErrorKind::RangesOverlap`]) and the fail policy fails.
+//!   The skip policy never splits objects
+//!   ([`whole_files_spread`](crate::datasource::source::whole_files_spread)),
+//!   so under it every object is one range from byte 0;
 //! * a local file shorter than the listed size (truncated after listing)
 //!   is read up to its real end and its missing tail reported as corruption.
 

@@ -29,7 +29,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::listing::{FileRange, PartitionedFile};
 use datafusion::datasource::physical_plan::{
-    FileGroupPartitioner, FileOpenFuture, FileOpener, FileScanConfig, FileSource,
+    FileGroup, FileGroupPartitioner, FileOpenFuture, FileOpener, FileScanConfig, FileSource,
 };
 use datafusion::datasource::projection::{ProjectionOpener, SplitProjection};
 use datafusion::datasource::table_schema::TableSchema;
@@ -95,6 +95,42 @@ impl PayloadOptions {
             fetch_chunk: crate::datasource::reader::DEFAULT_CHUNK,
         }
     }
+}
+
+/// Under the skip policy every object is read as one range, from byte 0,
+/// so what a corrupt region hides is settled by one walk of its chain and
+/// the frames read never depend on how objects would have been split. (A
+/// range that starts inside a corrupt body can find a well-formed frame
+/// there that the walk from byte 0 skips with the body; no rule local to
+/// the ranges settles every such case.) The files are spread whole over
+/// `partitions` groups, largest first onto the least loaded group, each
+/// group in input order: the grouping sorts by input position, so the
+/// output does not depend on the spread either.
+pub fn whole_files_spread(groups: &[FileGroup], partitions: usize) -> Vec<FileGroup> {
+    let files: Vec<PartitionedFile> = groups.iter().flat_map(|g| g.iter().cloned()).collect();
+    let n = partitions.clamp(1, files.len().max(1));
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(files[i].object_meta.size), i));
+    let mut load = vec![0u64; n];
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for i in order {
+        let g = (0..n).min_by_key(|&g| (load[g], g)).expect("n >= 1");
+        load[g] += files[i].object_meta.size;
+        members[g].push(i);
+    }
+    members
+        .into_iter()
+        .filter(|m| !m.is_empty())
+        .map(|mut m| {
+            m.sort_unstable();
+            let whole = m.into_iter().map(|i| {
+                let mut f = files[i].clone();
+                f.range = None;
+                f
+            });
+            FileGroup::new(whole.collect())
+        })
+        .collect()
 }
 
 /// A corrupt frame skipped under [`CorruptPolicy::Skip`].
@@ -338,15 +374,15 @@ impl ScanLog {
     /// Settles, after the scan, what only shows across ranges
     /// ([`Self::tiling_errors`]). Under the fail policy the first problem
     /// is the error. Under the skip policy they are recorded as skipped
-    /// corrupt frames, except a range that took a false frame boundary
-    /// ([`ErrorKind::RangesOverlap`]: a well-formed frame inside a corrupt
-    /// body), which is returned: the scan's rows hold a frame a read of
-    /// the chain would not take, so the caller discards them and scans
-    /// again with every object read as one range.
-    pub fn settle(&self, policy: CorruptPolicy) -> Result<Option<FrameError>, FrameError> {
+    /// corrupt frames; objects are then read whole ([`whole_files_spread`]),
+    /// so a range that took a false frame boundary
+    /// ([`ErrorKind::RangesOverlap`]) cannot occur and is an error if it
+    /// does: the scan's rows would hold a frame a read of the chain never
+    /// takes.
+    pub fn settle(&self, policy: CorruptPolicy) -> Result<(), FrameError> {
         let errors = self.tiling_errors();
         let Some(first) = errors.first() else {
-            return Ok(None);
+            return Ok(());
         };
         if policy == CorruptPolicy::Fail {
             return Err(first.clone());
@@ -355,10 +391,10 @@ impl ScanLog {
             .iter()
             .find(|e| matches!(e.kind(), ErrorKind::RangesOverlap { .. }))
         {
-            return Ok(Some(e.clone()));
+            return Err(e.clone());
         }
         self.record_skipped(&errors);
-        Ok(None)
+        Ok(())
     }
 
     /// Records tiling errors as skipped corrupt frames (skip policy).
@@ -548,7 +584,8 @@ impl FileSource for PayloadSource {
     }
 
     /// Splits files into ranges of at most `range_bytes`, then lets
-    /// DataFusion's [`FileGroupPartitioner`] spread them evenly.
+    /// DataFusion's [`FileGroupPartitioner`] spread them evenly. Under the
+    /// skip policy files are never split ([`whole_files_spread`]).
     fn repartitioned(
         &self,
         target_partitions: usize,
@@ -556,6 +593,11 @@ impl FileSource for PayloadSource {
         output_ordering: Option<LexOrdering>,
         config: &FileScanConfig,
     ) -> Result<Option<FileScanConfig>> {
+        if self.options.on_corrupt == CorruptPolicy::Skip {
+            let mut c = config.clone();
+            c.file_groups = whole_files_spread(&config.file_groups, target_partitions);
+            return Ok(Some(c));
+        }
         let max = self.options.range_bytes.max(1);
         let mut split = Vec::new();
         for group in &config.file_groups {
@@ -577,7 +619,7 @@ impl FileSource for PayloadSource {
                     files.push(f.clone());
                 }
             }
-            split.push(datafusion::datasource::physical_plan::FileGroup::new(files));
+            split.push(FileGroup::new(files));
         }
         let partitioned = FileGroupPartitioner::new()
             .with_target_partitions(target_partitions)
@@ -947,5 +989,48 @@ pub fn frame_error(e: &DataFusionError) -> Option<&FrameError> {
             }
             _ => return None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, size: u64) -> PartitionedFile {
+        let mut f = PartitionedFile::new(name.to_string(), size);
+        // A range as an earlier split would have left it.
+        f.range = Some(FileRange { start: 0, end: 1 });
+        f
+    }
+
+    #[test]
+    fn the_skip_policy_spreads_whole_files_largest_first_each_group_in_input_order() {
+        let groups = vec![FileGroup::new(vec![
+            file("a", 10),
+            file("b", 100),
+            file("c", 30),
+            file("d", 60),
+            file("e", 20),
+        ])];
+        let spread = whole_files_spread(&groups, 2);
+        let names: Vec<Vec<String>> = spread
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|f| f.object_meta.location.to_string())
+                    .collect()
+            })
+            .collect();
+        // b (100) | d (60), c (30 -> 90), e (20 -> 110) | a (10 -> 110).
+        assert_eq!(names, [vec!["a", "b"], vec!["c", "d", "e"]]);
+        assert!(
+            spread
+                .iter()
+                .flat_map(|g| g.iter())
+                .all(|f| f.range.is_none())
+        );
+        // More partitions than files: one file per group, none empty.
+        assert_eq!(whole_files_spread(&groups, 8).len(), 5);
+        assert_eq!(whole_files_spread(&[], 4).len(), 0);
     }
 }

@@ -5,7 +5,8 @@
 //! listing again. It hands DataFusion every file whole, in input order;
 //! DataFusion's file-scan repartitioning (`PayloadSource::repartitioned`)
 //! cuts them into byte ranges of at most `range_bytes` and spreads those over
-//! `target_partitions` partitions.
+//! `target_partitions` partitions (under the skip policy it spreads whole
+//! files instead).
 
 use std::sync::Arc;
 

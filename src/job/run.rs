@@ -41,7 +41,6 @@ use crate::datasource::listing::{Listing, Window, list_inputs};
 use crate::datasource::source::{PayloadOptions, ScanLog, frame_error};
 use crate::datasource::store::StoreRoot;
 use crate::datasource::table::PayloadTable;
-use crate::format::payload::FrameError;
 use crate::job::JobError;
 use crate::job::config::RunConfig;
 use crate::job::manifest::{self, Manifest, OutputWriter, Staged};
@@ -374,49 +373,10 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
     let stage = tempfile::Builder::new()
         .prefix("tailor-stage-")
         .tempdir_in(cfg.stage_dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    // What the process holds before the job: the pool of either pass is
-    // sized from it (a second pass would otherwise count the pages the
-    // allocator kept from the first).
+    // What the process holds before the job: the pool is sized from it.
     let resident = crate::job::report::current_rss_bytes();
     let dirs = (spill.path(), stage.path());
-    let first = scan_group_encode(cfg, &input, &listing, dirs, resident, report).await?;
-    let staged = match first {
-        Pass::Done(staged) => staged,
-        Pass::FalseBoundary(e) => {
-            // Only under the skip policy (the fail policy failed on it): the
-            // output holds the payload of a frame that a read of the whole
-            // chain would not take, so it is thrown away and the window is
-            // scanned again without splitting objects, as a one-range read
-            // does. A corrupt body holding a well-formed frame that chains
-            // is the only way there; it is rare enough that the slower
-            // second pass does not matter.
-            report.warnings.push(format!(
-                "{e}: the output of that pass was discarded and the window scanned again, every object read as one range"
-            ));
-            for p in report.phases.iter_mut().skip(1) {
-                p.name.push_str(" (discarded pass)");
-            }
-            // Bytes read and spilled count both passes; the other scan
-            // figures are the second pass's.
-            let (fetched, spill1) = (report.scan.bytes_fetched, report.spill.clone());
-            let whole = RunConfig {
-                range_bytes: u64::MAX,
-                ..cfg.clone()
-            };
-            let second =
-                scan_group_encode(&whole, &input, &listing, dirs, resident, report).await?;
-            report.scan.bytes_fetched += fetched;
-            report.spill.add(&spill1);
-            match second {
-                Pass::Done(staged) => staged,
-                Pass::FalseBoundary(e) => {
-                    return Err(JobError::Internal(format!(
-                        "objects read as one range each still overlap: {e}"
-                    )));
-                }
-            }
-        }
-    };
+    let staged = scan_group_encode(cfg, &input, &listing, dirs, resident, report).await?;
     // -- write + commit
     let dropped = manifest::Dropped {
         duplicate_points: report.merge.duplicates_dropped,
@@ -453,15 +413,6 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
     Ok(())
 }
 
-/// How a pass of scan + group + encode ended.
-enum Pass {
-    /// The output is staged.
-    Done(Staged),
-    /// Under the skip policy, a range took a false frame boundary (see
-    /// [`ErrorKind::RangesOverlap`]): what was staged must not be used.
-    FalseBoundary(Box<FrameError>),
-}
-
 /// Scans the listed objects, groups their points per series and stages the
 /// encoded files in a fresh directory under `stage`; fills the report's
 /// scan, merge and per-phase figures.
@@ -472,7 +423,7 @@ async fn scan_group_encode(
     (spill, stage): (&std::path::Path, &std::path::Path),
     resident: u64,
     report: &mut Report,
-) -> Result<Pass, JobError> {
+) -> Result<Staged, JobError> {
     let stage = tempfile::Builder::new().prefix("pass-").tempdir_in(stage)?;
     let ctx = session(cfg, spill, resident)?;
     let mut options = PayloadOptions::new(Arc::clone(&cfg.shard_map));
@@ -560,8 +511,7 @@ async fn scan_group_encode(
             report.failed(&e.to_string());
             return Err(JobError::Corrupt(Box::new(e), Box::new(report.clone())));
         }
-        Ok(Some(overlap)) => return Ok(Pass::FalseBoundary(Box::new(overlap))),
-        Ok(None) => {
+        Ok(()) => {
             report.scan = log.totals();
             report.corrupt = log.corrupt();
         }
@@ -574,7 +524,7 @@ async fn scan_group_encode(
     }
     // The staged files live until the job's stage directory is removed.
     let _ = stage.keep();
-    Ok(Pass::Done(staged))
+    Ok(staged)
 }
 
 /// The window the job covers: the flags, or every hour present.
