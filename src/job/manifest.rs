@@ -38,6 +38,7 @@ use tokio::io::AsyncWriteExt;
 use crate::datasource::listing::{Listing, Window};
 use crate::datasource::source::CorruptPolicy;
 use crate::datasource::store::StoreRoot;
+use crate::format::shard::{Shard, ShardMap};
 use crate::format::tsf::{self, FileWriter, SeriesHeader, WriterOptions};
 use crate::job::JobError;
 use crate::job::config::RunConfig;
@@ -530,8 +531,139 @@ impl Manifest {
                 m.format, m.version
             )));
         }
+        m.check()
+            .map_err(|e| JobError::Output(format!("manifest {key}: {e}")))?;
         Ok(m)
     }
+
+    /// What a manifest says about itself must add up: its location is its
+    /// shard and window, its totals are the sums over its files, and its
+    /// files are named once, relative to it, in series order without
+    /// overlap (each file's series range is checked against the file when
+    /// it is read: [`check_data_file`]).
+    fn check(&self) -> Result<(), String> {
+        let location = format!(
+            "{}/{}",
+            self.shard,
+            window_dir(&self.window_from, &self.window_to)
+        );
+        if self.location != location {
+            return Err(format!(
+                "location {:?} is not its shard and window ({location:?})",
+                self.location
+            ));
+        }
+        if self.settings.shard_map_modulus == 0 {
+            return Err("shard_map_modulus is 0".into());
+        }
+        let (mut series, mut points) = (0u64, 0u64);
+        let mut prev: Option<&ManifestFile> = None;
+        for f in &self.files {
+            if f.path.is_empty()
+                || f.path.starts_with('/')
+                || f.path
+                    .split('/')
+                    .any(|s| s.is_empty() || s == "." || s == "..")
+            {
+                return Err(format!(
+                    "file path {:?} is not relative to the manifest",
+                    f.path
+                ));
+            }
+            if f.series == 0 || f.points < f.series || f.first_series > f.last_series {
+                return Err(format!(
+                    "file {}: {} series, {} points, series {:?} to {:?} do not make a file",
+                    f.path, f.series, f.points, f.first_series, f.last_series
+                ));
+            }
+            if let Some(p) = prev
+                && p.last_series >= f.first_series
+            {
+                return Err(format!(
+                    "file {} (series {}/{} to {}/{}) does not follow file {} (to {}/{}): files must be in series order, without overlap",
+                    f.path,
+                    f.first_series[0],
+                    f.first_series[1],
+                    f.last_series[0],
+                    f.last_series[1],
+                    p.path,
+                    p.last_series[0],
+                    p.last_series[1]
+                ));
+            }
+            prev = Some(f);
+            series = series.saturating_add(f.series);
+            points = points.saturating_add(f.points);
+        }
+        if (series, points) != (self.series, self.points) {
+            return Err(format!(
+                "its files hold {series} series and {points} points, it says {} and {}",
+                self.series, self.points
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shard map the output was written with.
+    pub fn shard_map(&self) -> ShardMap {
+        ShardMap {
+            modulus: self.settings.shard_map_modulus.max(1),
+            dedicated: self.settings.shard_map_dedicated.iter().copied().collect(),
+        }
+    }
+}
+
+/// Checks a data file's footer against what its manifest says of it:
+/// series and point counts, first and last series, and that every series
+/// belongs to the manifest's shard. Size and CRC32C were checked when it
+/// was read ([`read_data_file`]).
+pub fn check_data_file(
+    m: &Manifest,
+    f: &ManifestFile,
+    data: &DataFile,
+    footer: &tsf::Footer,
+) -> Result<(), JobError> {
+    let series = footer.series();
+    let points: u64 = series
+        .iter()
+        .map(|e| e.n_points)
+        .fold(0, u64::saturating_add);
+    let key = |e: &tsf::SeriesEntry| [e.org_id, e.metric_id];
+    let (first, last) = (series.first().map(key), series.last().map(key));
+    if series.len() as u64 != f.series
+        || points != f.points
+        || first != Some(f.first_series)
+        || last != Some(f.last_series)
+    {
+        let name = |k: Option<[u64; 2]>| k.map_or("none".into(), |[o, m]| format!("{o}/{m}"));
+        return Err(JobError::Output(format!(
+            "data file {}: holds {} series and {points} points, series {} to {}; the manifest says {} series and {} points, {} to {}",
+            data.path,
+            series.len(),
+            name(first),
+            name(last),
+            f.series,
+            f.points,
+            name(Some(f.first_series)),
+            name(Some(f.last_series))
+        )));
+    }
+    let map = m.shard_map();
+    let shard = Shard::parse(&m.shard);
+    if let Some(e) = series
+        .iter()
+        .find(|e| Some(map.shard_of(e.org_id)) != shard)
+    {
+        return Err(JobError::Output(format!(
+            "data file {}: series {}/{} belongs to shard {}, not {}",
+            data.path,
+            e.org_id,
+            e.metric_id,
+            map.shard_of(e.org_id),
+            m.shard
+        )));
+    }
+    Ok(())
 }
 
 async fn put_file(
@@ -774,7 +906,14 @@ async fn read_manifest_at(
         }
         Err(e) => return Err(e.into()),
     };
-    Ok((Manifest::parse(&bytes, path.as_ref())?, at))
+    let m = Manifest::parse(&bytes, path.as_ref())?;
+    if m.location != format!("{shard}/{window}") {
+        return Err(JobError::Output(format!(
+            "manifest {path} is the manifest of {}, not of {shard}/{window}",
+            m.location
+        )));
+    }
+    Ok((m, at))
 }
 
 /// A format error found in the data file at `path`, naming it.
@@ -885,6 +1024,7 @@ pub async fn for_each_series(
         let mut data = read_data_file(root, m, file).await?;
         let bytes = data.bytes.clone();
         let reader = tsf::FileReader::open(&bytes).map_err(|e| data.error(e))?;
+        check_data_file(m, file, &data, reader.footer())?;
         for entry in reader.footer().series() {
             data.release_before(entry.byte_range().start);
             ts.clear();

@@ -531,3 +531,97 @@ fn inspect_shows_a_manifest_a_data_file_and_one_series_from_either() {
         stderr(&o)
     );
 }
+
+/// A manifest is the commit, but what it says must add up and match the
+/// files: an edited manifest (a file listed twice or left out, a file's
+/// bytes swapped for another's with size and CRC32C to match, a shard map
+/// the series do not belong to, another location) makes `export` fail
+/// (65) and `diff` fail (2), never return other points.
+#[test]
+fn an_edited_manifest_is_an_error_never_other_points() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    generate(root, &root.join("in"), 6);
+    run_ok(root, "in", "good", &["--max-file-bytes", "20KiB"]);
+    let manifest_of = |out: &str| {
+        walk(&root.join(out))
+            .into_iter()
+            .find(|f| f.ends_with("_manifest.json"))
+            .unwrap()
+    };
+    let good = read_json(Path::new(&manifest_of("good")));
+    let n_files = good["files"].as_array().unwrap().len();
+    assert!(n_files >= 3, "{n_files} files");
+
+    type Edit = fn(&mut serde_json::Value, &Path);
+    let edits: [(&str, Edit, &str); 5] = [
+        (
+            "listed_twice",
+            |m, _| {
+                let f = m["files"][0].clone();
+                m["files"].as_array_mut().unwrap().push(f);
+            },
+            "series order",
+        ),
+        (
+            "left_out",
+            |m, _| {
+                m["files"].as_array_mut().unwrap().pop();
+            },
+            "its files hold",
+        ),
+        (
+            "bytes_swapped",
+            |m, dir| {
+                let path = |i: usize| dir.join(m["files"][i]["path"].as_str().unwrap());
+                let other = std::fs::read(path(1)).unwrap();
+                std::fs::write(path(0), &other).unwrap();
+                m["files"][0]["bytes"] = other.len().into();
+                m["files"][0]["crc32c"] = crc32c::crc32c(&other).into();
+            },
+            "the manifest says",
+        ),
+        (
+            "other_shard_map",
+            |m, _| m["settings"]["shard_map_modulus"] = 2.into(),
+            "belongs to shard org-mod-1",
+        ),
+        (
+            "other_location",
+            |m, _| m["location"] = "org-mod-0/2026-11-21T05_2026-11-21T05".into(),
+            "location",
+        ),
+    ];
+    for (name, edit, says) in edits {
+        let out = format!("edited-{name}");
+        let o = Command::new("cp")
+            .args(["-r", p(&root.join("good")), p(&root.join(&out))])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let manifest = manifest_of(&out);
+        let mut m = read_json(Path::new(&manifest));
+        edit(&mut m, Path::new(&manifest).parent().unwrap());
+        std::fs::write(&manifest, m.to_string()).unwrap();
+
+        let o = tailor(
+            root,
+            &[
+                "export",
+                "--output",
+                &out,
+                "--shard",
+                "org-mod-0",
+                "--format",
+                "csv",
+                "--out",
+                "x.csv",
+            ],
+        );
+        assert_eq!(code(&o), 65, "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{name}: {}", stderr(&o));
+        let o = tailor(root, &["diff", "--old", "good", "--new", &out]);
+        assert_eq!(code(&o), 2, "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{name}: {}", stderr(&o));
+    }
+}
