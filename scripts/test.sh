@@ -16,6 +16,9 @@ if [ -x scripts/test-servers.sh ] && [ "${TAILOR_NO_SERVERS:-}" != 1 ]; then
 fi
 cargo test --all-targets --no-fail-fast
 cargo test --doc
+# The output documents are enough to read the output: a reader written from
+# them alone (scripts/tsf_reader.py) reads what export reads.
+bash scripts/test-reader.sh
 # The Airflow DAG, loaded and one task run by a real Airflow (uses the
 # target/debug/tailor that the integration tests built).
 if [ "${TAILOR_NO_AIRFLOW:-}" != 1 ]; then
