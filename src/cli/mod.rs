@@ -78,7 +78,7 @@ pub const EXIT_IO: u8 = 74;
 /// The exit code for a job error.
 pub fn exit_code(e: &JobError) -> u8 {
     match e {
-        JobError::Config(_) | JobError::Store(_) => EXIT_USAGE,
+        JobError::Config(_) | JobError::Store(_) | JobError::MemoryLimit(..) => EXIT_USAGE,
         JobError::Corrupt(..)
         | JobError::Misrouted(..)
         | JobError::Tsf(_)

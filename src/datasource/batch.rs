@@ -98,6 +98,7 @@ pub struct BatchBuilder {
     n_points: Vec<u32>,
     frame_offset: Vec<u64>,
     misrouted: Vec<bool>,
+    first_point: Vec<u32>,
     ts_offsets: Vec<i32>,
     val_offsets: Vec<i32>,
     sizes: Vec<i32>,
@@ -128,6 +129,7 @@ impl BatchBuilder {
             n_points: Vec::with_capacity(max_rows),
             frame_offset: Vec::with_capacity(max_rows),
             misrouted: Vec::with_capacity(max_rows),
+            first_point: Vec::with_capacity(max_rows),
             ts_offsets: Vec::with_capacity(max_rows),
             val_offsets: Vec::with_capacity(max_rows),
             sizes: Vec::with_capacity(max_rows),
@@ -201,6 +203,7 @@ impl BatchBuilder {
         self.n_points.push(h.n_points);
         self.frame_offset.push(frame_offset);
         self.misrouted.push(misrouted);
+        self.first_point.push(0);
         self.ts_offsets.push(((base + h.ts_offset()) / 8) as i32);
         self.val_offsets
             .push(((base + h.values_offset()) / 8) as i32);
@@ -210,6 +213,58 @@ impl BatchBuilder {
         self.meta_views.push(make_view(meta, 0, meta_start as u32));
         self.used += h.payload_len();
         self.points += n as u64;
+    }
+
+    /// Adds points `first_point..first_point + ts.len()` of a payload
+    /// decoded elsewhere as one row, copying them and the metadata into
+    /// the slab (in [`chunk_len`] bytes: timestamps, values, metadata).
+    /// Call [`Self::fits`] with that length first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_chunk(
+        &mut self,
+        h: &PayloadHeader,
+        frame_offset: u64,
+        misrouted: bool,
+        first_point: u32,
+        ts: &[i64],
+        values: &[u64],
+        metadata: &str,
+    ) -> Result<(), ArrowError> {
+        let k = ts.len();
+        assert_eq!(k, values.len(), "one value per timestamp");
+        let len = chunk_len(k, metadata.len());
+        // (May swap in a fresh slab and start over at 0.)
+        self.reserve(len)?;
+        let base = self.used;
+        let dst = &mut bytemuck_bytes_mut(&mut self.slab)[base..base + len];
+        // SAFETY: i64 and u64 are plain 8-byte integers without padding.
+        let (ts_bytes, val_bytes) = unsafe {
+            (
+                std::slice::from_raw_parts(ts.as_ptr() as *const u8, 8 * k),
+                std::slice::from_raw_parts(values.as_ptr() as *const u8, 8 * k),
+            )
+        };
+        dst[..8 * k].copy_from_slice(ts_bytes);
+        dst[8 * k..16 * k].copy_from_slice(val_bytes);
+        dst[16 * k..16 * k + metadata.len()].copy_from_slice(metadata.as_bytes());
+        self.org.push(h.org_id);
+        self.metric.push(h.metric_id);
+        self.kind.push(h.kind as u8);
+        self.interval.push(h.interval_s);
+        self.version.push(h.version as u8);
+        self.n_points.push(k as u32);
+        self.frame_offset.push(frame_offset);
+        self.misrouted.push(misrouted);
+        self.first_point.push(first_point);
+        self.ts_offsets.push((base / 8) as i32);
+        self.val_offsets.push(((base + 8 * k) / 8) as i32);
+        self.sizes.push(k as i32);
+        let meta_start = base + 16 * k;
+        let meta = &bytemuck_bytes(&self.slab)[meta_start..meta_start + metadata.len()];
+        self.meta_views.push(make_view(meta, 0, meta_start as u32));
+        self.used = base + len;
+        self.points += k as u64;
+        Ok(())
     }
 
     /// Emits the rows collected so far as a batch (`None` when empty) and
@@ -293,6 +348,7 @@ impl BatchBuilder {
             Arc::new(UInt64Array::from(std::mem::take(&mut self.frame_offset))),
             Arc::new(shard),
             Arc::new(misrouted),
+            Arc::new(UInt32Array::from(std::mem::take(&mut self.first_point))),
         ];
         self.reserve_rows();
         RecordBatch::try_new(payload_schema(), columns).map(Some)
@@ -308,6 +364,7 @@ impl BatchBuilder {
         self.n_points.reserve(n);
         self.frame_offset.reserve(n);
         self.misrouted.reserve(n);
+        self.first_point.reserve(n);
         self.ts_offsets.reserve(n);
         self.val_offsets.reserve(n);
         self.sizes.reserve(n);
@@ -315,12 +372,18 @@ impl BatchBuilder {
     }
 }
 
+/// Slab bytes a row of `points` points copied by
+/// [`BatchBuilder::push_chunk`] takes, with `meta_len` bytes of metadata.
+pub fn chunk_len(points: usize, meta_len: usize) -> usize {
+    (16 * points + meta_len).div_ceil(8) * 8
+}
+
 fn bytemuck_bytes(words: &[u64]) -> &[u8] {
     // SAFETY: u8 has alignment 1 and every u64 is 8 initialised bytes.
     unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 8) }
 }
 
-fn bytemuck_bytes_mut(words: &mut [u64]) -> &mut [u8] {
+pub(crate) fn bytemuck_bytes_mut(words: &mut [u64]) -> &mut [u8] {
     // SAFETY: as above; the borrow is unique.
     unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, words.len() * 8) }
 }

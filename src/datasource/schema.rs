@@ -15,9 +15,17 @@
 //! | `frame_offset`    | UInt64               | input order, second key |
 //! | `shard`           | Utf8View             | the shard directory the object was found under |
 //! | `misrouted`       | Boolean              | the org does not belong to `shard` per the shard map |
+//! | `first_point`     | UInt32               | index in the payload of the row's first point (0 unless split) |
 //!
-//! The third component of input order, the index in the payload, is the
-//! position inside the `timestamps` / `values` lists. For one row per point,
+//! The third component of input order, the index in the payload, is
+//! `first_point` plus the position inside the `timestamps` / `values`
+//! lists. A row is a whole payload, except that the job has a payload of
+//! more than [`ROW_POINTS`](crate::datasource::source::ROW_POINTS) points
+//! split into rows of at most that many consecutive points (copied out of
+//! the decode buffer; only the last row carries the metadata, which is
+//! what the series takes), so that no row is much bigger than the rest: the
+//! sort that groups them accounts, spills and merges memory by batches of
+//! rows, and cannot split one row. For one row per point,
 //! `SELECT org_id, metric_id, unnest(timestamps) AS ts, unnest(values) AS value FROM payloads`.
 
 use std::sync::{Arc, LazyLock};
@@ -37,6 +45,7 @@ pub const OBJECT_KEY: usize = 9;
 pub const FRAME_OFFSET: usize = 10;
 pub const SHARD: usize = 11;
 pub const MISROUTED: usize = 12;
+pub const FIRST_POINT: usize = 13;
 
 /// The list element field of `timestamps`.
 pub fn ts_item() -> Arc<Field> {
@@ -63,6 +72,7 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("frame_offset", DataType::UInt64, false),
         Field::new("shard", DataType::Utf8View, false),
         Field::new("misrouted", DataType::Boolean, false),
+        Field::new("first_point", DataType::UInt32, false),
     ]))
 });
 

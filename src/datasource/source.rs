@@ -44,10 +44,11 @@ use futures::StreamExt;
 use object_store::ObjectStore;
 use serde::Serialize;
 
-use crate::datasource::batch::{BatchBuilder, DEFAULT_SLAB_BYTES, SlabPool};
+use crate::datasource::batch::{BatchBuilder, DEFAULT_SLAB_BYTES, SlabPool, chunk_len};
 use crate::datasource::reader::{CursorError, FrameCursor, ObjectBytes, Step};
 use crate::format::payload::{
-    Decoder, ErrorKind, FormatError, FrameError, PayloadHeader, Rejected, check_body, parse_payload,
+    BodyInfo, Decoder, ErrorKind, FormatError, FrameError, PayloadHeader, Rejected, check_body,
+    parse_payload,
 };
 use crate::format::shard::{Shard, ShardMap};
 
@@ -82,7 +83,22 @@ pub struct PayloadOptions {
     /// Largest single fetch for remote objects (mapped files are read as
     /// one slice per range).
     pub fetch_chunk: u64,
+    /// Split payloads of more points than this into rows of at most this
+    /// many (copied out of the decode buffer; only the last row carries
+    /// the payload's metadata); `None`: one row per payload, however big.
+    /// The job sets [`ROW_POINTS`].
+    pub max_row_points: Option<usize>,
 }
+
+/// The most points of a row when the job splits big payloads: a payload
+/// may hold 1 Mi points (16 MiB), but the grouping sort reserves, spills
+/// and merges memory by batches of rows and cannot split a row, so one
+/// such row needs several times its size of pool at once. Rows of at most
+/// 1024 points (16 KiB) are like the biggest of ordinary payloads: two
+/// 16 MiB payloads failed a 128 MiB job and forty failed one of 1 GiB as
+/// one row each, and run at 128 MiB as rows of 1024 points (4096 still
+/// failed at 160 MiB).
+pub const ROW_POINTS: usize = 1024;
 
 impl PayloadOptions {
     pub fn new(shard_map: Arc<ShardMap>) -> Self {
@@ -93,8 +109,20 @@ impl PayloadOptions {
             slab_bytes: DEFAULT_SLAB_BYTES,
             mmap_local: false,
             fetch_chunk: crate::datasource::reader::DEFAULT_CHUNK,
+            max_row_points: None,
         }
     }
+}
+
+/// Payloads whose decompressed size exceeds this certainly hold more than
+/// `rows` points (a header, `16 * rows` bytes of points and the largest
+/// metadata, padded), and are split into rows; smaller ones stay one row.
+fn split_above(rows: usize) -> usize {
+    (crate::format::payload::V2_HEADER_LEN
+        + 16 * rows
+        + crate::format::payload::MAX_META_LEN as usize)
+        .div_ceil(8)
+        * 8
 }
 
 /// Under the skip policy every object is read as one range, from byte 0,
@@ -743,6 +771,10 @@ struct RangeScan {
     range: Range<u64>,
     cursor: FrameCursor,
     builder: BatchBuilder,
+    /// Batches made and not yet returned (a split payload makes several).
+    pending: std::collections::VecDeque<RecordBatch>,
+    /// Decode buffer of payloads that are split into rows (reused).
+    scratch: Vec<u64>,
     decoder: Decoder,
     found_shard: Option<Shard>,
     found_shard_name: String,
@@ -783,6 +815,8 @@ impl RangeScan {
             range,
             cursor,
             builder,
+            pending: Default::default(),
+            scratch: Vec::new(),
             decoder: Decoder::new(),
             file_indices,
             local: LocalLog::default(),
@@ -820,34 +854,10 @@ impl RangeScan {
         }
     }
 
-    /// Decodes one frame into the builder; returns a batch if the builder
-    /// had to be flushed first.
-    fn decode_frame(&mut self, offset: u64, body: &[u8]) -> Result<Option<RecordBatch>> {
-        let info = match check_body(body, offset) {
-            Ok(i) => i,
-            Err(e) => {
-                let len = body.len() as u64 + 4;
-                self.corrupt(e, len, false)?;
-                return Ok(None);
-            }
-        };
-        let mut flushed = None;
-        if !self.builder.fits(info.content_size) {
-            flushed = self.builder.finish()?;
-        }
-        let dst = self.builder.reserve(info.content_size)?;
-        let header = match self
-            .decoder
-            .decompress_into(body, info, dst, offset)
-            .and_then(|_| parse_payload(dst, offset).map(|p| p.header))
-        {
-            Ok(h) => h,
-            Err(e) => {
-                self.corrupt(e, body.len() as u64 + 4, false)?;
-                return Ok(flushed);
-            }
-        };
-        let misrouted = self.is_misrouted(&header);
+    /// Records a decoded payload (totals, and the misrouted list); returns
+    /// whether it is misrouted.
+    fn record_payload(&mut self, header: &PayloadHeader, offset: u64) -> bool {
+        let misrouted = self.is_misrouted(header);
         if misrouted {
             self.local.totals.misrouted_payloads += 1;
             self.local.totals.misrouted_points += header.n_points as u64;
@@ -866,15 +876,126 @@ impl RangeScan {
                     .to_string(),
             });
         }
-        self.builder.commit(&header, offset, misrouted);
         self.local.totals.payloads += 1;
         self.local.totals.points += header.n_points as u64;
         self.counters[1].add(header.n_points as usize);
-        Ok(flushed)
+        misrouted
+    }
+
+    /// Finishes the builder's batch, if it has rows, into `pending`.
+    fn flush(&mut self) -> Result<()> {
+        if let Some(b) = self.builder.finish()? {
+            self.pending.push_back(b);
+        }
+        Ok(())
+    }
+
+    /// Decodes one frame into the builder (batches it fills go to
+    /// `pending`).
+    fn decode_frame(&mut self, offset: u64, body: &[u8]) -> Result<()> {
+        let info = match check_body(body, offset) {
+            Ok(i) => i,
+            Err(e) => {
+                let len = body.len() as u64 + 4;
+                self.corrupt(e, len, false)?;
+                return Ok(());
+            }
+        };
+        if let Some(rows) = self.source.options.max_row_points
+            && info.content_size > split_above(rows)
+        {
+            return self.decode_split(offset, body, info, rows);
+        }
+        if !self.builder.fits(info.content_size) {
+            self.flush()?;
+        }
+        let dst = self.builder.reserve(info.content_size)?;
+        let header = match self
+            .decoder
+            .decompress_into(body, info, dst, offset)
+            .and_then(|_| parse_payload(dst, offset).map(|p| p.header))
+        {
+            Ok(h) => h,
+            Err(e) => {
+                self.corrupt(e, body.len() as u64 + 4, false)?;
+                return Ok(());
+            }
+        };
+        let misrouted = self.record_payload(&header, offset);
+        self.builder.commit(&header, offset, misrouted);
+        Ok(())
+    }
+
+    /// A payload of more than `rows` points: decoded into the scratch
+    /// buffer, then copied into the builder's slabs as rows of at most
+    /// `rows` consecutive points, each with its `first_point`.
+    fn decode_split(
+        &mut self,
+        offset: u64,
+        body: &[u8],
+        info: BodyInfo,
+        rows: usize,
+    ) -> Result<()> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let words = info.content_size.div_ceil(8);
+        if scratch.len() < words {
+            scratch.resize(words, 0);
+        }
+        let buf =
+            &mut crate::datasource::batch::bytemuck_bytes_mut(&mut scratch)[..info.content_size];
+        let r = self
+            .decoder
+            .decompress_into(body, info, buf, offset)
+            .and_then(|_| parse_payload(buf, offset));
+        let payload = match r {
+            Ok(p) => p,
+            Err(e) => {
+                self.scratch = scratch;
+                self.corrupt(e, body.len() as u64 + 4, false)?;
+                return Ok(());
+            }
+        };
+        let header = payload.header;
+        let misrouted = self.record_payload(&header, offset);
+        let rows = rows.max(1);
+        let last = (header.n_points as usize - 1) / rows;
+        let mut result = Ok(());
+        for (i, (ts, values)) in payload
+            .timestamps
+            .chunks(rows)
+            .zip(payload.values.chunks(rows))
+            .enumerate()
+        {
+            // The metadata (up to 64 KiB) only on the last row: a series
+            // takes it from its last row, and the others stay small.
+            let meta = if i == last { payload.metadata } else { "" };
+            if !self.builder.fits(chunk_len(ts.len(), meta.len())) {
+                result = self.flush();
+                if result.is_err() {
+                    break;
+                }
+            }
+            let first = (i * rows) as u32;
+            result = self
+                .builder
+                .push_chunk(&header, offset, misrouted, first, ts, values, meta)
+                .map_err(DataFusionError::from);
+            if result.is_err() {
+                break;
+            }
+        }
+        self.scratch = scratch;
+        result
     }
 
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
+            if let Some(batch) = self.pending.pop_front() {
+                if let Some(batch) = self.filter_and_project(batch)? {
+                    return Ok(Some(batch));
+                }
+                continue;
+            }
             if self.done {
                 return Ok(None);
             }
@@ -890,7 +1011,7 @@ impl RangeScan {
                         .context(format!("reading {:?} bytes {range:?}", self.key)));
                 }
             };
-            let batch = match step {
+            match step {
                 Some(Step::Frame(frame)) => {
                     self.source
                         .log
@@ -899,28 +1020,20 @@ impl RangeScan {
                     self.local.totals.frames += 1;
                     self.counters[0].add(1);
                     let start = std::time::Instant::now();
-                    let b = self.decode_frame(frame.offset, &frame.body);
+                    let r = self.decode_frame(frame.offset, &frame.body);
                     self.decode_time.add_duration(start.elapsed());
-                    b?
+                    r?;
                 }
                 Some(Step::Skipped {
                     error,
                     skipped,
                     open,
-                }) => {
-                    self.corrupt(error, skipped, open)?;
-                    None
-                }
+                }) => self.corrupt(error, skipped, open)?,
                 None => {
                     self.done = true;
                     self.finish_range();
-                    self.builder.finish()?
+                    self.flush()?;
                 }
-            };
-            if let Some(batch) = batch
-                && let Some(batch) = self.filter_and_project(batch)?
-            {
-                return Ok(Some(batch));
             }
         }
     }

@@ -36,6 +36,9 @@ pub enum JobError {
     Tsf(#[from] crate::format::tsf::TsfError),
     #[error("output {0}")]
     Output(String),
+    /// The memory limit could not hold what the grouping needed.
+    #[error("{0}")]
+    MemoryLimit(String, Box<report::Report>),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -44,7 +47,9 @@ impl JobError {
     /// The report of a failed run, when it got far enough to have one.
     pub fn report(&self) -> Option<&report::Report> {
         match self {
-            JobError::Corrupt(_, r) | JobError::Misrouted(_, r) => Some(r),
+            JobError::Corrupt(_, r) | JobError::Misrouted(_, r) | JobError::MemoryLimit(_, r) => {
+                Some(r)
+            }
             _ => None,
         }
     }

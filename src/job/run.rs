@@ -7,9 +7,10 @@
 //! group      raw_points(list views): points as binary views into the
 //!            decode slabs, never copied -> CoalescePartitions -> one
 //!            SortExec (spills under the memory pool), by
-//!            (org_id, metric_id, object_key, frame_offset): every
-//!            series' payloads arrive together, in input order; they
-//!            are gathered per series                                  SeriesMerger
+//!            (org_id, metric_id, object_key, frame_offset,
+//!            first_point): every series' payloads (a payload of over
+//!            4096 points in several rows) arrive together, in input
+//!            order; they are gathered per series                      SeriesMerger
 //! merge      per series, on all cores: stable sort of its points by
 //!            timestamp, the last in input order wins; kind/interval/
 //!            metadata of the last payload                             SeriesInput::merge
@@ -30,6 +31,7 @@ use std::time::Instant;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{UInt8Type, UInt32Type, UInt64Type};
+use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
@@ -207,14 +209,19 @@ impl SeriesMerger {
 pub const GROUP_SQL: &str = "SELECT org_id, metric_id, kind, interval_s, arrow_cast(metadata, 'Utf8') AS metadata, \
      raw_points(timestamps, \"values\") AS points \
      FROM payloads WHERE NOT misrouted \
-     ORDER BY org_id, metric_id, object_key, frame_offset";
+     ORDER BY org_id, metric_id, object_key, frame_offset, first_point";
 
-/// Rows per batch. A row is a payload (hundreds of points); under a memory
-/// limit, batches stay around 1/64 of the pool (at ~2 KiB a row) so that
-/// sorts, their merges and spill read-back always have room for the next one.
-fn batch_rows(limit: Option<u64>) -> usize {
+/// Rows per batch. A row is a payload (hundreds of points, at most
+/// [`ROW_POINTS`](crate::datasource::source::ROW_POINTS)); under a memory
+/// limit, batches stay around 1/64 of what the limit leaves the job (at
+/// ~2 KiB a row) so that sorts, their merges and spill read-back always
+/// have room for the next one.
+fn batch_rows(limit: Option<u64>, resident: u64) -> usize {
     match limit {
-        Some(l) => (l / (64 * 2048)).clamp(16, 8192) as usize,
+        Some(l) => {
+            let budget = l.saturating_sub(resident.max(BASE_FOOTPRINT));
+            (budget / (64 * 2048)).clamp(16, 8192) as usize
+        }
         None => 8192,
     }
 }
@@ -286,7 +293,7 @@ pub fn session(
     let partitions = cfg.target_partitions.max(1);
     let mut sc = SessionConfig::new()
         .with_target_partitions(partitions)
-        .with_batch_size(batch_rows(cfg.memory_limit))
+        .with_batch_size(batch_rows(cfg.memory_limit, resident))
         .with_repartition_file_scans(true)
         .with_repartition_file_min_size(cfg.range_bytes.min(usize::MAX as u64) as usize)
         .with_information_schema(false);
@@ -299,6 +306,12 @@ pub fn session(
     // merged batch at the size of all the slabs its rows view, which
     // exhausts the pool although the memory is shared.
     opts.optimizer.repartition_sorts = false;
+    // Nor a round-robin repartition when there are fewer scan ranges than
+    // partitions (a small shard, or one file): the scan decodes, and the
+    // projection after it is cheap, so it would only hold one batch per
+    // partition in its channels, each accounted at the size of its decode
+    // slab (up to 16 MiB for one payload of the spec's maximum size).
+    opts.optimizer.enable_round_robin_repartition = false;
     if let Some((limit, (_, merge))) = sizes {
         // The sort reserves, up front and unspillable, room to merge what it
         // buffered before it spills.
@@ -429,6 +442,7 @@ async fn scan_group_encode(
     let mut options = PayloadOptions::new(Arc::clone(&cfg.shard_map));
     options.on_corrupt = cfg.on_corrupt;
     options.range_bytes = cfg.range_bytes;
+    options.max_row_points = Some(crate::datasource::source::ROW_POINTS);
     if let Some(limit) = cfg.memory_limit {
         // A batch is one slab of decoded payloads: keep it a small fraction
         // of the pool so the sorts can always take the next one.
@@ -490,6 +504,12 @@ async fn scan_group_encode(
 
     let written = writer.finish();
     if let Some(e) = scan_error {
+        if let Some(limit) = cfg.memory_limit
+            && let Some(msg) = memory_limit_error(limit, pool_sizes(limit, resident).0, &e)
+        {
+            report.failed(&msg);
+            return Err(JobError::MemoryLimit(msg, Box::new(report.clone())));
+        }
         report.failed(&e.to_string());
         return Err(match frame_error(&e) {
             Some(fe) => JobError::Corrupt(Box::new(fe.clone()), Box::new(report.clone())),
@@ -525,6 +545,22 @@ async fn scan_group_encode(
     // The staged files live until the job's stage directory is removed.
     let _ = stage.keep();
     Ok(staged)
+}
+
+/// What to tell the user when DataFusion's pool (of `pool` bytes, for
+/// `--memory-limit` `limit`) ran out: `None` for other errors.
+fn memory_limit_error(limit: u64, pool: usize, e: &DataFusionError) -> Option<String> {
+    let DataFusionError::ResourcesExhausted(what) = e.find_root() else {
+        return None;
+    };
+    Some(format!(
+        "--memory-limit {:.1} MiB is too small for this shard: the grouping sort's pool of \
+         {:.1} MiB could not take what it had to hold or merge ({}); run the job again with \
+         a larger --memory-limit",
+        limit as f64 / (1 << 20) as f64,
+        pool as f64 / (1 << 20) as f64,
+        what.lines().next().unwrap_or_default().trim()
+    ))
 }
 
 /// The window the job covers: the flags, or every hour present.
@@ -625,6 +661,24 @@ mod tests {
         let e = g.push_raw((1, 2), 0, 10, "m", &raw[..24]).unwrap_err();
         assert!(e.to_string().contains("24 point bytes"), "{e}");
         assert_eq!(g.take().unwrap().points, vec![(1, 10), (2, 20)]);
+    }
+
+    #[test]
+    fn a_pool_that_ran_out_is_reported_as_the_memory_limit_with_what_ran_out() {
+        let inner = DataFusionError::ResourcesExhausted(
+            "Additional allocation failed for ExternalSorterMerge[0] with top memory consumers:\n  a\n  b".into(),
+        );
+        let e = DataFusionError::Context("sorting".into(), Box::new(inner));
+        let msg = memory_limit_error(128 << 20, 45 << 20, &e).unwrap();
+        assert!(
+            msg.starts_with("--memory-limit 128.0 MiB is too small for this shard")
+                && msg.contains("pool of 45.0 MiB")
+                && msg.contains("(Additional allocation failed for ExternalSorterMerge[0] with top memory consumers:)")
+                && msg.ends_with("larger --memory-limit"),
+            "{msg}"
+        );
+        let other = DataFusionError::Execution("x".into());
+        assert_eq!(memory_limit_error(1, 1, &other), None);
     }
 
     #[test]

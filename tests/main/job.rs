@@ -1055,3 +1055,88 @@ fn payload_files_outside_the_layout_are_listed_and_warned_about_not_read() {
     assert!(r.input.ignored.iter().any(|o| !o.key.ends_with(".tsp")));
     assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
 }
+
+/// Payloads of the spec's maximum size (1,048,576 points, 16 MiB decoded)
+/// are split into rows of at most `ROW_POINTS` points for the grouping
+/// sort, which cannot split a row: once, two such payloads failed the job
+/// at a 128 MiB limit and forty at 1 GiB. Split rows keep input order
+/// inside a payload (a timestamp repeated across a row boundary: the later
+/// point wins) and the output is the same with and without a limit.
+#[test]
+fn payloads_of_the_maximum_size_run_under_a_small_limit_with_the_same_bytes() {
+    use tailor::datasource::source::ROW_POINTS;
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    let shard = "org-mod-7";
+    let dir = input.join(shard).join("dt=2026-11-21/hour=00");
+    std::fs::create_dir_all(&dir).unwrap();
+    let max = 1 << 20;
+    let big = |metric: u64, seed: u64, meta: &str| {
+        let mut rng = crate::common::Rng(seed);
+        // Rising timestamps with a repeat straddling every row boundary,
+        // and a few from anywhere earlier.
+        let ts: Vec<i64> = (0..max as i64)
+            .map(|i| {
+                if i % ROW_POINTS as i64 == 0 && i > 0 {
+                    (i - 1) * 10
+                } else if rng.below(5000) == 0 {
+                    rng.below(i as u64 + 1) as i64 * 10
+                } else {
+                    i * 10
+                }
+            })
+            .collect();
+        let vals: Vec<u64> = (0..max).map(|_| rng.next_u64()).collect();
+        crate::common::P {
+            version: 2,
+            org: 7,
+            metric,
+            kind: tailor::format::payload::Kind::Count,
+            interval_s: 10,
+            ts,
+            vals,
+            meta: meta.into(),
+        }
+    };
+    // Small payloads of the same series around them.
+    let small = |metric: u64| crate::common::P {
+        version: 1,
+        org: 7,
+        metric,
+        kind: tailor::format::payload::Kind::Gauge,
+        interval_s: 0,
+        ts: vec![50, 10 * (max as i64 - 1), 77_777_770],
+        vals: vec![1, 2, 3],
+        meta: String::new(),
+    };
+    use crate::common::file_of;
+    let a = file_of(&[
+        big(1, 1, "host:a"),
+        small(2),
+        big(2, 2, &"m".repeat(65_536)),
+    ])
+    .0;
+    let b = file_of(&[small(1), big(3, 3, "host:b")]).0;
+    std::fs::write(dir.join("points+0+0000000000.tsp"), a).unwrap();
+    std::fs::write(dir.join("points+1+0000000000.tsp"), b).unwrap();
+
+    let free = tmp.path().join("free");
+    let r = run(&cfg(&input, &free, shard)).unwrap();
+    let (want, counts, _) = reference(&input, shard);
+    assert_eq!(r.merge, counts);
+    assert_eq!(
+        r.scan.payloads, 5,
+        "payloads are counted once, however split"
+    );
+    assert_eq!(committed(&free, shard), want);
+
+    let tight = tmp.path().join("tight");
+    let mut c = cfg(&input, &tight, shard);
+    // What a 128 MiB limit leaves the job in a process of its own (the
+    // pool is sized from what the process already holds; tests share one).
+    let base = tailor::job::report::current_rss_bytes().max(70 << 20);
+    c.memory_limit = Some(base + (58 << 20));
+    let r = run(&c).unwrap();
+    assert!(r.spill.spill_count > 0, "{:?}", r.spill);
+    assert_eq!(tree_bytes(&free), tree_bytes(&tight));
+}
