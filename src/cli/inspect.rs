@@ -72,7 +72,13 @@ pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
             .parent()
             .unwrap_or(std::path::Path::new("."))
             .join(&f.path);
-        let bytes = map_file(&path)?;
+        let bytes = map_file(&path).map_err(|e| {
+            JobError::Output(format!(
+                "data file {} named by {}: {e}",
+                path.display(),
+                a.path.display()
+            ))
+        })?;
         return show_series(&open(&bytes, &path)?, &path, key, a.limit);
     }
     let reader = open(&bytes, &a.path)?;
@@ -83,7 +89,10 @@ pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
     }
     let points: u64 = series.iter().map(|s| s.n_points).sum();
     if a.stats {
-        return stats(&bytes, &reader, points);
+        return stats(&bytes, &reader, points).map_err(|e| match e {
+            JobError::Tsf(e) => data_file_error(a.path.display(), e),
+            e => e,
+        });
     }
     println!(
         "{}: {} bytes, {} series, {} points ({:.2} bytes/point)",

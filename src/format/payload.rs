@@ -108,7 +108,7 @@ pub enum ErrorKind {
         "body holds {found} bytes but its zstd frame ends after {expected}: exactly one zstd frame expected"
     )]
     BodyNotOneFrame { expected: u64, found: u64 },
-    #[error("zstd decompression failed: {reason}")]
+    #[error("zstd decompression failed: {reason}{}", zstd_meaning(reason))]
     Decompress { reason: String },
     #[error("zstd produced {found} bytes but the frame header declared {expected}")]
     DecompressedSize { expected: u64, found: u64 },
@@ -500,6 +500,20 @@ impl Decoder {
                 },
             )),
         }
+    }
+}
+
+/// What a zstd error name means for a frame body, for the error message.
+fn zstd_meaning(name: &str) -> &'static str {
+    match name {
+        "Destination buffer is too small" => {
+            " (the body decompresses to more than the content size its header declares)"
+        }
+        "Src size is incorrect" => " (the compressed data ends before its last block)",
+        "Data corruption detected" | "Dictionary is corrupted" | "Corrupted block detected" => {
+            " (the compressed data itself is damaged)"
+        }
+        _ => "",
     }
 }
 

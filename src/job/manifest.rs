@@ -957,14 +957,33 @@ pub async fn read_data_file(
     f: &ManifestFile,
 ) -> Result<DataFile, JobError> {
     let path = root.child(&format!("{}/{}", m.location, f.path));
+    // A file the manifest names and the store does not have: the output is
+    // incomplete (an error in the data, not one to retry).
+    let missing = |e: &dyn std::fmt::Display| {
+        JobError::Output(format!(
+            "data file {path} named by the manifest of {} cannot be read: {e}",
+            m.location
+        ))
+    };
     let map = if root.local {
-        crate::datasource::reader::map(&std::path::Path::new("/").join(path.as_ref()))?
+        let local = std::path::Path::new("/").join(path.as_ref());
+        if local.is_dir() {
+            return Err(missing(&"it is a directory"));
+        }
+        crate::datasource::reader::map(&local).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory => missing(&e),
+            _ => JobError::Io(std::io::Error::new(e.kind(), format!("{path}: {e}"))),
+        })?
     } else {
         // Streamed into an unlinked temp file and mapped, so that a data
         // file of up to the size cap never sits on the heap and its pages
         // can be handed back as it is read, as for a local file.
         let mut spool = std::io::BufWriter::with_capacity(1 << 20, tempfile::tempfile()?);
-        let mut body = root.store.get(&path).await?.into_stream();
+        let mut body = match root.store.get(&path).await {
+            Ok(r) => r.into_stream(),
+            Err(e @ object_store::Error::NotFound { .. }) => return Err(missing(&e)),
+            Err(e) => return Err(e.into()),
+        };
         while let Some(chunk) = body.try_next().await? {
             spool.write_all(&chunk)?;
         }

@@ -22,7 +22,7 @@ pub enum JobError {
     Store(#[from] crate::datasource::store::StoreError),
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
-    #[error(transparent)]
+    #[error("{}", datafusion_message(.0))]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -41,6 +41,12 @@ pub enum JobError {
     MemoryLimit(String, Box<report::Report>),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// DataFusion's message, without the "External error: " it puts before an
+/// error of ours (a corrupt frame, an output error) that went through it.
+pub fn datafusion_message(e: &datafusion::error::DataFusionError) -> String {
+    e.to_string().replace("External error: ", "")
 }
 
 impl JobError {

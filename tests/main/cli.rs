@@ -535,8 +535,9 @@ fn inspect_shows_a_manifest_a_data_file_and_one_series_from_either() {
 /// A manifest is the commit, but what it says must add up and match the
 /// files: an edited manifest (a file listed twice or left out, a file's
 /// bytes swapped for another's with size and CRC32C to match, a shard map
-/// the series do not belong to, another location) makes `export` fail
-/// (65) and `diff` fail (2), never return other points.
+/// the series do not belong to, another location) or a data file gone makes
+/// `export` fail (65) and `diff` fail (2), naming what is wrong, never
+/// return other points.
 #[test]
 fn an_edited_manifest_is_an_error_never_other_points() {
     let tmp = tempdir();
@@ -554,7 +555,7 @@ fn an_edited_manifest_is_an_error_never_other_points() {
     assert!(n_files >= 3, "{n_files} files");
 
     type Edit = fn(&mut serde_json::Value, &Path);
-    let edits: [(&str, Edit, &str); 5] = [
+    let edits: [(&str, Edit, &str); 7] = [
         (
             "listed_twice",
             |m, _| {
@@ -591,6 +592,22 @@ fn an_edited_manifest_is_an_error_never_other_points() {
             |m, _| m["location"] = "org-mod-0/2026-11-21T05_2026-11-21T05".into(),
             "location",
         ),
+        (
+            "file_missing",
+            |m, dir| {
+                std::fs::remove_file(dir.join(m["files"][1]["path"].as_str().unwrap())).unwrap()
+            },
+            "cannot be read: No such file",
+        ),
+        (
+            "file_is_a_directory",
+            |m, dir| {
+                let f = dir.join(m["files"][1]["path"].as_str().unwrap());
+                std::fs::remove_file(&f).unwrap();
+                std::fs::create_dir(&f).unwrap();
+            },
+            "cannot be read: it is a directory",
+        ),
     ];
     for (name, edit, says) in edits {
         let out = format!("edited-{name}");
@@ -623,5 +640,6 @@ fn an_edited_manifest_is_an_error_never_other_points() {
         let o = tailor(root, &["diff", "--old", "good", "--new", &out]);
         assert_eq!(code(&o), 2, "{name}: {}", stderr(&o));
         assert!(stderr(&o).contains(says), "{name}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("External error"), "{}", stderr(&o));
     }
 }
