@@ -72,12 +72,16 @@ pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
             .parent()
             .unwrap_or(std::path::Path::new("."))
             .join(&f.path);
-        let bytes = map_file(&path).map_err(|e| {
-            JobError::Output(format!(
+        let bytes = map_file(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => JobError::Output(format!(
                 "data file {} named by {}: {e}",
                 path.display(),
                 a.path.display()
-            ))
+            )),
+            _ => JobError::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            )),
         })?;
         return show_series(&open(&bytes, &path)?, &path, key, a.limit);
     }

@@ -232,6 +232,7 @@ impl BatchBuilder {
     ) -> Result<(), ArrowError> {
         let k = ts.len();
         assert_eq!(k, values.len(), "one value per timestamp");
+        debug_assert!(k > 0, "a row has points");
         let len = chunk_len(k, metadata.len());
         // (May swap in a fresh slab and start over at 0.)
         self.reserve(len)?;

@@ -19,9 +19,11 @@
 //!
 //! The third component of input order, the index in the payload, is
 //! `first_point` plus the position inside the `timestamps` / `values`
-//! lists. A row is a whole payload, except that the job has a payload of
-//! more than [`ROW_POINTS`](crate::datasource::source::ROW_POINTS) points
-//! split into rows of at most that many consecutive points (copied out of
+//! lists. A row is a whole payload, except that the job has a payload
+//! whose decoded size is over
+//! [`split_above`](crate::datasource::source::split_above)`(`[`ROW_POINTS`](crate::datasource::source::ROW_POINTS)`)`
+//! (about 80 KiB: more than 1024 points and the largest metadata) split
+//! into rows of at most 1024 consecutive points (copied out of
 //! the decode buffer; only the last row carries the metadata, which is
 //! what the series takes), so that no row is much bigger than the rest: the
 //! sort that groups them accounts, spills and merges memory by batches of

@@ -83,10 +83,14 @@ pub struct PayloadOptions {
     /// Largest single fetch for remote objects (mapped files are read as
     /// one slice per range).
     pub fetch_chunk: u64,
-    /// Split payloads of more points than this into rows of at most this
-    /// many (copied out of the decode buffer; only the last row carries
-    /// the payload's metadata); `None`: one row per payload, however big.
-    /// The job sets [`ROW_POINTS`].
+    /// Split payloads too big for one ordinary row (decoded size over
+    /// [`split_above`] of this: more points than this plus the largest
+    /// metadata) into rows of at most this many points (copied out of the
+    /// decode buffer; only the last row carries the payload's metadata);
+    /// `None`: one row per payload, however big. The job sets
+    /// [`ROW_POINTS`]. A split payload takes its decoded size twice while
+    /// it is split (decode buffer and copies, up to 2 x 16 MiB per
+    /// partition), outside DataFusion's pool.
     pub max_row_points: Option<usize>,
 }
 
@@ -116,8 +120,10 @@ impl PayloadOptions {
 
 /// Payloads whose decompressed size exceeds this certainly hold more than
 /// `rows` points (a header, `16 * rows` bytes of points and the largest
-/// metadata, padded), and are split into rows; smaller ones stay one row.
-fn split_above(rows: usize) -> usize {
+/// metadata, padded), and are split into rows; smaller ones stay one row
+/// (of at most this size: about 80 KiB for [`ROW_POINTS`]). Decided by the
+/// size the zstd frame declares, before decoding.
+pub fn split_above(rows: usize) -> usize {
     (crate::format::payload::V2_HEADER_LEN
         + 16 * rows
         + crate::format::payload::MAX_META_LEN as usize)

@@ -532,6 +532,7 @@ async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, Jo
         for w in windows {
             let m = read_manifest(&root, shard, &w).await?;
             if selects(&m.window_from, &m.window_to, &m.location)? {
+                m.verify(&root, shard, &w)?;
                 manifests.push((shard.clone(), w, m));
             }
         }

@@ -131,6 +131,7 @@ pub async fn select_windows(
         if !selected {
             continue;
         }
+        m.verify(root, shard, &w)?;
         if let Some(o) = out
             .iter()
             .find(|o| o.window_from.as_str() <= wt && wf <= o.window_to.as_str())

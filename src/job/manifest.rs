@@ -531,9 +531,21 @@ impl Manifest {
                 m.format, m.version
             )));
         }
-        m.check()
-            .map_err(|e| JobError::Output(format!("manifest {key}: {e}")))?;
         Ok(m)
+    }
+
+    /// Checks, before its data is used, that the manifest read from
+    /// `<shard>/<window>/` is that window's and adds up ([`Self::check`]).
+    pub fn verify(&self, root: &StoreRoot, shard: &str, window: &str) -> Result<(), JobError> {
+        let key = root.child(&format!("{shard}/{window}/{MANIFEST_NAME}"));
+        if self.location != format!("{shard}/{window}") {
+            return Err(JobError::Output(format!(
+                "manifest {key} is the manifest of {}, not of {shard}/{window}",
+                self.location
+            )));
+        }
+        self.check()
+            .map_err(|e| JobError::Output(format!("manifest {key}: {e}")))
     }
 
     /// What a manifest says about itself must add up: its location is its
@@ -906,14 +918,7 @@ async fn read_manifest_at(
         }
         Err(e) => return Err(e.into()),
     };
-    let m = Manifest::parse(&bytes, path.as_ref())?;
-    if m.location != format!("{shard}/{window}") {
-        return Err(JobError::Output(format!(
-            "manifest {path} is the manifest of {}, not of {shard}/{window}",
-            m.location
-        )));
-    }
-    Ok((m, at))
+    Ok((Manifest::parse(&bytes, path.as_ref())?, at))
 }
 
 /// A format error found in the data file at `path`, naming it.

@@ -8,9 +8,9 @@
 //!            decode slabs, never copied -> CoalescePartitions -> one
 //!            SortExec (spills under the memory pool), by
 //!            (org_id, metric_id, object_key, frame_offset,
-//!            first_point): every series' payloads (a payload of over
-//!            4096 points in several rows) arrive together, in input
-//!            order; they are gathered per series                      SeriesMerger
+//!            first_point): every series' payloads (one decoding to
+//!            over ~80 KiB in rows of 1024 points) arrive together, in
+//!            input order; they are gathered per series                SeriesMerger
 //! merge      per series, on all cores: stable sort of its points by
 //!            timestamp, the last in input order wins; kind/interval/
 //!            metadata of the last payload                             SeriesInput::merge
@@ -211,8 +211,8 @@ pub const GROUP_SQL: &str = "SELECT org_id, metric_id, kind, interval_s, arrow_c
      FROM payloads WHERE NOT misrouted \
      ORDER BY org_id, metric_id, object_key, frame_offset, first_point";
 
-/// Rows per batch. A row is a payload (hundreds of points, at most
-/// [`ROW_POINTS`](crate::datasource::source::ROW_POINTS)); under a memory
+/// Rows per batch. A row is a payload (hundreds of points; at most ~80 KiB,
+/// see [`ROW_POINTS`](crate::datasource::source::ROW_POINTS)); under a memory
 /// limit, batches stay around 1/64 of what the limit leaves the job (at
 /// ~2 KiB a row) so that sorts, their merges and spill read-back always
 /// have room for the next one.

@@ -642,4 +642,35 @@ fn an_edited_manifest_is_an_error_never_other_points() {
         assert!(stderr(&o).contains(says), "{name}: {}", stderr(&o));
         assert!(!stderr(&o).contains("External error"), "{}", stderr(&o));
     }
+
+    // A broken manifest in a window outside --from/--to is not read: the
+    // selected windows export and diff as before.
+    let good_manifest = manifest_of("good");
+    let window_dir = Path::new(&good_manifest).parent().unwrap();
+    let from = good["window_from"].as_str().unwrap().to_string();
+    let other = window_dir.with_file_name("2026-11-22T05_2026-11-22T05");
+    std::fs::create_dir(&other).unwrap();
+    let mut broken = good.clone();
+    broken["window_from"] = "2026-11-22T05".into();
+    broken["window_to"] = "2026-11-22T05".into();
+    broken["location"] = "org-mod-0/2026-11-22T05_2026-11-22T05".into();
+    broken["points"] = 1.into();
+    std::fs::write(other.join("_manifest.json"), broken.to_string()).unwrap();
+    let bounds = ["--from", from.as_str(), "--to", from.as_str()];
+    let mut args = vec![
+        "export",
+        "--output",
+        "good",
+        "--shard",
+        "org-mod-0",
+        "--format",
+        "csv",
+        "--out",
+        "x.csv",
+    ];
+    args.extend_from_slice(&bounds);
+    let o = tailor(root, &args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = tailor(root, &args[..9]);
+    assert_eq!(code(&o), 65, "every window: {}", stderr(&o));
 }
