@@ -106,7 +106,7 @@ pub fn print_error(e: &dyn std::error::Error) {
     let mut msg = format!("tailor: error: {e}");
     let mut src = e.source();
     while let Some(s) = src {
-        let text = s.to_string().replace("External error: ", "");
+        let text = crate::job::without_external(&s.to_string());
         if !msg.contains(&text) {
             msg.push_str(&format!("\n  caused by: {text}"));
         }

@@ -82,6 +82,18 @@ impl Drop for SlabOwner {
     }
 }
 
+/// Where one row's data lies in the slab, and what it is.
+struct Row<'a> {
+    header: &'a PayloadHeader,
+    frame_offset: u64,
+    misrouted: bool,
+    first_point: u32,
+    points: usize,
+    /// Byte offset of the timestamps in the slab.
+    ts_at: usize,
+    meta_len: usize,
+}
+
 /// Collects payloads decoded in place into a slab and emits them as one
 /// [`RecordBatch`] of the payload schema.
 pub struct BatchBuilder {
@@ -194,25 +206,16 @@ impl BatchBuilder {
     /// Adds the payload just decoded into the reserved bytes as a row.
     pub fn commit(&mut self, h: &PayloadHeader, frame_offset: u64, misrouted: bool) {
         let base = self.used;
-        let n = h.n_points as usize;
-        self.org.push(h.org_id);
-        self.metric.push(h.metric_id);
-        self.kind.push(h.kind as u8);
-        self.interval.push(h.interval_s);
-        self.version.push(h.version as u8);
-        self.n_points.push(h.n_points);
-        self.frame_offset.push(frame_offset);
-        self.misrouted.push(misrouted);
-        self.first_point.push(0);
-        self.ts_offsets.push(((base + h.ts_offset()) / 8) as i32);
-        self.val_offsets
-            .push(((base + h.values_offset()) / 8) as i32);
-        self.sizes.push(n as i32);
-        let meta_start = base + h.meta_offset();
-        let meta = &bytemuck_bytes(&self.slab)[meta_start..meta_start + h.meta_len as usize];
-        self.meta_views.push(make_view(meta, 0, meta_start as u32));
-        self.used += h.payload_len();
-        self.points += n as u64;
+        let row = Row {
+            header: h,
+            frame_offset,
+            misrouted,
+            first_point: 0,
+            points: h.n_points as usize,
+            ts_at: base + h.ts_offset(),
+            meta_len: h.meta_len as usize,
+        };
+        self.push_row(row, base + h.payload_len());
     }
 
     /// Adds points `first_point..first_point + ts.len()` of a payload
@@ -248,24 +251,41 @@ impl BatchBuilder {
         dst[..8 * k].copy_from_slice(ts_bytes);
         dst[8 * k..16 * k].copy_from_slice(val_bytes);
         dst[16 * k..16 * k + metadata.len()].copy_from_slice(metadata.as_bytes());
+        let row = Row {
+            header: h,
+            frame_offset,
+            misrouted,
+            first_point,
+            points: k,
+            ts_at: base,
+            meta_len: metadata.len(),
+        };
+        self.push_row(row, base + len);
+        Ok(())
+    }
+
+    /// Adds a row whose points lie in the slab as a payload lays them out
+    /// (timestamps at `ts_at`, values right after, then the metadata), and
+    /// marks the slab used up to `used`.
+    fn push_row(&mut self, r: Row<'_>, used: usize) {
+        let h = r.header;
         self.org.push(h.org_id);
         self.metric.push(h.metric_id);
         self.kind.push(h.kind as u8);
         self.interval.push(h.interval_s);
         self.version.push(h.version as u8);
-        self.n_points.push(k as u32);
-        self.frame_offset.push(frame_offset);
-        self.misrouted.push(misrouted);
-        self.first_point.push(first_point);
-        self.ts_offsets.push((base / 8) as i32);
-        self.val_offsets.push(((base + 8 * k) / 8) as i32);
-        self.sizes.push(k as i32);
-        let meta_start = base + 16 * k;
-        let meta = &bytemuck_bytes(&self.slab)[meta_start..meta_start + metadata.len()];
+        self.n_points.push(r.points as u32);
+        self.frame_offset.push(r.frame_offset);
+        self.misrouted.push(r.misrouted);
+        self.first_point.push(r.first_point);
+        self.ts_offsets.push((r.ts_at / 8) as i32);
+        self.val_offsets.push(((r.ts_at + 8 * r.points) / 8) as i32);
+        self.sizes.push(r.points as i32);
+        let meta_start = r.ts_at + 16 * r.points;
+        let meta = &bytemuck_bytes(&self.slab)[meta_start..meta_start + r.meta_len];
         self.meta_views.push(make_view(meta, 0, meta_start as u32));
-        self.used = base + len;
-        self.points += k as u64;
-        Ok(())
+        self.used = used;
+        self.points += r.points as u64;
     }
 
     /// Emits the rows collected so far as a batch (`None` when empty) and

@@ -47,8 +47,8 @@ use serde::Serialize;
 use crate::datasource::batch::{BatchBuilder, DEFAULT_SLAB_BYTES, SlabPool, chunk_len};
 use crate::datasource::reader::{CursorError, FrameCursor, ObjectBytes, Step};
 use crate::format::payload::{
-    BodyInfo, Decoder, ErrorKind, FormatError, FrameError, PayloadHeader, Rejected, check_body,
-    parse_payload,
+    BodyInfo, Decoder, ErrorKind, FormatError, FrameError, Payload, PayloadHeader, Rejected,
+    check_body, parse_payload,
 };
 use crate::format::shard::{Shard, ShardMap};
 
@@ -961,37 +961,37 @@ impl RangeScan {
                 return Ok(());
             }
         };
-        let header = payload.header;
-        let misrouted = self.record_payload(&header, offset);
-        let rows = rows.max(1);
-        let last = (header.n_points as usize - 1) / rows;
-        let mut result = Ok(());
-        for (i, (ts, values)) in payload
+        let misrouted = self.record_payload(&payload.header, offset);
+        let r = self.push_split(&payload, offset, misrouted, rows.max(1));
+        self.scratch = scratch;
+        r
+    }
+
+    /// The rows of [`Self::decode_split`]: at most `rows` points each, the
+    /// metadata (up to 64 KiB) only on the last (a series takes it from its
+    /// last row, and the others stay small).
+    fn push_split(
+        &mut self,
+        payload: &Payload<'_>,
+        offset: u64,
+        misrouted: bool,
+        rows: usize,
+    ) -> Result<()> {
+        let last = (payload.timestamps.len() - 1) / rows;
+        let chunks = payload
             .timestamps
             .chunks(rows)
-            .zip(payload.values.chunks(rows))
-            .enumerate()
-        {
-            // The metadata (up to 64 KiB) only on the last row: a series
-            // takes it from its last row, and the others stay small.
+            .zip(payload.values.chunks(rows));
+        for (i, (ts, values)) in chunks.enumerate() {
             let meta = if i == last { payload.metadata } else { "" };
             if !self.builder.fits(chunk_len(ts.len(), meta.len())) {
-                result = self.flush();
-                if result.is_err() {
-                    break;
-                }
+                self.flush()?;
             }
             let first = (i * rows) as u32;
-            result = self
-                .builder
-                .push_chunk(&header, offset, misrouted, first, ts, values, meta)
-                .map_err(DataFusionError::from);
-            if result.is_err() {
-                break;
-            }
+            self.builder
+                .push_chunk(&payload.header, offset, misrouted, first, ts, values, meta)?;
         }
-        self.scratch = scratch;
-        result
+        Ok(())
     }
 
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {

@@ -54,9 +54,8 @@ use serde::Serialize;
 
 use crate::datasource::listing::{Hour, Window};
 use crate::datasource::store::StoreRoot;
-use crate::format::tsf;
 use crate::job::JobError;
-use crate::job::manifest::{Manifest, check_data_file, read_data_file, read_manifest, window_dirs};
+use crate::job::manifest::{Manifest, open_data_file, read_data_file, read_manifest, window_dirs};
 
 /// What to compare.
 #[derive(Debug, Clone)]
@@ -367,8 +366,7 @@ async fn produce(
         for f in &m.files {
             let mut data = read_data_file(&side.root, m, f).await?;
             let bytes = data.bytes.clone();
-            let reader = tsf::FileReader::open(&bytes).map_err(|e| data.error(e))?;
-            check_data_file(m, f, &data, reader.footer())?;
+            let reader = open_data_file(m, f, &data, &bytes)?;
             for e in reader.footer().series() {
                 data.release_before(e.byte_range().start);
                 let key = (e.org_id, e.metric_id);

@@ -109,6 +109,30 @@ struct Series {
     shape: u8,
 }
 
+impl Series {
+    /// A payload of this series (written under `org_id`, which differs
+    /// from its own org when misrouted).
+    fn spec<'a>(
+        &self,
+        org_id: u64,
+        version: u16,
+        timestamps: &'a [i64],
+        values: &'a [u64],
+        metadata: &'a str,
+    ) -> PayloadSpec<'a> {
+        PayloadSpec {
+            version,
+            org_id,
+            metric_id: self.metric,
+            kind: self.kind,
+            interval_s: self.interval_s,
+            timestamps,
+            values,
+            metadata,
+        }
+    }
+}
+
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -429,16 +453,7 @@ fn redeliveries(
             use std::fmt::Write;
             let _ = write!(meta, ",resent:{q}");
         }
-        let spec = PayloadSpec {
-            version: payload_version(opts, &mut rng),
-            org_id: s.org,
-            metric_id: s.metric,
-            kind: s.kind,
-            interval_s: s.interval_s,
-            timestamps: &ts,
-            values: &vals,
-            metadata: &meta,
-        };
+        let spec = s.spec(s.org, payload_version(opts, &mut rng), &ts, &vals, &meta);
         w.write_frame(&spec, &mut out);
         frames += 1;
         points += ts.len() as u64;
@@ -526,16 +541,7 @@ fn gen_file(
                 use std::fmt::Write;
                 let _ = write!(meta, ",rev:{h}.{p}.{round}");
             }
-            let spec = PayloadSpec {
-                version,
-                org_id: org,
-                metric_id: s.metric,
-                kind: s.kind,
-                interval_s: s.interval_s,
-                timestamps: &ts,
-                values: &vals,
-                metadata: &meta,
-            };
+            let spec = s.spec(org, version, &ts, &vals, &meta);
             let start = out.len();
             let len = w.write_frame(&spec, &mut out);
             summary.frames += 1;

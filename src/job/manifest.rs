@@ -552,7 +552,7 @@ impl Manifest {
     /// shard and window, its totals are the sums over its files, and its
     /// files are named once, relative to it, in series order without
     /// overlap (each file's series range is checked against the file when
-    /// it is read: [`check_data_file`]).
+    /// it is read: [`open_data_file`]).
     fn check(&self) -> Result<(), String> {
         let location = format!(
             "{}/{}",
@@ -625,17 +625,18 @@ impl Manifest {
     }
 }
 
-/// Checks a data file's footer against what its manifest says of it:
-/// series and point counts, first and last series, and that every series
-/// belongs to the manifest's shard. Size and CRC32C were checked when it
-/// was read ([`read_data_file`]).
-pub fn check_data_file(
+/// Opens `bytes` (those of `data`, the file `f` of manifest `m`, size and
+/// CRC32C checked by [`read_data_file`]) and checks its footer against what
+/// the manifest says of it: series and point counts, first and last
+/// series, and that every series belongs to the manifest's shard.
+pub fn open_data_file<'a>(
     m: &Manifest,
     f: &ManifestFile,
     data: &DataFile,
-    footer: &tsf::Footer,
-) -> Result<(), JobError> {
-    let series = footer.series();
+    bytes: &'a [u8],
+) -> Result<tsf::FileReader<'a>, JobError> {
+    let reader = tsf::FileReader::open(bytes).map_err(|e| data.error(e))?;
+    let series = reader.footer().series();
     let points: u64 = series
         .iter()
         .map(|e| e.n_points)
@@ -675,7 +676,7 @@ pub fn check_data_file(
             m.shard
         )));
     }
-    Ok(())
+    Ok(reader)
 }
 
 async fn put_file(
@@ -976,7 +977,7 @@ pub async fn read_data_file(
             return Err(missing(&"it is a directory"));
         }
         crate::datasource::reader::map(&local).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory => missing(&e),
+            std::io::ErrorKind::NotFound => missing(&e),
             _ => JobError::Io(std::io::Error::new(e.kind(), format!("{path}: {e}"))),
         })?
     } else {
@@ -1047,8 +1048,7 @@ pub async fn for_each_series(
     for file in &m.files {
         let mut data = read_data_file(root, m, file).await?;
         let bytes = data.bytes.clone();
-        let reader = tsf::FileReader::open(&bytes).map_err(|e| data.error(e))?;
-        check_data_file(m, file, &data, reader.footer())?;
+        let reader = open_data_file(m, file, &data, &bytes)?;
         for entry in reader.footer().series() {
             data.release_before(entry.byte_range().start);
             ts.clear();

@@ -45,8 +45,13 @@ pub enum JobError {
 
 /// DataFusion's message, without the "External error: " it puts before an
 /// error of ours (a corrupt frame, an output error) that went through it.
-pub fn datafusion_message(e: &datafusion::error::DataFusionError) -> String {
-    e.to_string().replace("External error: ", "")
+fn datafusion_message(e: &datafusion::error::DataFusionError) -> String {
+    without_external(&e.to_string())
+}
+
+/// An error text without DataFusion's "External error: " prefixes.
+pub fn without_external(text: &str) -> String {
+    text.replace("External error: ", "")
 }
 
 impl JobError {

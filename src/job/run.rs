@@ -218,10 +218,7 @@ pub const GROUP_SQL: &str = "SELECT org_id, metric_id, kind, interval_s, arrow_c
 /// have room for the next one.
 fn batch_rows(limit: Option<u64>, resident: u64) -> usize {
     match limit {
-        Some(l) => {
-            let budget = l.saturating_sub(resident.max(BASE_FOOTPRINT));
-            (budget / (64 * 2048)).clamp(16, 8192) as usize
-        }
+        Some(l) => (budget(l, resident) / (64 * 2048)).clamp(16, 8192) as usize,
         None => 8192,
     }
 }
@@ -241,12 +238,18 @@ fn batch_rows(limit: Option<u64>, resident: u64) -> usize {
 /// [`SORT_ACCOUNTING`] times their bytes; the pool is sized so that both
 /// parts reach their real share.
 pub fn pool_sizes(limit: u64, resident: u64) -> (usize, usize) {
-    let budget = limit.saturating_sub(resident.max(BASE_FOOTPRINT));
+    let budget = budget(limit, resident);
     let tracked = budget.saturating_sub((budget / 2).min(UNTRACKED_MAX));
     let merge = (tracked / 2).clamp(32 << 10, 1 << 30);
     let rows = tracked.saturating_sub(merge);
     let pool = rows.saturating_mul(SORT_ACCOUNTING).saturating_add(merge);
     (pool.max(MIN_POOL) as usize, merge as usize)
+}
+
+/// What `--memory-limit` leaves the job in a process that holds
+/// `resident` bytes (at least [`BASE_FOOTPRINT`]) when the job starts.
+fn budget(limit: u64, resident: u64) -> u64 {
+    limit.saturating_sub(resident.max(BASE_FOOTPRINT))
 }
 
 /// How many bytes of DataFusion's pool a byte of buffered payload rows
