@@ -188,3 +188,25 @@ pub fn parse_hour(s: &str) -> Result<crate::datasource::listing::Hour, String> {
     crate::datasource::listing::Hour::parse(s)
         .ok_or_else(|| format!("{s:?} is not an hour (YYYY-MM-DDTHH)"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memory_limit_too_small_is_a_usage_error_with_its_report() {
+        let cfg = crate::job::config::RunConfig::new("in", "out", "org-mod-0");
+        let report = Box::new(crate::job::report::Report::new(&cfg));
+        let e = JobError::MemoryLimit("--memory-limit 1.0 MiB".into(), report);
+        assert_eq!(exit_code(&e), EXIT_USAGE);
+        assert!(e.report().is_some(), "the failed run's report is written");
+        let wrapped = JobError::DataFusion(datafusion::error::DataFusionError::External(Box::new(
+            JobError::Output("x".into()),
+        )));
+        assert_eq!(
+            wrapped.to_string(),
+            "output x",
+            "no 'External error:' prefix"
+        );
+    }
+}

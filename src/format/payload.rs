@@ -813,6 +813,23 @@ impl PayloadWriter {
 mod tests {
     use super::*;
 
+    #[test]
+    fn zstd_error_names_are_explained() {
+        let e = |reason: &str| {
+            ErrorKind::Decompress {
+                reason: reason.into(),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            e("Destination buffer is too small"),
+            "zstd decompression failed: Destination buffer is too small (the body \
+             decompresses to more than the content size its header declares)"
+        );
+        assert!(e("Data corruption detected").ends_with("(the compressed data itself is damaged)"));
+        assert_eq!(e("Unknown"), "zstd decompression failed: Unknown");
+    }
+
     fn spec<'a>(version: u16, ts: &'a [i64], vals: &'a [u64], meta: &'a str) -> PayloadSpec<'a> {
         PayloadSpec {
             version,

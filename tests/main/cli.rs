@@ -74,6 +74,14 @@ fn run_ok(root: &Path, input: &str, output: &str, extra: &[&str]) {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
+/// The first file under `dir` whose name ends with `suffix`.
+fn file_ending(dir: &Path, suffix: &str) -> String {
+    walk(dir)
+        .into_iter()
+        .find(|f| f.ends_with(suffix))
+        .unwrap_or_else(|| panic!("no *{suffix} under {}", dir.display()))
+}
+
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -233,20 +241,14 @@ fn diff_exits_0_when_identical_1_when_different_2_on_error() {
     assert!(stderr(&o).contains("org-mod-5"), "{}", stderr(&o));
 
     // A window whose run never committed is an error on that side.
-    let manifest = walk(&root.join("b"))
-        .into_iter()
-        .find(|f| f.ends_with("_manifest.json"))
-        .unwrap();
+    let manifest = file_ending(&root.join("b"), "_manifest.json");
     std::fs::remove_file(&manifest).unwrap();
     let o = diff(&["--old", "a", "--new", "b"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("did not commit"), "{}", stderr(&o));
 
     // A data file that does not match its manifest: corrupt, an error.
-    let data = walk(&root.join("a"))
-        .into_iter()
-        .find(|f| f.ends_with(".tsf"))
-        .unwrap();
+    let data = file_ending(&root.join("a"), ".tsf");
     let mut bytes = std::fs::read(&data).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
@@ -268,10 +270,7 @@ fn diff_exits_0_when_identical_1_when_different_2_on_error() {
     // The same damage under a manifest that vouches for it (its CRC32C
     // updated): the block's own checksum catches it, and the error names
     // the data file.
-    let a_manifest = walk(&root.join("a"))
-        .into_iter()
-        .find(|f| f.ends_with("_manifest.json"))
-        .unwrap();
+    let a_manifest = file_ending(&root.join("a"), "_manifest.json");
     let mut m = read_json(Path::new(&a_manifest));
     let files = m["files"].as_array_mut().unwrap();
     let entry = files
@@ -433,10 +432,7 @@ fn inspect_shows_a_manifest_a_data_file_and_one_series_from_either() {
     let root = tmp.path();
     generate(root, &root.join("in"), 5);
     run_ok(root, "in", "out", &["--max-file-bytes", "16KiB"]);
-    let manifest = walk(&root.join("out"))
-        .into_iter()
-        .find(|f| f.ends_with("_manifest.json"))
-        .unwrap();
+    let manifest = file_ending(&root.join("out"), "_manifest.json");
     let m = read_json(Path::new(&manifest));
     let files = m["files"].as_array().unwrap();
     assert!(files.len() > 1, "several data files");
@@ -520,6 +516,19 @@ fn inspect_shows_a_manifest_a_data_file_and_one_series_from_either() {
         assert!(stderr(&o).contains(&want), "{}", stderr(&o));
     }
     let mut bytes = std::fs::read(&data).unwrap();
+    // A damaged block: the footer is sound, --stats meets the block.
+    let block = data.with_extension("block.tsf");
+    let mut damaged = bytes.clone();
+    damaged[20] ^= 1;
+    std::fs::write(&block, &damaged).unwrap();
+    let o = tailor(root, &["inspect", p(&block), "--stats"]);
+    assert_eq!(code(&o), 65, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("data file {}: ", block.display()))
+            && stderr(&o).contains("checksum mismatch"),
+        "{}",
+        stderr(&o)
+    );
     let footer_crc_at = bytes.len() - 52 + 32;
     bytes[footer_crc_at] ^= 1;
     std::fs::write(&data, &bytes).unwrap();
@@ -544,18 +553,13 @@ fn an_edited_manifest_is_an_error_never_other_points() {
     let root = tmp.path();
     generate(root, &root.join("in"), 6);
     run_ok(root, "in", "good", &["--max-file-bytes", "20KiB"]);
-    let manifest_of = |out: &str| {
-        walk(&root.join(out))
-            .into_iter()
-            .find(|f| f.ends_with("_manifest.json"))
-            .unwrap()
-    };
+    let manifest_of = |out: &str| file_ending(&root.join(out), "_manifest.json");
     let good = read_json(Path::new(&manifest_of("good")));
     let n_files = good["files"].as_array().unwrap().len();
     assert!(n_files >= 3, "{n_files} files");
 
     type Edit = fn(&mut serde_json::Value, &Path);
-    let edits: [(&str, Edit, &str); 7] = [
+    let edits: [(&str, Edit, &str); 8] = [
         (
             "listed_twice",
             |m, _| {
@@ -591,6 +595,15 @@ fn an_edited_manifest_is_an_error_never_other_points() {
             "other_location",
             |m, _| m["location"] = "org-mod-0/2026-11-21T05_2026-11-21T05".into(),
             "location",
+        ),
+        (
+            "another_windows_manifest",
+            |m, _| {
+                m["window_from"] = "2026-11-21T05".into();
+                m["window_to"] = "2026-11-21T05".into();
+                m["location"] = "org-mod-0/2026-11-21T05_2026-11-21T05".into();
+            },
+            "is the manifest of org-mod-0/2026-11-21T05_2026-11-21T05, not of",
         ),
         (
             "file_missing",
