@@ -1,7 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -31,5 +29,5 @@ pub static MALLOC_CONF: &[u8; 91] =
     b"oversize_threshold:0,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1\0";
 
 fn main() -> ExitCode {
-    tailor::cli::main_with(tailor::cli::Cli::parse())
+    tailor::cli::main()
 }

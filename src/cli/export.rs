@@ -11,6 +11,13 @@ use crate::datasource::store::StoreRoot;
 use crate::job::JobError;
 use crate::job::export::{ExportFormat, export};
 
+/// `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Parquet,
+    Csv,
+}
+
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Output root URL (as given to `tailor run --output`).
@@ -25,7 +32,7 @@ pub struct ExportArgs {
     #[arg(long, value_parser = parse_hour)]
     pub to: Option<Hour>,
     #[arg(long, value_enum, default_value = "parquet")]
-    pub format: ExportFormat,
+    pub format: Format,
     /// The file to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -38,7 +45,10 @@ pub async fn main(a: ExportArgs) -> Result<ExitCode, JobError> {
         &a.shard,
         a.from.as_ref(),
         a.to.as_ref(),
-        a.format,
+        match a.format {
+            Format::Parquet => ExportFormat::Parquet,
+            Format::Csv => ExportFormat::Csv,
+        },
         &a.out,
     )
     .await?;

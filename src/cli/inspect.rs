@@ -7,7 +7,8 @@ use clap::Args;
 use crate::datasource::reader::map_file;
 use crate::format::tsf;
 use crate::job::JobError;
-use crate::job::manifest::{Manifest, data_file_error};
+use crate::job::manifest::Manifest;
+use crate::job::output::data_file_error;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::datasource::source::CorruptPolicy;
 use crate::job::JobError;
 
 #[derive(Debug, Parser)]
@@ -70,6 +71,24 @@ async fn floor_main(a: FloorArgs) -> Result<ExitCode, JobError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--on-corrupt`: the scan's [`CorruptPolicy`] as a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnCorrupt {
+    /// Fail the scan with the precise error (default).
+    Fail,
+    /// Skip the frame, count it and record key + offset + reason.
+    Skip,
+}
+
+impl From<OnCorrupt> for CorruptPolicy {
+    fn from(o: OnCorrupt) -> Self {
+        match o {
+            OnCorrupt::Fail => CorruptPolicy::Fail,
+            OnCorrupt::Skip => CorruptPolicy::Skip,
+        }
+    }
+}
+
 pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_DATA: u8 = 65;
 pub const EXIT_SOFTWARE: u8 = 70;
@@ -106,13 +125,30 @@ pub fn print_error(e: &dyn std::error::Error) {
     let mut msg = format!("tailor: error: {e}");
     let mut src = e.source();
     while let Some(s) = src {
-        let text = crate::job::without_external(&s.to_string());
+        let text = crate::job::error::without_external(&s.to_string());
         if !msg.contains(&text) {
             msg.push_str(&format!("\n  caused by: {text}"));
         }
         src = s.source();
     }
     eprintln!("{msg}");
+}
+
+/// Parses the command line and runs it. A command line clap refuses is a
+/// usage error: exit 64 (2 for `diff`, whose exit codes are its verdict),
+/// not clap's own 2; `--help` and `--version` exit 0.
+pub fn main() -> ExitCode {
+    match Cli::try_parse() {
+        Ok(cli) => main_with(cli),
+        Err(e) => {
+            let _ = e.print();
+            if !e.use_stderr() {
+                return ExitCode::SUCCESS;
+            }
+            let diff = std::env::args().nth(1).is_some_and(|a| a == "diff");
+            ExitCode::from(if diff { 2 } else { EXIT_USAGE })
+        }
+    }
 }
 
 /// Runs a parsed command line.
@@ -161,27 +197,7 @@ fn is_broken_pipe(e: &JobError) -> bool {
     matches!(e, JobError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-/// Loads a shard map file, or the built-in one.
-pub fn load_shard_map(
-    path: Option<&std::path::Path>,
-) -> Result<(std::sync::Arc<crate::format::shard::ShardMap>, String), JobError> {
-    use crate::format::shard::ShardMap;
-    match path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| JobError::Config(format!("reading shard map {}: {e}", p.display())))?;
-            let map = ShardMap::parse(&text)
-                .map_err(|e| JobError::Config(format!("shard map {}: {e}", p.display())))?;
-            Ok((std::sync::Arc::new(map), p.display().to_string()))
-        }
-        None => Ok((
-            std::sync::Arc::new(
-                ShardMap::parse(crate::job::config::DEFAULT_SHARD_MAP).expect("built-in map"),
-            ),
-            "built-in shards/production.toml".into(),
-        )),
-    }
-}
+pub use crate::job::config::load_shard_map;
 
 /// Parses an hour flag.
 pub fn parse_hour(s: &str) -> Result<crate::datasource::listing::Hour, String> {
@@ -194,12 +210,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_memory_limit_too_small_is_a_usage_error_with_its_report() {
-        let cfg = crate::job::config::RunConfig::new("in", "out", "org-mod-0");
-        let report = Box::new(crate::job::report::Report::new(&cfg));
-        let e = JobError::MemoryLimit("--memory-limit 1.0 MiB".into(), report);
+    fn a_memory_limit_too_small_is_a_usage_error() {
+        let e = JobError::MemoryLimit("--memory-limit 1.0 MiB".into());
         assert_eq!(exit_code(&e), EXIT_USAGE);
-        assert!(e.report().is_some(), "the failed run's report is written");
         let wrapped = JobError::DataFusion(datafusion::error::DataFusionError::External(Box::new(
             JobError::Output("x".into()),
         )));

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::cli::{load_shard_map, parse_hour};
+use crate::cli::{OnCorrupt, load_shard_map, parse_hour};
 use crate::datasource::compact::Compact;
 use crate::datasource::listing::{Hour, Listing, Window, list_inputs};
 use crate::datasource::source::{CorruptPolicy, PayloadOptions, ScanLog};
@@ -41,7 +41,7 @@ pub struct QueryArgs {
     #[arg(long, value_enum, default_value = "table")]
     pub format: OutputFormat,
     #[arg(long, value_enum, default_value = "fail")]
-    pub on_corrupt: CorruptPolicy,
+    pub on_corrupt: OnCorrupt,
     #[arg(long)]
     pub shard_map: Option<std::path::PathBuf>,
     #[arg(long)]
@@ -100,7 +100,7 @@ fn validate(a: &QueryArgs) -> Result<QueryConfig, JobError> {
         )));
     }
     let mut options = PayloadOptions::new(Arc::clone(&map));
-    options.on_corrupt = a.on_corrupt;
+    options.on_corrupt = a.on_corrupt.into();
     if let Some(r) = &a.range_bytes {
         options.range_bytes = parse_size(r)
             .map_err(|e| JobError::Config(format!("--range-bytes: {e}")))?

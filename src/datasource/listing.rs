@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+
 use futures::TryStreamExt;
 use object_store::ObjectMeta;
 use serde::Serialize;
@@ -35,26 +37,44 @@ impl Hour {
         Self::from_parts(date, &rest[1..])
     }
 
-    /// From the `dt=` and `hour=` values of a key.
+    /// From the `dt=` and `hour=` values of a key: exactly `YYYY-MM-DD`
+    /// (a date of the calendar) and `HH` (00 to 23).
     pub fn from_parts(date: &str, hour: &str) -> Option<Hour> {
         let d = date.as_bytes();
-        let ok_date = d.len() == 10
+        let shaped = d.len() == 10
             && d[4] == b'-'
             && d[7] == b'-'
             && d.iter()
                 .enumerate()
-                .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
-        let ok_hour = hour.len() == 2 && hour.bytes().all(|c| c.is_ascii_digit());
-        if !ok_date || !ok_hour {
+                .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+            && hour.len() == 2
+            && hour.bytes().all(|c| c.is_ascii_digit());
+        if !shaped {
             return None;
         }
-        let month: u32 = date[5..7].parse().ok()?;
-        let day: u32 = date[8..10].parse().ok()?;
+        let day = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
         let h: u32 = hour.parse().ok()?;
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 {
-            return None;
-        }
+        day.and_hms_opt(h, 0, 0)?;
         Some(Hour(format!("{date}T{hour}")))
+    }
+
+    /// The hour holding the instant `ms` (milliseconds since the epoch).
+    pub fn of_ms(ms: i64) -> Option<Hour> {
+        let t = DateTime::<Utc>::from_timestamp_millis(ms)?;
+        Some(Hour(t.format("%Y-%m-%dT%H").to_string()))
+    }
+
+    /// The hour's first instant, in milliseconds since the epoch.
+    pub fn start_ms(&self) -> i64 {
+        NaiveDateTime::parse_from_str(&format!("{}:00", self.0), "%Y-%m-%dT%H:%M")
+            .expect("an Hour is a valid hour")
+            .and_utc()
+            .timestamp_millis()
+    }
+
+    /// The hour after this one.
+    pub fn next(&self) -> Hour {
+        Hour::of_ms(self.start_ms() + 3_600_000).expect("in range")
     }
 
     pub fn as_str(&self) -> &str {

@@ -59,6 +59,8 @@ pub const MAX_BLOCK_POINTS: usize = 65_536;
 pub const DEFAULT_BLOCK_POINTS: usize = 4096;
 /// Default zstd level.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// The zstd levels a writer takes.
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=22;
 /// Series kinds.
 pub const KIND_GAUGE: u8 = 0;
 pub const KIND_COUNT: u8 = 1;

@@ -1,15 +1,18 @@
-//! The validated configuration of a shard job, from a job file (`jobs/*.toml`)
-//! overridden by flags. Nothing downstream re-validates.
+//! The validated configuration of a shard job: a job file (`jobs/*.toml`)
+//! overlaid by flags, checked in one place ([`RunConfig::resolve`]), and
+//! the one memory budget every memory knob derives from
+//! ([`MemoryBudget`]). Nothing downstream re-validates.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::datasource::listing::Window;
+use crate::datasource::listing::{Hour, Window};
 use crate::datasource::source::{CorruptPolicy, DEFAULT_RANGE_BYTES};
-use crate::format::shard::ShardMap;
-use crate::format::tsf::WriterOptions;
+use crate::format::shard::{Shard, ShardMap};
+use crate::format::tsf::{MAX_BLOCK_POINTS, WriterOptions, ZSTD_LEVELS};
+use crate::job::error::JobError;
 
 /// The default shard map, compiled in (`shards/production.toml`).
 pub const DEFAULT_SHARD_MAP: &str = include_str!("../../shards/production.toml");
@@ -18,6 +21,8 @@ pub const DEFAULT_SHARD_MAP: &str = include_str!("../../shards/production.toml")
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// A job file: the same settings as `tailor run`'s flags, all optional.
+/// The CLI turns its flags into one of these too, and
+/// [`JobFile::overlay`] lets the flags win.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobFile {
@@ -40,17 +45,24 @@ pub struct JobFile {
     pub report: Option<PathBuf>,
 }
 
+/// `a.overlay(b)`, field by field: `b`'s value where it has one.
+macro_rules! overlay {
+    ($a:ident, $b:ident, $($f:ident),*) => {
+        JobFile { $($f: $b.$f.or($a.$f)),* }
+    };
+}
+
 impl JobFile {
     /// Loads a job file. Relative paths in it (shard map, spill, stage and
     /// report paths, and input / output roots given as plain paths) are
     /// relative to the job file's directory, not to the directory the
     /// scheduler happens to start the job in.
-    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+    pub fn load(path: &Path) -> Result<Self, JobError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading job file {}: {e}", path.display()))?;
-        let mut file: JobFile =
-            toml::from_str(&text).map_err(|e| format!("job file {}: {e}", path.display()))?;
-        let base = path.parent().unwrap_or(std::path::Path::new(""));
+            .map_err(|e| JobError::Config(format!("reading job file {}: {e}", path.display())))?;
+        let mut file: JobFile = toml::from_str(&text)
+            .map_err(|e| JobError::Config(format!("job file {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new(""));
         for p in [
             &mut file.shard_map,
             &mut file.spill_dir,
@@ -71,6 +83,33 @@ impl JobFile {
         }
         Ok(file)
     }
+
+    /// These settings, with `top`'s wherever it has one (flags over a job
+    /// file).
+    pub fn overlay(self, top: JobFile) -> JobFile {
+        let (a, b) = (self, top);
+        overlay!(
+            a,
+            b,
+            input,
+            output,
+            shard,
+            from,
+            to,
+            shard_map,
+            memory_limit,
+            target_partitions,
+            range_bytes,
+            max_file_bytes,
+            block_points,
+            zstd_level,
+            on_corrupt,
+            fail_on_misrouted,
+            spill_dir,
+            stage_dir,
+            report
+        )
+    }
 }
 
 /// True for a plain relative path, false for a URL (`s3://…`, `file:///…`)
@@ -82,31 +121,24 @@ fn is_relative_path(s: &str) -> bool {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
     });
-    !url && std::path::Path::new(s).is_relative()
+    !url && Path::new(s).is_relative()
 }
 
 /// Parses a byte size: `1073741824`, `512MiB`, `8GiB`, `1.5G`, `64k`.
+/// Units are binary (`k`, `kB` and `KiB` are all 1024), as the flags have
+/// always read them; a size that does not fit in 64 bits is an error, not
+/// a saturated value.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 512MiB, 8GiB)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("{s:?}: unknown size unit {other:?}")),
-    };
-    if !(n >= 0.0 && n.is_finite()) {
-        return Err(format!("{s:?} is not a size"));
-    }
-    Ok((n * mult as f64) as u64)
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s.trim())
+        .map_err(|e| format!("{s:?} is not a size (e.g. 512MiB, 8GiB): {e}"))
+}
+
+/// Parses an hour (`YYYY-MM-DDTHH`), naming the setting it came from.
+pub fn parse_hour(what: &str, s: &str) -> Result<Hour, JobError> {
+    Hour::parse(s)
+        .ok_or_else(|| JobError::Config(format!("{what} {s:?} is not an hour (YYYY-MM-DDTHH)")))
 }
 
 /// The memory limit when none is given: 75% of the machine's physical
@@ -124,6 +156,24 @@ pub fn default_memory_limit() -> u64 {
         return 4 << 30;
     }
     (pages as u64 * page as u64) / 4 * 3
+}
+
+/// Loads a shard map file, or the built-in one; returns it with where it
+/// came from (for reports).
+pub fn load_shard_map(path: Option<&Path>) -> Result<(Arc<ShardMap>, String), JobError> {
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| JobError::Config(format!("reading shard map {}: {e}", p.display())))?;
+            let map = ShardMap::parse(&text)
+                .map_err(|e| JobError::Config(format!("shard map {}: {e}", p.display())))?;
+            Ok((Arc::new(map), p.display().to_string()))
+        }
+        None => Ok((
+            Arc::new(ShardMap::parse(DEFAULT_SHARD_MAP).expect("built-in shard map")),
+            "built-in shards/production.toml".into(),
+        )),
+    }
 }
 
 /// Everything `tailor run` needs, validated.
@@ -155,10 +205,14 @@ pub struct RunConfig {
     pub fail_before_commit: bool,
     /// How old files of a run that no manifest names must be before a
     /// commit of the same window removes them
-    /// ([`DEFAULT_CLEANUP_GRACE`](crate::job::manifest::DEFAULT_CLEANUP_GRACE)).
+    /// ([`DEFAULT_CLEANUP_GRACE`]).
     #[serde(skip)]
     pub cleanup_grace: std::time::Duration,
 }
+
+/// How long files of a run that no manifest names are left alone by other
+/// runs' cleanups: a run of the same window may still be uploading them.
+pub const DEFAULT_CLEANUP_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl RunConfig {
     /// A config with defaults for everything but the three required settings.
@@ -189,23 +243,209 @@ impl RunConfig {
             report: None,
             progress: false,
             fail_before_commit: false,
-            cleanup_grace: crate::job::manifest::DEFAULT_CLEANUP_GRACE,
+            cleanup_grace: DEFAULT_CLEANUP_GRACE,
         }
     }
 
-    pub fn file_options(&self) -> crate::job::manifest::FileOptions {
-        crate::job::manifest::FileOptions {
-            max_file_bytes: self.max_file_bytes,
-            writer: WriterOptions {
-                block_points: self.block_points,
-                zstd_level: self.zstd_level,
-            },
-            // 16 bytes a point in, about as much out: a 64th of the budget.
-            round_points: match self.memory_limit {
-                Some(l) => (l / 64 / 32).clamp(64 << 10, 4 << 20) as usize,
-                None => 4 << 20,
-            },
+    /// Validates settings (a job file overlaid by flags) into a config:
+    /// the one place a run's settings are checked.
+    pub fn resolve(s: JobFile) -> Result<Self, JobError> {
+        let need = |v: Option<String>, name: &str| {
+            v.ok_or_else(|| JobError::Config(format!("--{name} is required (flag or job file)")))
+        };
+        let mut cfg = RunConfig::new(
+            need(s.input, "input")?,
+            need(s.output, "output")?,
+            need(s.shard, "shard")?,
+        );
+        cfg.window = Window {
+            from: s.from.map(|h| parse_hour("--from", &h)).transpose()?,
+            to: s.to.map(|h| parse_hour("--to", &h)).transpose()?,
+        };
+        if let Window {
+            from: Some(f),
+            to: Some(t),
+        } = &cfg.window
+            && f > t
+        {
+            return Err(JobError::Config(format!("--from {f} is after --to {t}")));
         }
+        let (map, source) = load_shard_map(s.shard_map.as_deref())?;
+        if Shard::parse(&cfg.shard).is_none_or(|sh| !map.contains(sh)) {
+            return Err(JobError::Config(format!(
+                "shard {:?} is not a shard of the shard map ({source})",
+                cfg.shard
+            )));
+        }
+        cfg.shard_map = map;
+        cfg.shard_map_source = source;
+        let size = |v: Option<String>, name: &str| -> Result<Option<u64>, JobError> {
+            v.map(|v| parse_size(&v).map_err(|e| JobError::Config(format!("--{name}: {e}"))))
+                .transpose()
+        };
+        if let Some(l) = size(s.memory_limit, "memory-limit")? {
+            cfg.memory_limit = Some(l);
+        }
+        if let Some(n) = s.target_partitions {
+            if n == 0 {
+                return Err(JobError::Config(
+                    "--target-partitions must be at least 1".into(),
+                ));
+            }
+            cfg.target_partitions = n;
+        }
+        if let Some(r) = size(s.range_bytes, "range-bytes")? {
+            if r == 0 {
+                return Err(JobError::Config("--range-bytes must be at least 1".into()));
+            }
+            cfg.range_bytes = r;
+        }
+        if let Some(m) = size(s.max_file_bytes, "max-file-bytes")? {
+            cfg.max_file_bytes = m.max(1);
+        }
+        if let Some(b) = s.block_points {
+            if !(1..=MAX_BLOCK_POINTS).contains(&b) {
+                return Err(JobError::Config(format!(
+                    "--block-points must be 1..={MAX_BLOCK_POINTS}"
+                )));
+            }
+            cfg.block_points = b;
+        }
+        if let Some(z) = s.zstd_level {
+            if !ZSTD_LEVELS.contains(&z) {
+                return Err(JobError::Config(format!(
+                    "--zstd-level must be {}..={}",
+                    ZSTD_LEVELS.start(),
+                    ZSTD_LEVELS.end()
+                )));
+            }
+            cfg.zstd_level = z;
+        }
+        cfg.on_corrupt = s.on_corrupt.unwrap_or_default();
+        cfg.fail_on_misrouted = s.fail_on_misrouted.unwrap_or(false);
+        cfg.spill_dir = s.spill_dir;
+        cfg.stage_dir = s.stage_dir;
+        cfg.report = s.report;
+        Ok(cfg)
+    }
+
+    /// The output writer's settings.
+    pub fn writer_options(&self) -> WriterOptions {
+        WriterOptions {
+            block_points: self.block_points,
+            zstd_level: self.zstd_level,
+        }
+    }
+}
+
+/// How many bytes of DataFusion's pool a byte of buffered payload rows
+/// costs. SortExec reserves for each buffered batch its size plus its
+/// "sliced" size (room for sorted copies); the rows' points are views into
+/// decode slabs (`raw_points`), which sorting never copies, and the slab is
+/// counted in both terms. Without this, a 4 GiB shard (decode slabs 11.6
+/// GB) spilled 11.9 GB under the default limit of 18 GB, peak RSS 8.8 GB.
+pub const SORT_ACCOUNTING: u64 = 2;
+
+/// The process's footprint holding no data: peak RSS of a job over a 1 MiB
+/// shard is 70 MiB (code, runtime, thread stacks, allocator), while at the
+/// job's start only part of it is resident.
+pub const BASE_FOOTPRINT: u64 = 70 << 20;
+
+/// The most of the limit kept outside DataFusion's pool.
+pub const UNTRACKED_MAX: u64 = 1 << 30;
+
+/// The smallest pool: below it a sort cannot hold the batches it merges.
+/// A limit that leaves less than this is exceeded.
+pub const MIN_POOL: u64 = 8 << 20;
+
+/// The memory a run may use, and every knob derived from it: DataFusion's
+/// pool and the sort's merge reservation, rows per batch, the decode slab
+/// size, the encoder's round size. All of them are fractions of one
+/// budget: what `--memory-limit` leaves once the process's own footprint
+/// (what it holds when the job starts, at least [`BASE_FOOTPRINT`]) is
+/// taken off. Without a limit, the knobs take their unlimited defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// `--memory-limit`.
+    pub limit: Option<u64>,
+    /// Bytes resident in the process when the job starts.
+    pub resident: u64,
+    /// Scan partitions (each holds a decode slab in flight).
+    pub partitions: usize,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: Option<u64>, resident: u64, partitions: usize) -> Self {
+        Self {
+            limit,
+            resident,
+            partitions: partitions.max(1),
+        }
+    }
+
+    /// What the limit leaves the job's data.
+    pub fn budget(&self) -> Option<u64> {
+        self.limit
+            .map(|l| l.saturating_sub(self.resident.max(BASE_FOOTPRINT)))
+    }
+
+    /// DataFusion's pool and the sort's merge reservation, under a limit.
+    ///
+    /// Of the budget, half (at most [`UNTRACKED_MAX`]) is kept for what the
+    /// pool does not track: decode slabs in flight, mapped input pages, the
+    /// encoder's rounds, the series being gathered and merged, the
+    /// allocator's free pages. The other half is what the sort may really
+    /// hold. Of that, half (at most 1 GiB) is reserved up front for merging
+    /// sorted runs (spill files read back: accounted byte for byte), and
+    /// the rest buffers payload rows, which the sort accounts at
+    /// [`SORT_ACCOUNTING`] times their bytes; the pool is sized so that
+    /// both parts reach their real share.
+    pub fn pool_sizes(&self) -> Option<(usize, usize)> {
+        let budget = self.budget()?;
+        let tracked = budget.saturating_sub((budget / 2).min(UNTRACKED_MAX));
+        let merge = (tracked / 2).clamp(32 << 10, 1 << 30);
+        let rows = tracked.saturating_sub(merge);
+        let pool = rows.saturating_mul(SORT_ACCOUNTING).saturating_add(merge);
+        Some((
+            pool.max(MIN_POOL).min(usize::MAX as u64) as usize,
+            merge as usize,
+        ))
+    }
+
+    /// Rows per batch. A row is a payload (hundreds of points; at most
+    /// ~80 KiB, see [`ROW_POINTS`](crate::datasource::source::ROW_POINTS));
+    /// under a limit, batches stay around 1/64 of the budget (at ~2 KiB a
+    /// row) so that sorts, their merges and spill read-back always have
+    /// room for the next one.
+    pub fn batch_rows(&self) -> usize {
+        match self.budget() {
+            Some(b) => (b / (64 * 2048)).clamp(16, 8192) as usize,
+            None => 8192,
+        }
+    }
+
+    /// Decode slab size (a batch is one slab of decoded payloads): a small
+    /// fraction of the budget per partition, so the sorts can always take
+    /// the next one. `None`: the scan's default.
+    pub fn slab_bytes(&self) -> Option<usize> {
+        self.budget()
+            .map(|b| (b / (64 * self.partitions as u64)).clamp(16 << 10, 8 << 20) as usize)
+    }
+
+    /// Most points held by one parallel encoding round: 16 bytes a point
+    /// in, about as much out, a 64th of the budget.
+    pub fn round_points(&self) -> usize {
+        match self.budget() {
+            Some(b) => (b / 64 / 32).clamp(64 << 10, 4 << 20) as usize,
+            None => 4 << 20,
+        }
+    }
+
+    /// Below this size DataFusion sorts a buffered run in place (copying
+    /// it) instead of merging its batches.
+    pub fn sort_in_place_threshold(&self) -> Option<usize> {
+        self.budget()
+            .map(|b| (b / 64).clamp(16 << 10, 1 << 20) as usize)
     }
 }
 
@@ -215,17 +455,26 @@ mod tests {
 
     #[test]
     fn the_repository_job_files_load_and_their_paths_resolve() {
-        let jobs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs");
+        let jobs = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs");
         for name in ["hourly.toml", "replay.toml"] {
             let f = JobFile::load(&jobs.join(name)).unwrap();
-            let map = f.shard_map.expect("the job files name the shard map");
+            let map = f
+                .shard_map
+                .clone()
+                .expect("the job files name the shard map");
             let text = std::fs::read_to_string(&map)
                 .unwrap_or_else(|e| panic!("{name}: {}: {e}", map.display()));
             assert_eq!(text, DEFAULT_SHARD_MAP, "{name} uses the production map");
             assert!(
-                f.input.unwrap().starts_with("s3://"),
+                f.input.clone().unwrap().starts_with("s3://"),
                 "URLs stay as they are"
             );
+            let cfg = RunConfig::resolve(f.overlay(JobFile {
+                shard: Some("org-mod-3".into()),
+                ..Default::default()
+            }))
+            .unwrap();
+            assert_eq!(cfg.shard, "org-mod-3");
         }
     }
 
@@ -249,5 +498,142 @@ mod tests {
         assert_eq!(f.report.unwrap(), dir.path().join("r/report.json"));
         assert_eq!(f.stage_dir.unwrap(), dir.path().join("stage"));
         assert!(!is_relative_path("s3://bucket/x") && is_relative_path("x/y"));
+    }
+
+    #[test]
+    fn flags_override_the_job_file_and_every_setting_is_checked() {
+        let file = JobFile {
+            input: Some("in".into()),
+            output: Some("out".into()),
+            shard: Some("org-mod-1".into()),
+            zstd_level: Some(9),
+            memory_limit: Some("1GiB".into()),
+            ..Default::default()
+        };
+        let cfg = RunConfig::resolve(file.clone().overlay(JobFile {
+            zstd_level: Some(-5),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(cfg.zstd_level, -5, "the format's negative levels are valid");
+        assert_eq!(cfg.memory_limit, Some(1 << 30), "the file's setting stays");
+        let err = |flags: JobFile| {
+            RunConfig::resolve(file.clone().overlay(flags))
+                .unwrap_err()
+                .to_string()
+        };
+        let cases: Vec<(JobFile, &str)> = vec![
+            (
+                JobFile {
+                    zstd_level: Some(23),
+                    ..Default::default()
+                },
+                "--zstd-level must be -7..=22",
+            ),
+            (
+                JobFile {
+                    from: Some("2026-02-31T00".into()),
+                    ..Default::default()
+                },
+                "--from \"2026-02-31T00\" is not an hour",
+            ),
+            (
+                JobFile {
+                    from: Some("2026-11-21T05".into()),
+                    to: Some("2026-11-21T04".into()),
+                    ..Default::default()
+                },
+                "--from 2026-11-21T05 is after --to 2026-11-21T04",
+            ),
+            (
+                JobFile {
+                    memory_limit: Some("99999999999TiB".into()),
+                    ..Default::default()
+                },
+                "--memory-limit: \"99999999999TiB\" is not a size",
+            ),
+            (
+                JobFile {
+                    shard: Some("org-mod-64".into()),
+                    ..Default::default()
+                },
+                "shard \"org-mod-64\" is not a shard of the shard map",
+            ),
+            (
+                JobFile {
+                    target_partitions: Some(0),
+                    ..Default::default()
+                },
+                "--target-partitions must be at least 1",
+            ),
+            (
+                JobFile {
+                    block_points: Some(65_537),
+                    ..Default::default()
+                },
+                "--block-points must be 1..=65536",
+            ),
+        ];
+        for (flags, want) in cases {
+            let e = err(flags);
+            assert!(e.starts_with(want), "{e}");
+        }
+        let e = RunConfig::resolve(JobFile::default()).unwrap_err();
+        assert!(matches!(&e, JobError::Config(m) if m == "--input is required (flag or job file)"));
+    }
+
+    #[test]
+    fn sizes_are_binary_and_refuse_overflow() {
+        assert_eq!(parse_size("1073741824"), Ok(1 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size(" 2 kb "), Ok(2048));
+        for bad in ["", "x", "-1", "1 parsec", "20EiB", "18446744073709551616"] {
+            assert!(
+                parse_size(bad).unwrap_err().contains("is not a size"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_pool_gives_the_sort_at_most_its_real_share_of_the_limit() {
+        for limit in [0u64, 100 << 20, 200 << 20, 1 << 30, 18 << 30, 200 << 30] {
+            for resident in [10u64 << 20, 200 << 20] {
+                let b = MemoryBudget::new(Some(limit), resident, 2);
+                let (pool, merge) = b.pool_sizes().unwrap();
+                let budget = limit.saturating_sub(resident.max(BASE_FOOTPRINT));
+                assert_eq!(b.budget(), Some(budget));
+                // What the sort really holds: merged runs byte for byte,
+                // buffered rows at 1 / SORT_ACCOUNTING of their reservation.
+                let real = merge as u64 + (pool - merge) as u64 / SORT_ACCOUNTING;
+                // ... is the limit less the footprint and the untracked reserve.
+                let tracked = budget - (budget / 2).min(UNTRACKED_MAX);
+                if budget >= 2 * MIN_POOL {
+                    assert!(
+                        real <= tracked && real + 2 >= tracked,
+                        "limit {limit}, resident {resident}: {real} of {tracked}"
+                    );
+                } else {
+                    assert_eq!(pool as u64, MIN_POOL, "the smallest pool");
+                }
+                assert!(merge <= 1 << 30 && merge <= pool);
+            }
+        }
+        // A 4 GiB shard's rows (11.6 GB of slabs, accounted twice) fit the
+        // pool of the default limit on a 24 GiB machine.
+        let (pool, merge) = MemoryBudget::new(Some(18 << 30), 20 << 20, 2)
+            .pool_sizes()
+            .unwrap();
+        assert!((pool - merge) as u64 >= 2 * 11_600_000_000);
+        // Without a limit: no pool, the unlimited defaults.
+        let free = MemoryBudget::new(None, 20 << 20, 2);
+        assert_eq!(free.pool_sizes(), None);
+        assert_eq!(
+            (free.batch_rows(), free.slab_bytes(), free.round_points()),
+            (8192, None, 4 << 20)
+        );
     }
 }

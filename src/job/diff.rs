@@ -54,8 +54,9 @@ use serde::Serialize;
 
 use crate::datasource::listing::{Hour, Window};
 use crate::datasource::store::StoreRoot;
-use crate::job::JobError;
-use crate::job::manifest::{Manifest, open_data_file, read_data_file, read_manifest, window_dirs};
+use crate::job::error::JobError;
+use crate::job::manifest::{Manifest, read_manifest, window_dirs};
+use crate::job::output::{open_data_file, read_data_file};
 
 /// What to compare.
 #[derive(Debug, Clone)]

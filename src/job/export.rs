@@ -20,10 +20,11 @@ use serde::Serialize;
 
 use crate::datasource::listing::{Hour, Window};
 use crate::datasource::store::StoreRoot;
-use crate::job::JobError;
-use crate::job::manifest::{Manifest, for_each_series, list_windows, read_manifest};
+use crate::job::error::JobError;
+use crate::job::manifest::{Manifest, list_windows, read_manifest};
+use crate::job::output::for_each_series;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ExportFormat {
     Parquet,
     Csv,

@@ -11,7 +11,7 @@ use crate::datasource::listing::Listing;
 use crate::datasource::reader::map_file;
 use crate::datasource::store::StoreRoot;
 use crate::format::payload::MAX_PAYLOAD_LEN;
-use crate::job::JobError;
+use crate::job::error::JobError;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FloorResult {

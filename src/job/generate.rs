@@ -24,10 +24,11 @@ use rayon::prelude::*;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
+use crate::datasource::listing::Hour;
 use crate::datasource::store::StoreRoot;
 use crate::format::payload::{Kind, PayloadSpec, PayloadWriter};
 use crate::format::shard::{Shard, ShardMap};
-use crate::job::JobError;
+use crate::job::error::JobError;
 
 /// What to generate.
 #[derive(Debug, Clone, Serialize)]
@@ -264,7 +265,7 @@ pub async fn generate(
             opts.start_hour
         ))
     })?;
-    let start_ms = hour_to_ms(&start);
+    let start_ms = start.start_ms();
     let mut world = world(opts, map);
     if let Some(only) = &opts.only_shards {
         world.retain(|(s, _)| only.contains(&s.to_string()));
@@ -341,44 +342,12 @@ async fn write_object(root: &StoreRoot, rel: &str, bytes: Vec<u8>) -> Result<(),
     Ok(())
 }
 
-fn hour_to_ms(h: &crate::datasource::listing::Hour) -> i64 {
-    let date = h.date();
-    let y: i64 = date[..4].parse().unwrap();
-    let m: i64 = date[5..7].parse().unwrap();
-    let d: i64 = date[8..10].parse().unwrap();
-    let hh: i64 = h.hour().parse().unwrap();
-    days_from_civil(y, m, d) * 86_400_000 + hh * 3_600_000
-}
-
+/// The hour holding `ms` (milliseconds since the epoch), as the layout
+/// names it.
 fn ms_to_hour(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    let hh = ms.rem_euclid(86_400_000) / 3_600_000;
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{hh:02}")
-}
-
-// Howard Hinnant's civil-date algorithms.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    Hour::of_ms(ms)
+        .expect("generated hours are in chrono's range")
+        .to_string()
 }
 
 /// The chunks of partition `p` (hour `h`, shard `si`): every series' grid
@@ -625,11 +594,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn civil_round_trip() {
-        for d in [-1000, 0, 1, 20_000, 20_413] {
-            let (y, m, dd) = civil_from_days(d);
-            assert_eq!(days_from_civil(y, m, dd), d);
-        }
+    fn hours_follow_the_calendar() {
         assert_eq!(ms_to_hour(0), "1970-01-01T00");
+        let h = Hour::parse("2028-02-28T23").unwrap();
+        assert_eq!(ms_to_hour(h.start_ms() + 3_600_000), "2028-02-29T00");
+        assert_eq!(ms_to_hour(h.start_ms() + 3_599_999), "2028-02-28T23");
+        assert_eq!(ms_to_hour(-1), "1969-12-31T23");
     }
 }

@@ -1,7 +1,7 @@
 //! The shard job (`tailor run`): the flow a newcomer should read first.
 //!
 //! ```text
-//! list       input objects of the shard and window (sizes, ETags)    listing.rs
+//! list       input objects of the shard and window (sizes, ETags)    datasource/listing.rs
 //! scan       DataSourceExec(PayloadSource): frames -> payload rows    datasource/
 //!            (misrouted rows filtered in the scan, counted in ScanLog)
 //! group      raw_points(list views): points as binary views into the
@@ -10,283 +10,116 @@
 //!            (org_id, metric_id, object_key, frame_offset,
 //!            first_point): every series' payloads (one decoding to
 //!            over ~80 KiB in rows of 1024 points) arrive together, in
-//!            input order; they are gathered per series                SeriesMerger
+//!            input order; they are gathered per series                merge.rs SeriesMerger
 //! merge      per series, on all cores: stable sort of its points by
 //!            timestamp, the last in input order wins; kind/interval/
-//!            metadata of the last payload                             SeriesInput::merge
+//!            metadata of the last payload                             merge.rs SeriesInput::merge
 //! encode     series -> TSF blocks on all cores, appended in key order
 //!            on a writer thread, files rolled at the size cap, staged
-//!            locally                                                  format/tsf.rs
-//! write      staged files -> <out>/<shard>/<window>/data/<run>/       manifest.rs
-//! commit     _manifest.json, written last, is the commit
+//!            locally                                                  encode.rs, format/tsf/
+//! manifest   what was read and written, the run id                    manifest.rs
+//! write      staged files -> <out>/<shard>/<window>/data/<run>/       commit.rs
+//! commit     _manifest.json, written last, is the commit              commit.rs
 //! ```
 //!
 //! Every step is deterministic: the sort key is a total order that does not
 //! depend on how the input was split or scheduled, so the same input gives
 //! the same bytes whatever `--target-partitions`, the range size or thread
 //! timing.
+//!
+//! A run returns what it did ([`RunStats`]) beside its result, whether it
+//! succeeded or not; `report.rs` turns both into the run's report.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{UInt8Type, UInt32Type, UInt64Type};
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
+use serde::Serialize;
 
 use crate::datasource::compact::RawPoints;
-use crate::datasource::listing::{Listing, Window, list_inputs};
-use crate::datasource::source::{PayloadOptions, ScanLog, frame_error};
+use crate::datasource::listing::{Ignored, InputObject, Listing, Window, list_inputs};
+use crate::datasource::source::{
+    CorruptRecord, MisroutedRecord, PayloadOptions, ROW_POINTS, ScanLog, ScanTotals, frame_error,
+};
 use crate::datasource::store::StoreRoot;
 use crate::datasource::table::PayloadTable;
-use crate::job::JobError;
-use crate::job::config::RunConfig;
-use crate::job::manifest::{self, Manifest, OutputWriter, Staged};
-use crate::job::report::{Phase, Report, cpu_time, peak_rss_bytes};
+use crate::job::commit;
+use crate::job::config::{MemoryBudget, RunConfig};
+use crate::job::encode::{FileOptions, OutputWriter, Staged};
+use crate::job::error::JobError;
+use crate::job::manifest::{Dropped, Manifest, ManifestFile, ManifestInput, OutputSettings};
+use crate::job::measure::{
+    self, Phase, SpillSummary, cpu_time, current_rss_bytes, peak_rss_bytes, secs,
+};
+use crate::job::merge::{GROUP_SQL, MergeCounts, SeriesMerger};
 
-/// One series, merged: sorted, deduplicated, with its last payload's metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MergedSeries {
-    pub org_id: u64,
-    pub metric_id: u64,
-    pub kind: u8,
-    pub interval_s: u32,
-    pub metadata: String,
-    pub timestamps: Vec<i64>,
-    pub values: Vec<u64>,
+/// What the run read.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InputSummary {
+    pub objects: u64,
+    pub bytes: u64,
+    /// Every payload object read, in input order.
+    pub object_list: Vec<InputObject>,
+    pub ignored: Vec<Ignored>,
 }
 
-/// Counts of what merging dropped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct MergeCounts {
-    pub input_points: u64,
-    /// Points dropped because a later point of the series had the same timestamp.
-    pub duplicates_dropped: u64,
-    /// Of those, points whose value bits differed from the winner's.
-    pub conflicting_duplicates: u64,
+/// What the run committed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OutputSummary {
+    pub location: String,
+    pub run_id: String,
+    pub series: u64,
+    pub points: u64,
+    pub bytes: u64,
+    pub files: u64,
+    /// Every data file committed, as the manifest lists it.
+    pub file_list: Vec<ManifestFile>,
+    pub stale_objects_removed: u64,
 }
 
-/// One series' points as they arrived, in input order, with the metadata
-/// of its last payload: what [`SeriesInput::merge`] turns into a
-/// [`MergedSeries`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SeriesInput {
-    pub org_id: u64,
-    pub metric_id: u64,
-    pub kind: u8,
-    pub interval_s: u32,
-    pub metadata: String,
-    /// (timestamp, value bits) in input order.
-    pub points: Vec<(i64, u64)>,
+/// What one run did, as far as it got: filled in step by step, and
+/// returned whether the run succeeded or failed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunStats {
+    pub window: Option<Window>,
+    pub input: InputSummary,
+    /// Frames, payloads and points read (misrouted ones included).
+    pub scan: ScanTotals,
+    pub merge: MergeCounts,
+    pub output: OutputSummary,
+    pub corrupt: Vec<CorruptRecord>,
+    pub misrouted: Vec<MisroutedRecord>,
+    /// Problems that did not fail the run (e.g. a cleanup after the commit).
+    pub warnings: Vec<String>,
+    pub spill: SpillSummary,
+    pub peak_rss_bytes: u64,
+    #[serde(with = "secs")]
+    pub wall: Duration,
+    #[serde(with = "secs")]
+    pub cpu: Duration,
+    pub phases: Vec<Phase>,
+    /// The run committed its output.
+    #[serde(skip)]
+    pub committed: bool,
 }
-
-impl SeriesInput {
-    /// Applies the spec's rules: points sorted by timestamp, one point per
-    /// timestamp, the last in input order wins. A pure function of the
-    /// series, so series merge on any thread.
-    pub fn merge(mut self) -> (MergedSeries, MergeCounts) {
-        let mut counts = MergeCounts {
-            input_points: self.points.len() as u64,
-            ..Default::default()
-        };
-        // Stable: among equal timestamps, input order is kept, so the last
-        // of each run is the last in input order.
-        self.points.sort_by_key(|p| p.0);
-        let mut timestamps = Vec::with_capacity(self.points.len());
-        let mut values: Vec<u64> = Vec::with_capacity(self.points.len());
-        for run in self.points.chunk_by(|a, b| a.0 == b.0) {
-            let (t, winner) = run[run.len() - 1];
-            timestamps.push(t);
-            values.push(winner);
-            let dropped = &run[..run.len() - 1];
-            counts.duplicates_dropped += dropped.len() as u64;
-            counts.conflicting_duplicates +=
-                dropped.iter().filter(|p| p.1 != winner).count() as u64;
-        }
-        let merged = MergedSeries {
-            org_id: self.org_id,
-            metric_id: self.metric_id,
-            kind: self.kind,
-            interval_s: self.interval_s,
-            metadata: self.metadata,
-            timestamps,
-            values,
-        };
-        (merged, counts)
-    }
-}
-
-impl MergeCounts {
-    pub fn add(&mut self, o: &MergeCounts) {
-        self.input_points += o.input_points;
-        self.duplicates_dropped += o.duplicates_dropped;
-        self.conflicting_duplicates += o.conflicting_duplicates;
-    }
-}
-
-/// Gathers the payload rows of one series (they arrive together, in input
-/// order) into a [`SeriesInput`].
-#[derive(Default)]
-pub struct SeriesMerger {
-    current: Option<SeriesInput>,
-}
-
-impl SeriesMerger {
-    pub fn current(&self) -> Option<(u64, u64)> {
-        self.current.as_ref().map(|s| (s.org_id, s.metric_id))
-    }
-
-    /// Adds one payload row of series `key` (must be the current series or
-    /// a new one after [`Self::take`]).
-    pub fn push(
-        &mut self,
-        key: (u64, u64),
-        kind: u8,
-        interval_s: u32,
-        metadata: &str,
-        ts: &[i64],
-        vals: &[u64],
-    ) {
-        let s = self.current.get_or_insert_with(|| SeriesInput {
-            org_id: key.0,
-            metric_id: key.1,
-            ..Default::default()
-        });
-        debug_assert_eq!((s.org_id, s.metric_id), key);
-        s.kind = kind;
-        s.interval_s = interval_s;
-        if s.metadata != metadata {
-            s.metadata.clear();
-            s.metadata.push_str(metadata);
-        }
-        s.points
-            .extend(ts.iter().copied().zip(vals.iter().copied()));
-    }
-
-    /// Like [`Self::push`], with the points as `raw_points` gives them:
-    /// `n` timestamps then `n` value bits, 8 bytes each, little-endian.
-    pub fn push_raw(
-        &mut self,
-        key: (u64, u64),
-        kind: u8,
-        interval_s: u32,
-        metadata: &str,
-        raw: &[u8],
-    ) -> Result<(), JobError> {
-        if !raw.len().is_multiple_of(16) {
-            return Err(JobError::Internal(format!(
-                "series ({}, {}): a payload row has {} point bytes, not a multiple of 16",
-                key.0,
-                key.1,
-                raw.len()
-            )));
-        }
-        self.push(key, kind, interval_s, metadata, &[], &[]);
-        let s = self.current.as_mut().expect("pushed above");
-        let (ts, vals) = raw.split_at(raw.len() / 2);
-        let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8 bytes"));
-        s.points.extend(
-            ts.chunks_exact(8)
-                .zip(vals.chunks_exact(8))
-                .map(|(t, v)| (word(t) as i64, word(v))),
-        );
-        Ok(())
-    }
-
-    /// Finishes the current series.
-    pub fn take(&mut self) -> Option<SeriesInput> {
-        self.current.take()
-    }
-}
-
-/// The SQL of the group phase. Metadata is copied out of the slab (it is
-/// small) so that the points are the rows' only view into it: the sort
-/// counts a slab once per view column.
-pub const GROUP_SQL: &str = "SELECT org_id, metric_id, kind, interval_s, arrow_cast(metadata, 'Utf8') AS metadata, \
-     raw_points(timestamps, \"values\") AS points \
-     FROM payloads WHERE NOT misrouted \
-     ORDER BY org_id, metric_id, object_key, frame_offset, first_point";
-
-/// Rows per batch. A row is a payload (hundreds of points; at most ~80 KiB,
-/// see [`ROW_POINTS`](crate::datasource::source::ROW_POINTS)); under a memory
-/// limit, batches stay around 1/64 of what the limit leaves the job (at
-/// ~2 KiB a row) so that sorts, their merges and spill read-back always
-/// have room for the next one.
-fn batch_rows(limit: Option<u64>, resident: u64) -> usize {
-    match limit {
-        Some(l) => (budget(l, resident) / (64 * 2048)).clamp(16, 8192) as usize,
-        None => 8192,
-    }
-}
-
-/// DataFusion's pool and the sort's merge reservation for
-/// `--memory-limit`, for a process that has `resident` bytes resident when
-/// the job starts. The process's own footprint is at least
-/// [`BASE_FOOTPRINT`]: more code is paged in and threads start later.
-///
-/// Of the rest of the limit, half (at most [`UNTRACKED_MAX`]) is kept for
-/// what the pool does not track: decode slabs in flight, mapped input
-/// pages, the encoder's rounds, the series being gathered and merged, the
-/// allocator's free pages. The other half is what the sort may really
-/// hold. Of that, half (at most 1 GiB) is reserved up front for merging
-/// sorted runs (spill files read back: accounted byte for byte), and the
-/// rest buffers payload rows, which the sort accounts at
-/// [`SORT_ACCOUNTING`] times their bytes; the pool is sized so that both
-/// parts reach their real share.
-pub fn pool_sizes(limit: u64, resident: u64) -> (usize, usize) {
-    let budget = budget(limit, resident);
-    let tracked = budget.saturating_sub((budget / 2).min(UNTRACKED_MAX));
-    let merge = (tracked / 2).clamp(32 << 10, 1 << 30);
-    let rows = tracked.saturating_sub(merge);
-    let pool = rows.saturating_mul(SORT_ACCOUNTING).saturating_add(merge);
-    (pool.max(MIN_POOL) as usize, merge as usize)
-}
-
-/// What `--memory-limit` leaves the job in a process that holds
-/// `resident` bytes (at least [`BASE_FOOTPRINT`]) when the job starts.
-fn budget(limit: u64, resident: u64) -> u64 {
-    limit.saturating_sub(resident.max(BASE_FOOTPRINT))
-}
-
-/// How many bytes of DataFusion's pool a byte of buffered payload rows
-/// costs. SortExec reserves for each buffered batch its size plus its
-/// "sliced" size (room for sorted copies); the rows' points are views into
-/// decode slabs (`raw_points`), which sorting never copies, and the slab is
-/// counted in both terms. Without this, a 4 GiB shard (decode slabs 11.6
-/// GB) spilled 11.9 GB under the default limit of 18 GB, peak RSS 8.8 GB.
-pub const SORT_ACCOUNTING: u64 = 2;
-
-/// The process's footprint holding no data: peak RSS of a job over a 1 MiB
-/// shard is 70 MiB (code, runtime, thread stacks, allocator), while at the
-/// job's start only part of it is resident.
-pub const BASE_FOOTPRINT: u64 = 70 << 20;
-
-/// The most of the limit kept outside DataFusion's pool.
-pub const UNTRACKED_MAX: u64 = 1 << 30;
-
-/// The smallest pool: below it a sort cannot hold the batches it merges.
-/// A limit that leaves less than this is exceeded.
-pub const MIN_POOL: u64 = 8 << 20;
 
 /// Builds the session: memory pool, spill directory, partitions.
-/// `resident` is what the process holds before the job starts.
 pub fn session(
     cfg: &RunConfig,
     spill_dir: &std::path::Path,
-    resident: u64,
+    budget: &MemoryBudget,
 ) -> Result<SessionContext, JobError> {
-    // (limit, (pool, merge reservation)) under a memory limit.
-    let sizes = cfg.memory_limit.map(|l| (l, pool_sizes(l, resident)));
     // A bounded merge fan-in keeps the read-back of many spill files (one
     // batch each) inside the pool; more runs are merged in several passes.
     let mut rt = RuntimeEnvBuilder::new()
         .with_temp_file_path(spill_dir)
         .with_max_spill_merge_fan_in(16);
-    if let Some((_, (pool, _))) = sizes {
+    if let Some((pool, _)) = budget.pool_sizes() {
         rt = rt.with_memory_pool(Arc::new(TrackConsumersPool::new(
             FairSpillPool::new(pool),
             std::num::NonZeroUsize::new(8).expect("non-zero"),
@@ -296,7 +129,7 @@ pub fn session(
     let partitions = cfg.target_partitions.max(1);
     let mut sc = SessionConfig::new()
         .with_target_partitions(partitions)
-        .with_batch_size(batch_rows(cfg.memory_limit, resident))
+        .with_batch_size(budget.batch_rows())
         .with_repartition_file_scans(true)
         .with_repartition_file_min_size(cfg.range_bytes.min(usize::MAX as u64) as usize)
         .with_information_schema(false);
@@ -315,12 +148,13 @@ pub fn session(
     // partition in its channels, each accounted at the size of its decode
     // slab (up to 16 MiB for one payload of the spec's maximum size).
     opts.optimizer.enable_round_robin_repartition = false;
-    if let Some((limit, (_, merge))) = sizes {
+    if let (Some((_, merge)), Some(in_place)) =
+        (budget.pool_sizes(), budget.sort_in_place_threshold())
+    {
         // The sort reserves, up front and unspillable, room to merge what it
         // buffered before it spills.
         opts.execution.sort_spill_reservation_bytes = merge;
-        opts.execution.sort_in_place_threshold_bytes =
-            (limit / 64).clamp(16 << 10, 1 << 20) as usize;
+        opts.execution.sort_in_place_threshold_bytes = in_place;
         // Spills stay uncompressed (DataFusion's default): lz4_frame halved
         // the spilled bytes but doubled the job's wall time at a limit of
         // 1/10 of the input (256 MiB input: 7.1 s -> 15.5 s), the spill
@@ -331,46 +165,71 @@ pub fn session(
     Ok(ctx)
 }
 
-/// Runs one shard job end to end and returns its report. The report is
-/// also returned (inside the error) when the job fails after scanning.
-pub async fn run_shard(cfg: &RunConfig) -> Result<Report, JobError> {
-    let (report, result) = run_shard_reported(cfg).await;
-    result.map(|()| report)
+/// Runs one shard job end to end on the stores its config names. Returns
+/// what the run did whatever happened: on failure it says how far the job
+/// got, and the time and memory it took until then.
+pub async fn run_shard(cfg: &RunConfig) -> (RunStats, Result<(), JobError>) {
+    let clock = Clock::start();
+    let mut stats = RunStats::default();
+    let result = match (StoreRoot::open(&cfg.input), StoreRoot::open(&cfg.output)) {
+        (Ok(input), Ok(output)) => steps(cfg, &input, &output, &mut stats).await,
+        (Err(e), _) | (_, Err(e)) => Err(e.into()),
+    };
+    clock.stop(&mut stats);
+    (stats, result)
 }
 
-/// Runs one shard job and returns its report whatever happened: on failure
-/// it says how far the job got, why it failed, and the time and memory it
-/// took until then.
-pub async fn run_shard_reported(cfg: &RunConfig) -> (Report, Result<(), JobError>) {
-    let started = Instant::now();
-    let cpu0 = cpu_time();
-    let mut report = Report::new(cfg);
-    let result = run_inner(cfg, &mut report).await;
-    if let Err(e) = &result
-        && report.status != "failed"
-    {
-        report.failed(&e.to_string());
+/// [`run_shard`] on stores the caller opened (any `ObjectStore`, such as
+/// one that injects faults); `cfg.input` and `cfg.output` are then only
+/// names for reports.
+pub async fn run_shard_on(
+    cfg: &RunConfig,
+    input: &StoreRoot,
+    output: &StoreRoot,
+) -> (RunStats, Result<(), JobError>) {
+    let clock = Clock::start();
+    let mut stats = RunStats::default();
+    let result = steps(cfg, input, output, &mut stats).await;
+    clock.stop(&mut stats);
+    (stats, result)
+}
+
+/// The wall and CPU time of a whole run.
+struct Clock(Instant, Duration);
+
+impl Clock {
+    fn start() -> Self {
+        Self(Instant::now(), cpu_time())
     }
-    report.wall = started.elapsed();
-    report.cpu = cpu_time().saturating_sub(cpu0);
-    report.peak_rss_bytes = peak_rss_bytes();
-    (report, result)
+    fn stop(self, stats: &mut RunStats) {
+        stats.wall = self.0.elapsed();
+        stats.cpu = cpu_time().saturating_sub(self.1);
+        stats.peak_rss_bytes = peak_rss_bytes();
+    }
 }
 
-async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError> {
+async fn steps(
+    cfg: &RunConfig,
+    input: &StoreRoot,
+    output: &StoreRoot,
+    stats: &mut RunStats,
+) -> Result<(), JobError> {
     // -- list
-    let input = StoreRoot::open(&cfg.input)?;
-    let output = StoreRoot::open(&cfg.output)?;
     let t = Phase::start("list");
-    let listing: Listing = list_inputs(&input, Some(&cfg.shard), &cfg.window).await?;
-    report.phases.push(t.stop());
+    let listing: Listing = list_inputs(input, Some(&cfg.shard), &cfg.window).await?;
+    stats.phases.push(t.stop());
     let window = resolve_window(&cfg.window, &listing)?;
-    report.window = Some(window.clone());
-    report.set_inputs(&listing);
+    stats.window = Some(window.clone());
+    stats.input = InputSummary {
+        objects: listing.objects.len() as u64,
+        bytes: listing.total_bytes(),
+        object_list: listing.objects.clone(),
+        ignored: listing.ignored.clone(),
+    };
     // A payload-named object the layout does not place in an hour is not
     // read: its points may belong to this shard, so say so loudly.
     for o in listing.ignored.iter().filter(|o| o.key.ends_with(".tsp")) {
-        report.warnings.push(format!(
+        stats.warnings.push(format!(
             "not read: {} ({} bytes): {}",
             o.key, o.size, o.reason
         ));
@@ -389,21 +248,32 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
     let stage = tempfile::Builder::new()
         .prefix("tailor-stage-")
         .tempdir_in(cfg.stage_dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    // What the process holds before the job: the pool is sized from it.
-    let resident = crate::job::report::current_rss_bytes();
+    // What the process holds before the job: the budget is what the limit
+    // leaves beside it.
+    let budget = MemoryBudget::new(cfg.memory_limit, current_rss_bytes(), cfg.target_partitions);
     let dirs = (spill.path(), stage.path());
-    let staged = scan_group_encode(cfg, &input, &listing, dirs, resident, report).await?;
-    // -- write + commit
-    let dropped = manifest::Dropped {
-        duplicate_points: report.merge.duplicates_dropped,
-        conflicting_duplicate_points: report.merge.conflicting_duplicates,
-        misrouted_payloads: report.scan.misrouted_payloads,
-        corrupt_frames: report.scan.corrupt_frames,
+    let (staged, scan) = scan_group_encode(cfg, input, &listing, dirs, &budget, stats).await?;
+
+    // -- manifest
+    let dropped = Dropped {
+        duplicate_points: staged.merge.duplicates_dropped,
+        conflicting_duplicate_points: staged.merge.conflicting_duplicates,
+        misrouted_payloads: scan.misrouted_payloads,
+        corrupt_frames: scan.corrupt_frames,
     };
-    let manifest = Manifest::build(cfg, &window, &listing, &staged, dropped);
+    let settings = OutputSettings::new(
+        &cfg.shard_map,
+        cfg.max_file_bytes,
+        cfg.writer_options(),
+        cfg.on_corrupt,
+    );
+    let inputs: Vec<ManifestInput> = listing.objects.iter().map(ManifestInput::of).collect();
+    let manifest = Manifest::build(&cfg.shard, &window, settings, inputs, &staged, dropped);
+
+    // -- write + commit
     let t = Phase::start("write");
-    manifest::upload_files(&output, &manifest, &staged).await?;
-    report.phases.push(t.stop());
+    commit::upload_files(output, &manifest, &staged).await?;
+    stats.phases.push(t.stop());
     if cfg.fail_before_commit {
         return Err(JobError::Internal(
             "--fail-before-commit: stopped after writing the data files, before the manifest"
@@ -411,12 +281,22 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
         ));
     }
     let t = Phase::start("commit");
-    let committed = manifest::commit(&output, &manifest, cfg.cleanup_grace).await?;
-    report.phases.push(t.stop());
-    report.set_output(&manifest, committed.stale_removed);
-    report.warnings.extend(committed.cleanup_error);
+    let committed = commit::commit(output, &manifest, cfg.cleanup_grace).await?;
+    stats.phases.push(t.stop());
+    stats.committed = true;
+    stats.output = OutputSummary {
+        location: manifest.location.clone(),
+        run_id: manifest.run_id.clone(),
+        series: manifest.series,
+        points: manifest.points,
+        bytes: manifest.files.iter().map(|f| f.bytes).sum(),
+        files: manifest.files.len() as u64,
+        file_list: manifest.files.clone(),
+        stale_objects_removed: committed.stale_removed,
+    };
+    stats.warnings.extend(committed.cleanup_error);
     if committed.young_left > 0 {
-        report.warnings.push(format!(
+        stats.warnings.push(format!(
             "{} objects of other runs under {}/data left in place: no manifest names them and \
              they are younger than {} s (a run of this window may still be uploading them); \
              a later commit of the window removes them once older",
@@ -430,27 +310,25 @@ async fn run_inner(cfg: &RunConfig, report: &mut Report) -> Result<(), JobError>
 }
 
 /// Scans the listed objects, groups their points per series and stages the
-/// encoded files in a fresh directory under `stage`; fills the report's
-/// scan, merge and per-phase figures.
+/// encoded files in a fresh directory under `stage`; fills the stats' scan,
+/// merge and per-phase figures. Returns the staged files and the scan's
+/// totals once every corrupt frame is settled.
 async fn scan_group_encode(
     cfg: &RunConfig,
     input: &StoreRoot,
     listing: &Listing,
     (spill, stage): (&std::path::Path, &std::path::Path),
-    resident: u64,
-    report: &mut Report,
-) -> Result<Staged, JobError> {
+    budget: &MemoryBudget,
+    stats: &mut RunStats,
+) -> Result<(Staged, ScanTotals), JobError> {
     let stage = tempfile::Builder::new().prefix("pass-").tempdir_in(stage)?;
-    let ctx = session(cfg, spill, resident)?;
+    let ctx = session(cfg, spill, budget)?;
     let mut options = PayloadOptions::new(Arc::clone(&cfg.shard_map));
     options.on_corrupt = cfg.on_corrupt;
     options.range_bytes = cfg.range_bytes;
-    options.max_row_points = Some(crate::datasource::source::ROW_POINTS);
-    if let Some(limit) = cfg.memory_limit {
-        // A batch is one slab of decoded payloads: keep it a small fraction
-        // of the pool so the sorts can always take the next one.
-        options.slab_bytes =
-            (limit / (64 * cfg.target_partitions.max(1) as u64)).clamp(16 << 10, 8 << 20) as usize;
+    options.max_row_points = Some(ROW_POINTS);
+    if let Some(slab) = budget.slab_bytes() {
+        options.slab_bytes = slab;
     }
     let log = PayloadTable::new(input, listing.objects.clone(), options, ScanLog::new())
         .register(&ctx, input, "payloads")?;
@@ -462,14 +340,18 @@ async fn scan_group_encode(
     let plan: Arc<dyn ExecutionPlan> = df.create_physical_plan().await?;
     let mut stream = execute_stream(Arc::clone(&plan), ctx.task_ctx())?;
 
-    let writer = OutputWriter::spawn(stage.path().to_path_buf(), cfg.file_options());
-    let progress =
-        crate::job::report::progress(cfg.progress, listing.total_bytes(), Arc::clone(&log));
+    let file_options = FileOptions {
+        max_file_bytes: cfg.max_file_bytes,
+        writer: cfg.writer_options(),
+        round_points: budget.round_points(),
+    };
+    let writer = OutputWriter::spawn(stage.path().to_path_buf(), file_options);
+    let progress = measure::progress(cfg.progress, listing.total_bytes(), Arc::clone(&log));
     let mut merger = SeriesMerger::default();
     let mut scan_error = None;
     // The consuming thread drives the final merge of sorted runs and merges
     // each series' points: its CPU time (not its waits) is part of "group".
-    let pipeline_cpu0 = crate::job::report::cpu_time();
+    let pipeline_cpu0 = cpu_time();
     while let Some(batch) = stream.next().await {
         let batch = match batch {
             Ok(b) => b,
@@ -478,7 +360,7 @@ async fn scan_group_encode(
                 break;
             }
         };
-        feed(&mut merger, &batch, &writer)?;
+        merger.feed(&batch, |s| writer.send(s))?;
     }
     if let Some(last) = merger.take() {
         writer.send(last)?;
@@ -486,14 +368,14 @@ async fn scan_group_encode(
     drop(stream);
     drop(progress);
     let pipeline = t_pipeline.stop();
-    let pipeline_cpu = crate::job::report::cpu_time().saturating_sub(pipeline_cpu0);
-    report.scan = log.totals();
-    report.corrupt = log.corrupt();
-    report.misrouted = log.misrouted();
-    report.spill = crate::job::report::spill_metrics(&plan);
-    let ops = crate::job::report::operator_times(&plan);
+    let pipeline_cpu = cpu_time().saturating_sub(pipeline_cpu0);
+    stats.scan = log.totals();
+    stats.corrupt = log.corrupt();
+    stats.misrouted = log.misrouted();
+    stats.spill = measure::spill_metrics(&plan);
+    let ops = measure::operator_times(&plan);
     let op_cpu = |names: &[&str]| {
-        std::time::Duration::from_secs_f64(
+        Duration::from_secs_f64(
             ops.iter()
                 .filter(|(n, _)| names.contains(&n.as_str()))
                 .map(|(_, s)| s)
@@ -502,52 +384,42 @@ async fn scan_group_encode(
     };
     let mut scan_phase = Phase::measured("scan+decode", pipeline.wall, op_cpu(&["DataSourceExec"]));
     scan_phase.detail = ops.clone();
-    report.phases.push(scan_phase);
+    stats.phases.push(scan_phase);
     let decode_cpu = op_cpu(&["DataSourceExec"]);
 
     let written = writer.finish();
     if let Some(e) = scan_error {
-        if let Some(limit) = cfg.memory_limit
-            && let Some(msg) = memory_limit_error(limit, pool_sizes(limit, resident).0, &e)
+        if let (Some(limit), Some((pool, _))) = (cfg.memory_limit, budget.pool_sizes())
+            && let Some(msg) = memory_limit_error(limit, pool, &e)
         {
-            report.failed(&msg);
-            return Err(JobError::MemoryLimit(msg, Box::new(report.clone())));
+            return Err(JobError::MemoryLimit(msg));
         }
-        report.failed(&e.to_string());
         return Err(match frame_error(&e) {
-            Some(fe) => JobError::Corrupt(Box::new(fe.clone()), Box::new(report.clone())),
+            Some(fe) => JobError::Corrupt(Box::new(fe.clone())),
             None => JobError::DataFusion(e),
         });
     }
     let staged = written?;
-    report.merge = staged.merge;
+    stats.merge = staged.merge;
     // Grouping (DataFusion's sorts and merges, each series' merge) is what
     // the pipeline spent besides decoding and encoding.
-    report.phases.push(Phase::measured(
+    stats.phases.push(Phase::measured(
         "group",
         pipeline.wall,
         pipeline_cpu.saturating_sub(decode_cpu + staged.encode_phase.cpu),
     ));
-    report.phases.push(staged.encode_phase.clone());
-    match log.settle(cfg.on_corrupt) {
-        Err(e) => {
-            report.failed(&e.to_string());
-            return Err(JobError::Corrupt(Box::new(e), Box::new(report.clone())));
-        }
-        Ok(()) => {
-            report.scan = log.totals();
-            report.corrupt = log.corrupt();
-        }
-    }
+    stats.phases.push(staged.encode_phase.clone());
+    log.settle(cfg.on_corrupt)
+        .map_err(|e| JobError::Corrupt(Box::new(e)))?;
+    stats.scan = log.totals();
+    stats.corrupt = log.corrupt();
 
-    if !report.misrouted.is_empty() && cfg.fail_on_misrouted {
-        let n = report.misrouted.len();
-        report.failed(&format!("{n} misrouted payloads (--fail-on-misrouted)"));
-        return Err(JobError::Misrouted(n, Box::new(report.clone())));
+    if !stats.misrouted.is_empty() && cfg.fail_on_misrouted {
+        return Err(JobError::Misrouted(stats.misrouted.len()));
     }
     // The staged files live until the job's stage directory is removed.
     let _ = stage.keep();
-    Ok(staged)
+    Ok((staged, stats.scan.clone()))
 }
 
 /// What to tell the user when DataFusion's pool (of `pool` bytes, for
@@ -585,86 +457,9 @@ fn resolve_window(w: &Window, listing: &Listing) -> Result<Window, JobError> {
     }
 }
 
-/// Feeds one sorted batch into the merger, handing finished series to the writer.
-fn feed(
-    merger: &mut SeriesMerger,
-    batch: &RecordBatch,
-    writer: &OutputWriter,
-) -> Result<(), JobError> {
-    let org = batch.column(0).as_primitive::<UInt64Type>();
-    let metric = batch.column(1).as_primitive::<UInt64Type>();
-    let kind = batch.column(2).as_primitive::<UInt8Type>();
-    let interval = batch.column(3).as_primitive::<UInt32Type>();
-    let meta = batch.column(4).as_string::<i32>();
-    let points = batch.column(5).as_binary_view();
-    for i in 0..batch.num_rows() {
-        let key = (org.value(i), metric.value(i));
-        if merger.current().is_some_and(|k| k != key)
-            && let Some(done) = merger.take()
-        {
-            writer.send(done)?;
-        }
-        merger.push_raw(
-            key,
-            kind.value(i),
-            interval.value(i),
-            meta.value(i),
-            points.value(i),
-        )?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn merge(points: &[(i64, u64)]) -> (Vec<(i64, u64)>, MergeCounts) {
-        let (m, c) = SeriesInput {
-            points: points.to_vec(),
-            ..Default::default()
-        }
-        .merge();
-        (m.timestamps.into_iter().zip(m.values).collect(), c)
-    }
-
-    #[test]
-    fn the_last_point_in_input_order_wins_and_conflicts_are_counted_against_it() {
-        let nan = f64::NAN.to_bits();
-        // ts 5: A, B, A -> A wins; only B differs from it.
-        // ts 1: A, A, B -> B wins; both As differ from it.
-        // ts 3: NaN with two payloads: bits differ, so they conflict.
-        let (points, c) = merge(&[
-            (5, 10),
-            (1, 7),
-            (5, 11),
-            (3, nan),
-            (1, 7),
-            (5, 10),
-            (3, nan | 1),
-            (1, 8),
-        ]);
-        assert_eq!(points, vec![(1, 8), (3, nan | 1), (5, 10)]);
-        assert_eq!(c.input_points, 8);
-        assert_eq!(c.duplicates_dropped, 5);
-        assert_eq!(c.conflicting_duplicates, 4);
-        // Verbatim repeats are duplicates, not conflicts.
-        let (_, c) = merge(&[(1, 2), (1, 2), (2, 3)]);
-        assert_eq!((c.duplicates_dropped, c.conflicting_duplicates), (1, 0));
-    }
-
-    #[test]
-    fn point_bytes_that_are_not_whole_points_are_an_error() {
-        let mut g = SeriesMerger::default();
-        let raw: Vec<u8> = [1i64, 2, 10, 20]
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect();
-        g.push_raw((1, 2), 0, 10, "m", &raw).unwrap();
-        let e = g.push_raw((1, 2), 0, 10, "m", &raw[..24]).unwrap_err();
-        assert!(e.to_string().contains("24 point bytes"), "{e}");
-        assert_eq!(g.take().unwrap().points, vec![(1, 10), (2, 20)]);
-    }
 
     #[test]
     fn a_pool_that_ran_out_is_reported_as_the_memory_limit_with_what_ran_out() {
@@ -682,44 +477,5 @@ mod tests {
         );
         let other = DataFusionError::Execution("x".into());
         assert_eq!(memory_limit_error(1, 1, &other), None);
-    }
-
-    #[test]
-    fn the_pool_gives_the_sort_at_most_its_real_share_of_the_limit() {
-        for limit in [0u64, 100 << 20, 200 << 20, 1 << 30, 18 << 30, 200 << 30] {
-            for resident in [10u64 << 20, 200 << 20] {
-                let (pool, merge) = pool_sizes(limit, resident);
-                let budget = limit.saturating_sub(resident.max(BASE_FOOTPRINT));
-                // What the sort really holds: merged runs byte for byte,
-                // buffered rows at 1 / SORT_ACCOUNTING of their reservation.
-                let real = merge as u64 + (pool - merge) as u64 / SORT_ACCOUNTING;
-                // ... is the limit less the footprint and the untracked reserve.
-                let tracked = budget - (budget / 2).min(UNTRACKED_MAX);
-                if budget >= 2 * MIN_POOL {
-                    assert!(
-                        real <= tracked && real + 2 >= tracked,
-                        "limit {limit}, resident {resident}: {real} of {tracked}"
-                    );
-                } else {
-                    assert_eq!(pool as u64, MIN_POOL, "the smallest pool");
-                }
-                assert!(merge <= 1 << 30 && merge <= pool);
-            }
-        }
-        // A 4 GiB shard's rows (11.6 GB of slabs, accounted twice) fit the
-        // pool of the default limit on a 24 GiB machine.
-        let (pool, merge) = pool_sizes(18 << 30, 20 << 20);
-        assert!((pool - merge) as u64 >= 2 * 11_600_000_000);
-    }
-
-    #[test]
-    fn the_gatherer_keeps_the_last_payloads_metadata() {
-        let mut g = SeriesMerger::default();
-        g.push((1, 2), 0, 10, "a:1", &[1, 2], &[5, 6]);
-        g.push((1, 2), 2, 60, "b:2", &[2], &[7]);
-        let s = g.take().unwrap();
-        assert_eq!((s.kind, s.interval_s, s.metadata.as_str()), (2, 60, "b:2"));
-        assert_eq!(s.points, vec![(1, 5), (2, 6), (2, 7)]);
-        assert!(g.take().is_none());
     }
 }

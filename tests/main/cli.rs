@@ -310,7 +310,7 @@ fn export_writes_every_committed_point_with_its_bits() {
             let m = tailor::job::manifest::read_manifest(&store, "org-mod-0", &w)
                 .await
                 .unwrap();
-            tailor::job::manifest::for_each_series(&store, &m, |e, ts, vals| {
+            tailor::job::output::for_each_series(&store, &m, |e, ts, vals| {
                 for (&t, &v) in ts.iter().zip(vals) {
                     want.push((e.org_id, e.metric_id, t, v, e.metadata.clone()));
                 }

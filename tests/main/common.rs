@@ -141,3 +141,94 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// A two-worker runtime, as the job runs under (`tailor run` uses one per
+/// core; two is this machine's count and keeps tests independent of it).
+pub fn rt_multi() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Every file under `root`, sorted by path (none when it does not exist).
+pub fn files_under(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs the shard job; on success, what it did.
+pub fn run_job(
+    c: &tailor::job::config::RunConfig,
+) -> Result<tailor::job::run::RunStats, tailor::job::JobError> {
+    let (stats, result) = rt_multi().block_on(tailor::job::run::run_shard(c));
+    result.map(|()| stats)
+}
+
+/// One committed series, read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S {
+    pub org: u64,
+    pub metric: u64,
+    pub kind: u8,
+    pub interval: u32,
+    pub meta: String,
+    pub ts: Vec<i64>,
+    pub vals: Vec<u64>,
+}
+
+/// Every committed window of `shard` under `root`, in window order: its
+/// name, its manifest and its series in key order (the one reader of
+/// committed output the tests share).
+pub async fn read_windows(
+    root: &tailor::datasource::store::StoreRoot,
+    shard: &str,
+) -> Vec<(String, tailor::job::manifest::Manifest, Vec<S>)> {
+    use tailor::job::manifest::{list_windows, read_manifest};
+    let mut out = Vec::new();
+    for w in list_windows(root, shard).await.unwrap() {
+        let m = read_manifest(root, shard, &w).await.unwrap();
+        let mut series = Vec::new();
+        tailor::job::output::for_each_series(root, &m, |e, ts, vals| {
+            series.push(S {
+                org: e.org_id,
+                metric: e.metric_id,
+                kind: e.kind,
+                interval: e.interval_s,
+                meta: e.metadata.clone(),
+                ts: ts.to_vec(),
+                vals: vals.to_vec(),
+            });
+            Ok(())
+        })
+        .await
+        .unwrap();
+        out.push((w, m, series));
+    }
+    out
+}
+
+/// Every committed series of `shard` under `root`, window after window.
+pub async fn read_series(root: &tailor::datasource::store::StoreRoot, shard: &str) -> Vec<S> {
+    read_windows(root, shard)
+        .await
+        .into_iter()
+        .flat_map(|(_, _, s)| s)
+        .collect()
+}

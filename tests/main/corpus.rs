@@ -467,12 +467,7 @@ fn errors_are_classified_as_corruption() {
     // Corruption is a property of the input: a FrameError (exit code 65),
     // never an I/O error (74, retried).
     let err = scan_error("garbage.tsp");
-    let e = tailor::job::JobError::Corrupt(
-        Box::new(err.unwrap()),
-        Box::new(tailor::job::report::Report::new(
-            &tailor::job::config::RunConfig::new("a", "b", "org-mod-7"),
-        )),
-    );
+    let e = tailor::job::JobError::Corrupt(Box::new(err.unwrap()));
     assert_eq!(tailor::cli::exit_code(&e), tailor::cli::EXIT_DATA);
     let io = tailor::job::JobError::ObjectStore(object_store::Error::NotFound {
         path: "x".into(),

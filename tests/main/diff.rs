@@ -10,30 +10,9 @@ use tailor::job::diff::{Category, DiffConfig, diff};
 use tailor::job::generate::{GenerateOptions, generate};
 use tailor::job::manifest::{
     Dropped, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestFile, OutputSettings,
-    for_each_series, list_windows, read_manifest,
 };
-use tailor::job::run::run_shard;
 
-use crate::common::{shard_map, tempdir};
-
-#[derive(Debug, Clone, PartialEq)]
-struct S {
-    org: u64,
-    metric: u64,
-    kind: u8,
-    interval: u32,
-    meta: String,
-    ts: Vec<i64>,
-    vals: Vec<u64>,
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use crate::common::{S, read_windows, rt_multi as rt, shard_map, tempdir};
 
 /// (shard, window, manifest, series) of every committed window.
 async fn read_all(root: &StoreRoot) -> Vec<(String, String, Manifest, Vec<S>)> {
@@ -44,23 +23,7 @@ async fn read_all(root: &StoreRoot) -> Vec<(String, String, Manifest, Vec<S>)> {
         .collect();
     shards.sort();
     for shard in shards {
-        for w in list_windows(root, &shard).await.unwrap() {
-            let m = read_manifest(root, &shard, &w).await.unwrap();
-            let mut series = Vec::new();
-            for_each_series(root, &m, |e, ts, vals| {
-                series.push(S {
-                    org: e.org_id,
-                    metric: e.metric_id,
-                    kind: e.kind,
-                    interval: e.interval_s,
-                    meta: e.metadata.clone(),
-                    ts: ts.to_vec(),
-                    vals: vals.to_vec(),
-                });
-                Ok(())
-            })
-            .await
-            .unwrap();
+        for (w, m, series) in read_windows(root, &shard).await {
             out.push((shard.clone(), w, m, series));
         }
     }
@@ -167,7 +130,8 @@ fn fixture() -> Fixture {
         for shard in s.shards.iter().take(3) {
             let mut c = RunConfig::new(input.to_str().unwrap(), old.to_str().unwrap(), shard);
             c.shard_map = shard_map();
-            run_shard(&c).await.unwrap();
+            let (_, r) = tailor::job::run::run_shard(&c).await;
+            r.unwrap();
         }
         read_all(&StoreRoot::open(old.to_str().unwrap()).unwrap()).await
     });
@@ -373,7 +337,8 @@ fn self_diff_and_different_file_caps_are_identical() {
             c.shard_map = shard_map();
             c.block_points = 7;
             c.zstd_level = 19;
-            run_shard(&c).await.unwrap();
+            let (_, r) = tailor::job::run::run_shard(&c).await;
+            r.unwrap();
         }
     });
     let (a, b) = (tsf_bytes(&f.old), tsf_bytes(&other));

@@ -11,10 +11,10 @@ use tailor::format::payload::{Decoder, check_body, parse_frame_prefix, parse_pay
 use tailor::format::shard::Shard;
 use tailor::job::config::RunConfig;
 use tailor::job::generate::{GenerateOptions, GenerateSummary, generate};
-use tailor::job::manifest::{for_each_series, list_windows, read_manifest};
-use tailor::job::run::{MergeCounts, run_shard};
+use tailor::job::manifest::read_manifest;
+use tailor::job::merge::MergeCounts;
 
-use crate::common::{rt, shard_map, tempdir};
+use crate::common::{files_under, read_series, rt, rt_multi, run_job, shard_map, tempdir};
 
 /// Series content: (kind, interval_s, metadata) and points ts -> value bits.
 type Content = BTreeMap<(u64, u64), ((u8, u32, String), BTreeMap<i64, u64>)>;
@@ -101,32 +101,23 @@ fn reference(input: &Path, shard: &str) -> (Content, MergeCounts, u64) {
 
 /// The committed output of one shard (every window), read back.
 fn committed(output: &Path, shard: &str) -> Content {
-    let r = rt();
-    r.block_on(async {
-        let root = StoreRoot::open(output.to_str().unwrap()).unwrap();
-        let mut out: Content = BTreeMap::new();
-        for w in list_windows(&root, shard).await.unwrap() {
-            let m = read_manifest(&root, shard, &w).await.unwrap();
-            for_each_series(&root, &m, |e, ts, vals| {
-                assert!(
-                    ts.windows(2).all(|w| w[0] < w[1]),
-                    "timestamps strictly increasing"
-                );
-                let prev = out.insert(
-                    (e.org_id, e.metric_id),
-                    (
-                        (e.kind, e.interval_s, e.metadata.clone()),
-                        ts.iter().copied().zip(vals.iter().copied()).collect(),
-                    ),
-                );
-                assert!(prev.is_none(), "a series appears once");
-                Ok(())
-            })
-            .await
-            .unwrap();
-        }
-        out
-    })
+    let root = StoreRoot::open(output.to_str().unwrap()).unwrap();
+    let mut out: Content = BTreeMap::new();
+    for s in rt().block_on(read_series(&root, shard)) {
+        assert!(
+            s.ts.windows(2).all(|w| w[0] < w[1]),
+            "timestamps strictly increasing"
+        );
+        let prev = out.insert(
+            (s.org, s.metric),
+            (
+                (s.kind, s.interval, s.meta),
+                s.ts.into_iter().zip(s.vals).collect(),
+            ),
+        );
+        assert!(prev.is_none(), "a series appears once");
+    }
+    out
 }
 
 fn cfg(input: &Path, output: &Path, shard: &str) -> RunConfig {
@@ -136,37 +127,8 @@ fn cfg(input: &Path, output: &Path, shard: &str) -> RunConfig {
     c
 }
 
-fn run(c: &RunConfig) -> Result<tailor::job::report::Report, tailor::job::JobError> {
-    rt_multi().block_on(run_shard(c))
-}
-
-fn rt_multi() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Every file under `root`, sorted by path (none when it does not exist).
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+fn run(c: &RunConfig) -> Result<tailor::job::run::RunStats, tailor::job::JobError> {
+    run_job(c)
 }
 
 /// The payload files under a directory, sorted by path.
@@ -547,7 +509,7 @@ fn eight_scan_partitions_under_a_limit_give_the_same_bytes() {
     let mut c = cfg(&input, &many, &shard);
     c.target_partitions = 8;
     c.range_bytes = 64 << 10;
-    c.memory_limit = Some(tailor::job::report::current_rss_bytes() + (256 << 20));
+    c.memory_limit = Some(tailor::job::measure::current_rss_bytes() + (256 << 20));
     run(&c).unwrap();
     assert_eq!(tree_bytes(&free), tree_bytes(&many));
 }
@@ -728,19 +690,24 @@ fn a_cleanup_that_fails_after_the_commit_is_a_warning_and_later_runs_finish_it()
     use std::sync::atomic::{AtomicBool, Ordering};
     let (_tmp, input, shard) = generated(21, 2 << 20);
     let fail = Arc::new(AtomicBool::new(false));
-    tailor::datasource::store::install_memory_store(
-        "failing-deletes",
+    let out = "memory:///out";
+    let root = StoreRoot::with_store(
         Arc::new(FailingDeletes {
             inner: object_store::memory::InMemory::new(),
             fail: Arc::clone(&fail),
         }),
-    );
-    let out = "memory://failing-deletes/out";
+        out,
+    )
+    .unwrap();
+    let in_root = StoreRoot::open(input.to_str().unwrap()).unwrap();
     let mut c = RunConfig::new(input.to_str().unwrap(), out, &shard);
     c.shard_map = shard_map();
     c.target_partitions = 2;
     c.max_file_bytes = 64 << 10;
-    let root = StoreRoot::open(out).unwrap();
+    let run = |c: &RunConfig| {
+        let (stats, r) = rt_multi().block_on(tailor::job::run::run_shard_on(c, &in_root, &root));
+        r.map(|()| stats)
+    };
     // Every object under the output root, by relative path.
     let objects = || -> Vec<String> {
         use futures::TryStreamExt;
@@ -770,7 +737,7 @@ fn a_cleanup_that_fails_after_the_commit_is_a_warning_and_later_runs_finish_it()
     fail.store(true, Ordering::SeqCst);
     c.max_file_bytes = 48 << 10;
     let second = run(&c).unwrap();
-    assert_eq!(second.status, "committed");
+    assert!(second.committed);
     assert_eq!(second.output.stale_objects_removed, 0);
     assert!(
         second
@@ -1134,7 +1101,7 @@ fn payloads_of_the_maximum_size_run_under_a_small_limit_with_the_same_bytes() {
     let mut c = cfg(&input, &tight, shard);
     // What a 128 MiB limit leaves the job in a process of its own (the
     // pool is sized from what the process already holds; tests share one).
-    let base = tailor::job::report::current_rss_bytes().max(70 << 20);
+    let base = tailor::job::measure::current_rss_bytes().max(70 << 20);
     c.memory_limit = Some(base + (58 << 20));
     let r = run(&c).unwrap();
     assert!(r.spill.spill_count > 0, "{:?}", r.spill);

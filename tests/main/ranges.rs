@@ -280,8 +280,6 @@ struct Outcome {
     error: Option<(u64, tailor::format::payload::ErrorKind)>,
 }
 
-static STORE_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// Scans `file` as `org-mod-7/.../t+0+0000000000.tsp` through the payload
 /// table, split into ranges of `range` bytes (under the fail policy; the
 /// skip policy reads every object whole), from a local directory
@@ -295,8 +293,7 @@ fn scan_file(file: &[u8], range: u64, policy: CorruptPolicy, remote: bool) -> Ou
     let rt = rt();
     rt.block_on(async {
         let root = if remote {
-            let n = STORE_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let root = StoreRoot::open(&format!("memory://ranges-{n}/in")).unwrap();
+            let root = StoreRoot::open("memory:///in").unwrap();
             root.store
                 .put(&root.child(rel), PutPayload::from(file.to_vec()))
                 .await

@@ -522,9 +522,9 @@ fn a_remote_object_replaced_after_listing_fails_the_scan() {
     same_size[offsets[25] as usize + 9] ^= 0x40;
     let shorter = file[..offsets[20] as usize + 10].to_vec();
     let rt = rt();
-    for (n, replacement) in [same_size, shorter].into_iter().enumerate() {
+    for replacement in [same_size, shorter] {
         for policy in [CorruptPolicy::Fail, CorruptPolicy::Skip] {
-            let root = StoreRoot::open(&format!("memory://replaced-{n}-{policy:?}/in")).unwrap();
+            let root = StoreRoot::open("memory:///in").unwrap();
             let at = root.child(rel);
             rt.block_on(root.store.put(&at, PutPayload::from(file.clone())))
                 .unwrap();
@@ -577,7 +577,7 @@ fn query_args(input: &str, sql: &str) -> tailor::cli::query::QueryArgs {
         from: None,
         to: None,
         format: tailor::cli::query::OutputFormat::Csv,
-        on_corrupt: tailor::datasource::source::CorruptPolicy::Fail,
+        on_corrupt: tailor::cli::OnCorrupt::Fail,
         shard_map: None,
         target_partitions: Some(2),
         range_bytes: None,
@@ -707,7 +707,7 @@ fn query_under_skip_gives_the_same_rows_when_a_range_starts_inside_a_corrupt_bod
             "SELECT frame_offset, org_id, metric_id, n_points FROM payloads ORDER BY frame_offset",
         );
         args.range_bytes = Some(range.to_string());
-        args.on_corrupt = tailor::datasource::source::CorruptPolicy::Skip;
+        args.on_corrupt = tailor::cli::OnCorrupt::Skip;
         args.format = tailor::cli::query::OutputFormat::Csv;
         args.out = Some(out.clone());
         rt.block_on(tailor::cli::query::main(args)).unwrap();

@@ -10,38 +10,12 @@
 use tailor::datasource::store::StoreRoot;
 use tailor::job::config::RunConfig;
 use tailor::job::generate::{GenerateOptions, generate};
-use tailor::job::manifest::{for_each_series, list_windows, read_manifest};
 use tailor::job::run::run_shard;
 
-use crate::common::{shard_map, tempdir};
+use crate::common::{S, read_series, rt_multi as runtime, shard_map, tempdir};
 
-type Content = Vec<((u64, u64), (u8, u32, String), Vec<i64>, Vec<u64>)>;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn content(root: &StoreRoot, shard: &str) -> Content {
-    let mut out = Vec::new();
-    for w in list_windows(root, shard).await.unwrap() {
-        let m = read_manifest(root, shard, &w).await.unwrap();
-        for_each_series(root, &m, |e, ts, vals| {
-            out.push((
-                (e.org_id, e.metric_id),
-                (e.kind, e.interval_s, e.metadata.clone()),
-                ts.to_vec(),
-                vals.to_vec(),
-            ));
-            Ok(())
-        })
-        .await
-        .unwrap();
-    }
-    out
+async fn content(root: &StoreRoot, shard: &str) -> Vec<S> {
+    read_series(root, shard).await
 }
 
 fn available(var: &str, name: &str) -> bool {
@@ -88,7 +62,8 @@ fn round_trip(base: &str) {
         c.shard_map = shard_map();
         c.target_partitions = 2;
         c.range_bytes = 64 << 10; // many ranged GETs
-        let remote = run_shard(&c).await.unwrap();
+        let (remote, r) = run_shard(&c).await;
+        r.unwrap();
         let local_out = tmp.path().join("out");
         let mut lc = RunConfig::new(
             tmp.path().join("in").to_str().unwrap(),
@@ -96,7 +71,8 @@ fn round_trip(base: &str) {
             &shard,
         );
         lc.shard_map = shard_map();
-        let local = run_shard(&lc).await.unwrap();
+        let (local, r) = run_shard(&lc).await;
+        r.unwrap();
         assert_eq!(remote.output.points, local.output.points);
         assert!(remote.scan.bytes_fetched <= remote.input.bytes + remote.input.objects * (1 << 20));
         let output = StoreRoot::open(&output_url).unwrap();
@@ -112,7 +88,7 @@ fn round_trip(base: &str) {
             "{base}: the store's committed output differs from the local run's"
         );
         // A rerun replaces the commit atomically and leaves one run's files.
-        run_shard(&c).await.unwrap();
+        run_shard(&c).await.1.unwrap();
         assert!(content(&output, &shard).await == want);
     });
 }
