@@ -137,7 +137,13 @@ mod tests {
             ShardMap::parse("modulus = 0"),
             Err(ShardMapError::ZeroModulus(_))
         ));
-        assert!(ShardMap::parse("modulus = 4\nextra = 1").is_err());
-        assert!(ShardMap::parse("dedicated = [1]").is_err());
+        for bad in ["modulus = 4\nextra = 1", "dedicated = [1]"] {
+            let e = ShardMap::parse(bad).unwrap_err();
+            assert!(
+                matches!(e, ShardMapError::Parse(_))
+                    && e.to_string().starts_with("shard map is not valid TOML"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

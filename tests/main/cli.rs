@@ -94,18 +94,10 @@ fn manifests(out: &Path) -> usize {
 }
 
 fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                out.extend(walk(&path));
-            } else {
-                out.push(path.display().to_string());
-            }
-        }
-    }
-    out
+    crate::common::files_under(dir)
+        .into_iter()
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 #[test]

@@ -319,7 +319,7 @@ fn self_diff_and_different_file_caps_are_identical() {
     assert!(r.identical(), "{}", r.summary());
     assert!(r.compared_points > 1000);
     let small = new_side(&f, "small-files", 2_000, |_| {});
-    let files = walk_tsf(&small);
+    let files = tsf_files(&small).len();
     assert!(
         files > 2 * f.base.len(),
         "the small cap really splits windows into several files ({files})"
@@ -354,36 +354,20 @@ fn self_diff_and_different_file_caps_are_identical() {
     );
 }
 
-/// The bytes of every data file under `dir`, in path order.
-fn tsf_bytes(dir: &Path) -> Vec<Vec<u8>> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "tsf") {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
-    files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+/// The data files under `dir`, in path order.
+fn tsf_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    crate::common::files_under(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "tsf"))
+        .collect()
 }
 
-fn walk_tsf(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .map(|p| {
-            if p.is_dir() {
-                walk_tsf(&p)
-            } else {
-                p.extension().is_some_and(|x| x == "tsf") as usize
-            }
-        })
-        .sum()
+/// The bytes of every data file under `dir`, in path order.
+fn tsf_bytes(dir: &Path) -> Vec<Vec<u8>> {
+    tsf_files(dir)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect()
 }
 
 #[test]

@@ -425,7 +425,11 @@ fn a_job_stopped_before_its_manifest_leaves_the_previous_commit() {
     }
     let mut failing = c.clone();
     failing.fail_before_commit = true;
-    assert!(run(&failing).is_err());
+    let e = run(&failing).unwrap_err();
+    assert!(
+        matches!(&e, tailor::job::JobError::Internal(m) if m.starts_with("--fail-before-commit")),
+        "{e}"
+    );
     assert_eq!(
         committed(&output, &shard),
         content,

@@ -334,7 +334,8 @@ fn a_payload_that_fails_to_decode_never_overflows_the_slab() {
     let h = parse_payload(dst, 0).unwrap().header;
     b.commit(&h, 0, false);
     assert!(!b.fits(1 << 20));
-    assert!(b.reserve(1 << 20).is_err());
+    let e = b.reserve(1 << 20).unwrap_err();
+    assert!(e.to_string().contains("decode slab overflow"), "{e}");
 }
 
 /// Writes `file` as the one payload file of shard org-mod-7 under `tmp`.
