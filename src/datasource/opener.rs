@@ -1,0 +1,417 @@
+//! [`PayloadOpener`]: opens one byte range of one object and reads it
+//! (`RangeScan`).
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering as AtomicOrdering;
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileOpenFuture, FileOpener};
+use datafusion::physical_plan::metrics::{Count, Time};
+use futures::StreamExt;
+use object_store::ObjectStore;
+
+use crate::datasource::batch::{BatchBuilder, chunk_len};
+use crate::datasource::options::{CorruptPolicy, split_above};
+use crate::datasource::reader::{CursorError, FrameCursor, ObjectBytes, Step};
+use crate::datasource::scan_log::{CorruptRecord, LocalLog, MisroutedRecord, RangeRecord};
+use crate::datasource::source::PayloadSource;
+use crate::format::payload::{
+    BodyInfo, Decoder, FormatError, FrameError, Payload, PayloadHeader, check_body, parse_payload,
+};
+use crate::format::shard::Shard;
+
+/// The shard directory an object key was found under: the path component
+/// before `dt=…`.
+pub fn shard_of_key(key: &str) -> Option<&str> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let dt = parts.iter().rposition(|p| p.starts_with("dt="))?;
+    (dt > 0).then(|| parts[dt - 1])
+}
+
+/// Opens one byte range of one payload file.
+pub struct PayloadOpener {
+    pub(super) source: Arc<PayloadSource>,
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) file_indices: Vec<usize>,
+    pub(super) frames: Count,
+    pub(super) points: Count,
+    pub(super) bytes_fetched: Count,
+    pub(super) corrupt: Count,
+    pub(super) decode_time: Time,
+}
+
+impl FileOpener for PayloadOpener {
+    fn open(&self, file: PartitionedFile) -> Result<FileOpenFuture> {
+        let source = Arc::clone(&self.source);
+        let store = Arc::clone(&self.store);
+        let file_indices = self.file_indices.clone();
+        let counters = [
+            self.frames.clone(),
+            self.points.clone(),
+            self.bytes_fetched.clone(),
+            self.corrupt.clone(),
+        ];
+        let decode_time = self.decode_time.clone();
+        Ok(Box::pin(async move {
+            let key = file.object_meta.location.to_string();
+            let size = file.object_meta.size;
+            let (start, end) = file.range();
+            let bytes = if source.options.mmap_local {
+                let path = std::path::Path::new("/").join(file.object_meta.location.as_ref());
+                // An I/O error (retried by the scheduler, exit code 74),
+                // never corruption.
+                ObjectBytes::map_file(&path).map_err(|e| {
+                    DataFusionError::IoError(std::io::Error::new(
+                        e.kind(),
+                        format!("memory-mapping {key:?} ({}): {e}", path.display()),
+                    ))
+                })?
+            } else {
+                ObjectBytes::Store {
+                    store,
+                    location: file.object_meta.location.clone(),
+                    e_tag: file.object_meta.e_tag.clone(),
+                }
+            };
+            let scan = RangeScan::new(
+                source,
+                key,
+                size,
+                start..end,
+                bytes,
+                file_indices,
+                counters,
+                decode_time,
+            );
+            let stream = futures::stream::try_unfold(scan, |mut scan| async move {
+                let batch = scan.next_batch().await?;
+                Ok(batch.map(|b| (b, scan)))
+            });
+            Ok(stream.boxed())
+        }))
+    }
+}
+
+/// The state of one range being read.
+struct RangeScan {
+    source: Arc<PayloadSource>,
+    key: String,
+    range: Range<u64>,
+    cursor: FrameCursor,
+    builder: BatchBuilder,
+    /// Batches made and not yet returned (a split payload makes several).
+    pending: std::collections::VecDeque<RecordBatch>,
+    /// Decode buffer of payloads that are split into rows (reused).
+    scratch: Vec<u64>,
+    decoder: Decoder,
+    found_shard: Option<Shard>,
+    found_shard_name: String,
+    file_indices: Vec<usize>,
+    local: LocalLog,
+    counters: [Count; 4],
+    /// CPU spent decoding (frame checks, zstd, validation, batch building).
+    decode_time: Time,
+    done: bool,
+}
+
+impl RangeScan {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        source: Arc<PayloadSource>,
+        key: String,
+        size: u64,
+        range: Range<u64>,
+        bytes: ObjectBytes,
+        file_indices: Vec<usize>,
+        counters: [Count; 4],
+        decode_time: Time,
+    ) -> Self {
+        let skip = source.options.on_corrupt == CorruptPolicy::Skip;
+        let cursor = FrameCursor::new(bytes, size, range.clone(), skip)
+            .with_chunk(source.options.fetch_chunk);
+        let shard_name = shard_of_key(&key).unwrap_or("").to_string();
+        let builder = BatchBuilder::new(
+            Arc::clone(&source.pool),
+            source.batch_size,
+            &key,
+            &shard_name,
+        );
+        Self {
+            found_shard: Shard::parse(&shard_name),
+            found_shard_name: shard_name,
+            key,
+            range,
+            cursor,
+            builder,
+            pending: Default::default(),
+            scratch: Vec::new(),
+            decoder: Decoder::new(),
+            file_indices,
+            local: LocalLog::default(),
+            counters,
+            decode_time,
+            done: false,
+            source,
+        }
+    }
+
+    /// Corruption in a frame: fails, or is recorded under the skip policy.
+    fn corrupt(&mut self, error: FormatError, skipped: u64, open: bool) -> Result<()> {
+        if self.source.options.on_corrupt == CorruptPolicy::Fail {
+            return Err(DataFusionError::External(Box::new(FrameError::new(
+                self.key.clone(),
+                error,
+            ))));
+        }
+        self.counters[3].add(1);
+        self.local.totals.corrupt_frames += 1;
+        self.local.corrupt.push(CorruptRecord {
+            key: self.key.clone(),
+            offset: error.offset,
+            reason: error.kind.to_string(),
+            skipped_bytes: skipped,
+            open,
+        });
+        Ok(())
+    }
+
+    fn is_misrouted(&self, h: &PayloadHeader) -> bool {
+        match self.found_shard {
+            Some(found) => self.source.options.shard_map.shard_of(h.org_id) != found,
+            None => true,
+        }
+    }
+
+    /// Records a decoded payload (totals, and the misrouted list); returns
+    /// whether it is misrouted.
+    fn record_payload(&mut self, header: &PayloadHeader, offset: u64) -> bool {
+        let misrouted = self.is_misrouted(header);
+        if misrouted {
+            self.local.totals.misrouted_payloads += 1;
+            self.local.totals.misrouted_points += header.n_points as u64;
+            self.local.misrouted.push(MisroutedRecord {
+                key: self.key.clone(),
+                offset,
+                org_id: header.org_id,
+                metric_id: header.metric_id,
+                points: header.n_points as u64,
+                found_shard: self.found_shard_name.clone(),
+                expected_shard: self
+                    .source
+                    .options
+                    .shard_map
+                    .shard_of(header.org_id)
+                    .to_string(),
+            });
+        }
+        self.local.totals.payloads += 1;
+        self.local.totals.points += header.n_points as u64;
+        self.counters[1].add(header.n_points as usize);
+        misrouted
+    }
+
+    /// Finishes the builder's batch, if it has rows, into `pending`.
+    fn flush(&mut self) -> Result<()> {
+        if let Some(b) = self.builder.finish()? {
+            self.pending.push_back(b);
+        }
+        Ok(())
+    }
+
+    /// Decodes one frame into the builder (batches it fills go to
+    /// `pending`).
+    fn decode_frame(&mut self, offset: u64, body: &[u8]) -> Result<()> {
+        let info = match check_body(body, offset) {
+            Ok(i) => i,
+            Err(e) => {
+                let len = body.len() as u64 + 4;
+                self.corrupt(e, len, false)?;
+                return Ok(());
+            }
+        };
+        if let Some(rows) = self.source.options.max_row_points
+            && info.content_size > split_above(rows)
+        {
+            return self.decode_split(offset, body, info, rows);
+        }
+        if !self.builder.fits(info.content_size) {
+            self.flush()?;
+        }
+        let dst = self.builder.reserve(info.content_size)?;
+        let header = match self
+            .decoder
+            .decompress_into(body, info, dst, offset)
+            .and_then(|_| parse_payload(dst, offset).map(|p| p.header))
+        {
+            Ok(h) => h,
+            Err(e) => {
+                self.corrupt(e, body.len() as u64 + 4, false)?;
+                return Ok(());
+            }
+        };
+        let misrouted = self.record_payload(&header, offset);
+        self.builder.commit(&header, offset, misrouted);
+        Ok(())
+    }
+
+    /// A payload of more than `rows` points: decoded into the scratch
+    /// buffer, then copied into the builder's slabs as rows of at most
+    /// `rows` consecutive points, each with its `first_point`.
+    fn decode_split(
+        &mut self,
+        offset: u64,
+        body: &[u8],
+        info: BodyInfo,
+        rows: usize,
+    ) -> Result<()> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let words = info.content_size.div_ceil(8);
+        if scratch.len() < words {
+            scratch.resize(words, 0);
+        }
+        let buf =
+            &mut crate::datasource::batch::bytemuck_bytes_mut(&mut scratch)[..info.content_size];
+        let r = self
+            .decoder
+            .decompress_into(body, info, buf, offset)
+            .and_then(|_| parse_payload(buf, offset));
+        let payload = match r {
+            Ok(p) => p,
+            Err(e) => {
+                self.scratch = scratch;
+                self.corrupt(e, body.len() as u64 + 4, false)?;
+                return Ok(());
+            }
+        };
+        let misrouted = self.record_payload(&payload.header, offset);
+        let r = self.push_split(&payload, offset, misrouted, rows.max(1));
+        self.scratch = scratch;
+        r
+    }
+
+    /// The rows of [`Self::decode_split`]: at most `rows` points each, the
+    /// metadata (up to 64 KiB) only on the last (a series takes it from its
+    /// last row, and the others stay small).
+    fn push_split(
+        &mut self,
+        payload: &Payload<'_>,
+        offset: u64,
+        misrouted: bool,
+        rows: usize,
+    ) -> Result<()> {
+        let last = (payload.timestamps.len() - 1) / rows;
+        let chunks = payload
+            .timestamps
+            .chunks(rows)
+            .zip(payload.values.chunks(rows));
+        for (i, (ts, values)) in chunks.enumerate() {
+            let meta = if i == last { payload.metadata } else { "" };
+            if !self.builder.fits(chunk_len(ts.len(), meta.len())) {
+                self.flush()?;
+            }
+            let first = (i * rows) as u32;
+            self.builder
+                .push_chunk(&payload.header, offset, misrouted, first, ts, values, meta)?;
+        }
+        Ok(())
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if let Some(batch) = self.pending.pop_front() {
+                if let Some(batch) = self.filter_and_project(batch)? {
+                    return Ok(Some(batch));
+                }
+                continue;
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let step = match self.cursor.next().await {
+                Ok(s) => s,
+                Err(CursorError::Corrupt(e)) => {
+                    // Only under the fail policy; `corrupt` turns it into the error.
+                    self.corrupt(e, 0, false)?;
+                    continue;
+                }
+                Err(CursorError::Io { range, source }) => {
+                    return Err(DataFusionError::ObjectStore(Box::new(source))
+                        .context(format!("reading {:?} bytes {range:?}", self.key)));
+                }
+            };
+            match step {
+                Some(Step::Frame(frame)) => {
+                    self.source
+                        .log
+                        .progress
+                        .fetch_add(frame.body.len() as u64 + 4, AtomicOrdering::Relaxed);
+                    self.local.totals.frames += 1;
+                    self.counters[0].add(1);
+                    let start = std::time::Instant::now();
+                    let r = self.decode_frame(frame.offset, &frame.body);
+                    self.decode_time.add_duration(start.elapsed());
+                    r?;
+                }
+                Some(Step::Skipped {
+                    error,
+                    skipped,
+                    open,
+                }) => self.corrupt(error, skipped, open)?,
+                None => {
+                    self.done = true;
+                    self.finish_range();
+                    self.flush()?;
+                }
+            }
+        }
+    }
+
+    fn finish_range(&mut self) {
+        let fetched = self.cursor.bytes_fetched();
+        self.counters[2].add(fetched as usize);
+        self.local.totals.bytes_fetched += fetched;
+        self.local.range = Some(RangeRecord {
+            key: self.key.clone(),
+            start: self.range.start,
+            end: self.range.end,
+            first_frame: self.cursor.first_frame(),
+            stop: self.cursor.stop(),
+            handover: self.cursor.handover(),
+            bytes_fetched: fetched,
+            rejected: self.cursor.rejected().to_vec(),
+        });
+        self.source.log.merge(std::mem::take(&mut self.local));
+    }
+
+    fn filter_and_project(&self, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+        let batch = match &self.source.predicate {
+            Some(p) => {
+                let mask = p.evaluate(&batch)?.into_array(batch.num_rows())?;
+                filter_record_batch(&batch, mask.as_boolean())?
+            }
+            None => batch,
+        };
+        if batch.num_rows() == 0 {
+            return Ok(None);
+        }
+        Ok(Some(batch.project(&self.file_indices)?))
+    }
+}
+
+impl Drop for RangeScan {
+    /// A range whose stream is dropped before its end (`LIMIT`, an error
+    /// elsewhere): what it saw is kept, but no range record, so that stopping
+    /// early is never taken for a gap in the object.
+    fn drop(&mut self) {
+        if !self.done {
+            let fetched = self.cursor.bytes_fetched();
+            self.counters[2].add(fetched as usize);
+            self.local.totals.bytes_fetched += fetched;
+            self.source.log.merge(std::mem::take(&mut self.local));
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Value encodings and zstd sections.
+
+use super::bits::{BitReader, BitWriter, Cur, put_varint, unzz, zz};
+use super::codec;
+use super::error::{Result, TsfError, corrupt};
+
+const MAX_DECIMALS: u8 = 15;
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+const TWO_POW_53: f64 = 9_007_199_254_740_992.0;
+const TWO_POW_52: f64 = 4_503_599_627_370_496.0;
+
+fn gorilla_encode(vals: &[u64], out: &mut Vec<u8>) {
+    let mut bw = BitWriter {
+        buf: std::mem::take(out),
+        ..Default::default()
+    };
+    if let Some((&first, rest)) = vals.split_first() {
+        bw.write(first, 64);
+        let mut prev = first;
+        let mut win: Option<(u32, u32)> = None;
+        for &v in rest {
+            let x = v ^ prev;
+            prev = v;
+            if x == 0 {
+                bw.write(0, 1);
+                continue;
+            }
+            bw.write(1, 1);
+            let lz = x.leading_zeros().min(31);
+            let tz = x.trailing_zeros();
+            if let Some((plz, ptz)) = win
+                && lz >= plz
+                && tz >= ptz
+            {
+                bw.write(0, 1);
+                bw.write(x >> ptz, 64 - plz - ptz);
+            } else {
+                let sig = 64 - lz - tz;
+                bw.write(1, 1);
+                bw.write(u64::from(lz), 5);
+                bw.write(u64::from(sig - 1), 6);
+                bw.write(x >> tz, sig);
+                win = Some((lz, tz));
+            }
+        }
+    }
+    *out = bw.finish();
+}
+
+fn gorilla_decode(data: &[u8], n: usize, base: u64, out: &mut Vec<u64>) -> Result<()> {
+    let mut br = BitReader::new(data, base);
+    if n == 0 {
+        return br.expect_end();
+    }
+    let mut prev = br.read(64)?;
+    out.push(prev);
+    let mut win: Option<(u32, u32)> = None;
+    for _ in 1..n {
+        if br.read(1)? == 1 {
+            let x = if br.read(1)? == 0 {
+                let Some((plz, ptz)) = win else {
+                    return Err(corrupt(base, "gorilla window reused before being set"));
+                };
+                br.read(64 - plz - ptz)? << ptz
+            } else {
+                let lz = br.read(5)? as u32;
+                let sig = br.read(6)? as u32 + 1;
+                if lz + sig > 64 {
+                    return Err(corrupt(base, "gorilla window exceeds 64 bits"));
+                }
+                let tz = 64 - lz - sig;
+                win = Some((lz, tz));
+                br.read(sig)? << tz
+            };
+            prev ^= x;
+        }
+        out.push(prev);
+    }
+    br.expect_end()
+}
+
+fn shuffle_encode(words: impl ExactSizeIterator<Item = u64>, out: &mut Vec<u8>) {
+    let n = words.len();
+    out.clear();
+    out.resize(n * 8, 0);
+    for (i, w) in words.enumerate() {
+        for (k, b) in w.to_le_bytes().into_iter().enumerate() {
+            out[k * n + i] = b;
+        }
+    }
+}
+
+fn shuffle_decode(data: &[u8], n: usize, base: u64) -> Result<impl Iterator<Item = u64> + '_> {
+    if data.len() as u64 != (n as u64) * 8 {
+        return Err(TsfError::CountMismatch {
+            offset: base,
+            what: "shuffled value stream length",
+            expected: (n as u64) * 8,
+            found: data.len() as u64,
+        });
+    }
+    Ok((0..n).map(move |i| {
+        let mut b = [0u8; 8];
+        for (k, byte) in b.iter_mut().enumerate() {
+            *byte = data[k * n + i];
+        }
+        u64::from_le_bytes(b)
+    }))
+}
+
+/// The parameters of a decimal value stream: `d` digits and divisor `q`;
+/// a regular value is `(k / 10^d) / q` (`q = 1`: no division).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct DecimalParams {
+    pub(super) d: u8,
+    pub(super) q: u8,
+}
+
+/// Flag in the decimal stream's first byte: a divisor byte follows.
+const DECIMAL_DIVIDED: u8 = 0x80;
+
+/// `Some(i)` if `f64::from_bits(v) == (i / 10^d) / q` bit for bit (no
+/// division when `q == 1`), `|i| < 2^53`.
+fn decimal_exact(v: u64, p: DecimalParams) -> Option<i64> {
+    let f = f64::from_bits(v);
+    if !f.is_finite() {
+        return None;
+    }
+    let scale = POW10[usize::from(p.d)];
+    let q = f64::from(p.q);
+    let s = if p.q == 1 { f * scale } else { f * q * scale };
+    if s.abs() >= TWO_POW_53 {
+        return None;
+    }
+    // Round half away from zero without a libm call; the check below
+    // decides whether `i` represents `v`.
+    let i = if s.abs() >= TWO_POW_52 {
+        s as i64 // already an integer
+    } else {
+        (s + 0.5f64.copysign(s)) as i64
+    };
+    (decimal_value(i, scale, p.q) == v).then_some(i)
+}
+
+/// The bits of regular decimal value `k`: `(k / scale) / q`.
+#[inline]
+fn decimal_value(k: i64, scale: f64, q: u8) -> u64 {
+    let f = (k as f64) / scale;
+    if q == 1 {
+        f.to_bits()
+    } else {
+        (f / f64::from(q)).to_bits()
+    }
+}
+
+/// Writes the decimal stream with parameters `p`; returns the number of
+/// exceptions (values written as raw bits).
+pub(super) fn decimal_encode_with(vals: &[u64], p: DecimalParams, out: &mut Vec<u8>) -> usize {
+    out.clear();
+    if p.q == 1 {
+        out.push(p.d);
+    } else {
+        out.push(p.d | DECIMAL_DIVIDED);
+        out.push(p.q);
+    }
+    let mut prev = 0i64;
+    let mut exceptions = 0;
+    for &v in vals {
+        match decimal_exact(v, p) {
+            Some(i) => {
+                put_varint(out, zz(i - prev) << 1);
+                prev = i;
+            }
+            None => {
+                out.push(1);
+                out.extend_from_slice(&v.to_le_bytes());
+                exceptions += 1;
+            }
+        }
+    }
+    exceptions
+}
+
+/// The smallest digit count at which `v` is regular with divisor `q`.
+fn min_digits(v: u64, q: u8) -> Option<u8> {
+    min_digits_upto(v, q, MAX_DECIMALS)
+}
+
+/// The smallest digit count up to `max` at which `v` is regular with
+/// divisor `q`.
+fn min_digits_upto(v: u64, q: u8, max: u8) -> Option<u8> {
+    (0..=max).find(|&d| decimal_exact(v, DecimalParams { d, q }).is_some())
+}
+
+/// Most digits the writer tries with a divisor: more would rarely be
+/// smaller than the XOR streams, and each try costs a division.
+pub(super) const MAX_DIVIDED_DIGITS: u8 = 6;
+
+/// The digit count a block's decimal stream uses with divisor `q`: the
+/// largest minimal digit count among the first [`DECIMAL_SAMPLE`] values
+/// that have one (values that need more digits, or are not finite, become
+/// exceptions). `None` when none of them is a short decimal.
+pub(super) fn decimal_digits(vals: &[u64], q: u8) -> Option<u8> {
+    vals.iter()
+        .take(DECIMAL_SAMPLE)
+        .filter_map(|&v| min_digits(v, q))
+        .max()
+}
+
+/// For blocks that are not short decimals: a divisor `q` in 2..=255 at
+/// which the block's first [`DECIMAL_SAMPLE`] values are mostly short
+/// decimals (at most [`MAX_DIVIDED_DIGITS`] digits) divided by `q` (rates
+/// such as `count / 15` or `sum / 3`, written at full precision). A
+/// divisor qualifies when the first finite non-zero sampled value and at
+/// least three quarters of the sampled values are; the one at which most
+/// sampled values are wins, then the one with the fewest digits, then the
+/// smallest.
+pub(super) fn decimal_divisor(vals: &[u64]) -> Option<DecimalParams> {
+    let sample = &vals[..vals.len().min(DECIMAL_SAMPLE)];
+    let &first = sample.iter().find(|&&v| {
+        let f = f64::from_bits(v);
+        f.is_finite() && f != 0.0
+    })?;
+    // (regular sampled values, params)
+    let mut best: Option<(usize, DecimalParams)> = None;
+    for q in 2..=255u8 {
+        let Some(d0) = min_digits_upto(first, q, MAX_DIVIDED_DIGITS) else {
+            continue;
+        };
+        let mut regular = 0;
+        let mut d = d0;
+        for &v in sample {
+            if let Some(dv) = min_digits_upto(v, q, MAX_DIVIDED_DIGITS) {
+                regular += 1;
+                d = d.max(dv);
+            }
+        }
+        let better = best.is_none_or(|(r, b)| regular > r || (regular == r && d < b.d));
+        if regular * 4 >= sample.len() * 3 && better {
+            best = Some((regular, DecimalParams { d, q }));
+            if regular == sample.len() && d == 0 {
+                break;
+            }
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// Values sampled to choose the decimal digit count and divisor.
+const DECIMAL_SAMPLE: usize = 16;
+
+/// Writes the decimal stream (divisor 1); returns the number of exceptions.
+fn decimal_encode(vals: &[u64], out: &mut Vec<u8>) -> usize {
+    let d = decimal_digits(vals, 1).unwrap_or(0);
+    decimal_encode_with(vals, DecimalParams { d, q: 1 }, out)
+}
+
+fn decimal_decode(data: &[u8], n: usize, base: u64, out: &mut Vec<u64>) -> Result<()> {
+    let mut c = Cur::new(data, base);
+    let b0 = c.u8()?;
+    let d = b0 & !DECIMAL_DIVIDED;
+    if d > MAX_DECIMALS {
+        return Err(TsfError::ValueOutOfRange {
+            offset: base,
+            field: "decimal digits",
+            found: u64::from(d),
+            max: u64::from(MAX_DECIMALS),
+        });
+    }
+    let q = if b0 & DECIMAL_DIVIDED != 0 {
+        let off = c.off();
+        let q = c.u8()?;
+        if q < 2 {
+            return Err(corrupt(off, "decimal divisor below 2"));
+        }
+        q
+    } else {
+        1
+    };
+    let scale = POW10[usize::from(d)];
+    let mut prev = 0i64;
+    for _ in 0..n {
+        let off = c.off();
+        let tok = c.varint()?;
+        if tok & 1 == 0 {
+            prev = prev.wrapping_add(unzz(tok >> 1));
+            out.push(decimal_value(prev, scale, q));
+        } else if tok == 1 {
+            out.push(c.u64()?);
+        } else {
+            return Err(corrupt(off, "invalid decimal token"));
+        }
+    }
+    c.expect_end("trailing bytes after decimal values")
+}
+
+pub(super) fn encode_vals(enc: u8, vals: &[u64], out: &mut Vec<u8>) {
+    out.clear();
+    match enc {
+        codec::VAL_RAW => {
+            for v in vals {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        codec::VAL_GORILLA => gorilla_encode(vals, out),
+        codec::VAL_XOR_SHUFFLE => {
+            let xs = vals
+                .iter()
+                .scan(0u64, |p, &v| Some(v ^ std::mem::replace(p, v)));
+            shuffle_encode(xs.collect::<Vec<_>>().into_iter(), out)
+        }
+        codec::VAL_DECIMAL => {
+            decimal_encode(vals, out);
+        }
+        _ => {
+            let ds = vals.iter().scan(0u64, |p, &v| {
+                Some(zz(v.wrapping_sub(std::mem::replace(p, v)) as i64))
+            });
+            shuffle_encode(ds.collect::<Vec<_>>().into_iter(), out)
+        }
+    }
+}
+
+pub(super) fn decode_vals(
+    enc: u8,
+    data: &[u8],
+    n: usize,
+    base: u64,
+    out: &mut Vec<u64>,
+) -> Result<()> {
+    match enc {
+        codec::VAL_RAW => {
+            if data.len() as u64 != (n as u64) * 8 {
+                return Err(TsfError::CountMismatch {
+                    offset: base,
+                    what: "raw value stream length",
+                    expected: (n as u64) * 8,
+                    found: data.len() as u64,
+                });
+            }
+            out.extend(
+                data.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+            );
+            Ok(())
+        }
+        codec::VAL_GORILLA => gorilla_decode(data, n, base, out),
+        codec::VAL_XOR_SHUFFLE => {
+            let mut prev = 0u64;
+            out.extend(shuffle_decode(data, n, base)?.map(|x| {
+                prev ^= x;
+                prev
+            }));
+            Ok(())
+        }
+        codec::VAL_DECIMAL => decimal_decode(data, n, base, out),
+        _ => {
+            let mut prev = 0u64;
+            out.extend(shuffle_decode(data, n, base)?.map(|z| {
+                prev = prev.wrapping_add(unzz(z) as u64);
+                prev
+            }));
+            Ok(())
+        }
+    }
+}
+
+/// Upper bound of any plain (uncompressed) stream for `n` points; used to
+/// bound zstd decompression.
+fn plain_stream_bound(n: usize) -> usize {
+    16 * n + 64
+}
+
+thread_local! {
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decompresses a zstd section (at most the plain bound of `n` points) with
+/// this thread's reused context.
+pub(super) fn unzstd(data: &[u8], n: usize, base: u64) -> Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        // Exactly one zstd frame: the decompressor would also take several
+        // frames back to back, or skippable ones.
+        if zstd::zstd_safe::find_frame_compressed_size(data) != Ok(data.len()) {
+            return Err(corrupt(base, "section is not exactly one zstd frame"));
+        }
+        let d = slot.as_mut().expect("set above");
+        d.decompress(data, plain_stream_bound(n))
+            .map_err(|_| corrupt(base, "zstd decompression failed"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zstd_section_is_exactly_one_frame() {
+        let one = zstd::bulk::compress(&[1u8; 64], 3).unwrap();
+        assert_eq!(unzstd(&one, 8, 0).unwrap(), vec![1u8; 64]);
+        let two = [one.as_slice(), one.as_slice()].concat();
+        let skippable = [one.as_slice(), &[0x50, 0x2A, 0x4D, 0x18, 0, 0, 0, 0]].concat();
+        for (what, bad) in [("two frames", two), ("a skippable frame after", skippable)] {
+            let e = unzstd(&bad, 16, 100).unwrap_err().to_string();
+            assert!(e.contains("not exactly one zstd frame"), "{what}: {e}");
+        }
+    }
+
+    #[test]
+    fn divided_decimal_stream_decodes_and_rejects_bad_headers() {
+        // d = 2, q = 3: 1234 -> (12.34 / 3), then +1 -> (12.35 / 3), then an
+        // exception (NaN bits).
+        let nan = f64::NAN.to_bits() | 5;
+        let mut data = vec![0x82, 3];
+        put_varint(&mut data, zz(1234) << 1);
+        put_varint(&mut data, zz(1) << 1);
+        data.push(1);
+        data.extend_from_slice(&nan.to_le_bytes());
+        let mut out = Vec::new();
+        decimal_decode(&data, 3, 0, &mut out).unwrap();
+        assert_eq!(
+            out,
+            [(12.34f64 / 3.0).to_bits(), (12.35f64 / 3.0).to_bits(), nan]
+        );
+        // A divisor below 2 and digits over 15 are corrupt.
+        for bad in [
+            vec![0x82u8, 1, 0],
+            vec![0x82, 0, 0],
+            vec![0x90, 0],
+            vec![0xa0, 3, 0],
+        ] {
+            let mut out = Vec::new();
+            assert!(decimal_decode(&bad, 1, 0, &mut out).is_err(), "{bad:02x?}");
+        }
+        // The writer's stream for the same values round-trips.
+        let vals = [out_of(12.34 / 3.0), out_of(12.35 / 3.0), nan];
+        let p = DecimalParams { d: 2, q: 3 };
+        let mut enc = Vec::new();
+        assert_eq!(decimal_encode_with(&vals, p, &mut enc), 1);
+        assert_eq!(enc, data);
+    }
+
+    fn out_of(f: f64) -> u64 {
+        f.to_bits()
+    }
+}
