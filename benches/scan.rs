@@ -4,7 +4,8 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tailor::datasource::listing::{Window, list_inputs};
-use tailor::datasource::source::{PayloadOptions, ScanLog};
+use tailor::datasource::options::PayloadOptions;
+use tailor::datasource::scan_log::ScanLog;
 use tailor::datasource::store::StoreRoot;
 use tailor::datasource::table::PayloadTable;
 use tailor::format::shard::ShardMap;

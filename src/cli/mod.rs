@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::datasource::source::CorruptPolicy;
+use crate::datasource::options::CorruptPolicy;
 use crate::job::JobError;
 
 #[derive(Debug, Parser)]

@@ -15,8 +15,10 @@ use datafusion::datasource::table_schema::TableSchema;
 use datafusion::physical_plan::ExecutionPlan;
 use object_store::{ObjectMeta, ObjectStore};
 
+use crate::datasource::options::PayloadOptions;
+use crate::datasource::scan_log::ScanLog;
 use crate::datasource::schema::payload_schema;
-use crate::datasource::source::{PayloadOptions, PayloadSource, ScanLog};
+use crate::datasource::source::PayloadSource;
 
 /// The payload file format (`.tsp`).
 #[derive(Debug, Clone)]

@@ -8,9 +8,7 @@ use crate::datasource::batch::DEFAULT_SLAB_BYTES;
 use crate::format::shard::ShardMap;
 
 /// What the scan does with a corrupt frame.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CorruptPolicy {
     /// Fail the scan with the precise error (default).

@@ -36,14 +36,14 @@
 //!   resynchronises with the same rule a range start uses, from the byte
 //!   after the corrupt frame's offset; a skipped region that runs past
 //!   `end` is extended after the scan to the first frame a later range
-//!   found ([`ScanLog::corrupt`](crate::datasource::source::ScanLog::corrupt));
+//!   found ([`ScanLog::corrupt`](crate::datasource::scan_log::ScanLog::corrupt));
 //! * the one case no local rule can settle: a corrupt body (skipped by its
 //!   length) that holds a well-formed frame which chains. A range starting
 //!   inside that body takes the inner frame. The scan log sees it after
 //!   the scan (the range's first frame lies before the previous range's
 //!   hand-over, [`ErrorKind::RangesOverlap`]) and the fail policy fails.
 //!   The skip policy never splits objects
-//!   ([`whole_files_spread`](crate::datasource::source::whole_files_spread)),
+//!   ([`whole_files_spread`](crate::datasource::partitions::whole_files_spread)),
 //!   so under it every object is one range from byte 0;
 //! * a local file shorter than the listed size (truncated after listing)
 //!   is read up to its real end and its missing tail reported as corruption.
@@ -233,7 +233,7 @@ pub enum Step {
     /// `skipped` bytes of it inside this range, after which the cursor
     /// resynchronised (or stopped). `open`: the region runs on past this
     /// range's end, up to the first frame a later range finds (see
-    /// [`ScanLog::corrupt`](crate::datasource::source::ScanLog::corrupt)).
+    /// [`ScanLog::corrupt`](crate::datasource::scan_log::ScanLog::corrupt)).
     Skipped {
         error: FormatError,
         skipped: u64,

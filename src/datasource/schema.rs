@@ -21,7 +21,7 @@
 //! `first_point` plus the position inside the `timestamps` / `values`
 //! lists. A row is a whole payload, except that the job has a payload
 //! whose decoded size is over
-//! [`split_above`](crate::datasource::source::split_above)`(`[`ROW_POINTS`](crate::datasource::source::ROW_POINTS)`)`
+//! [`split_above`](crate::datasource::options::split_above)`(`[`ROW_POINTS`](crate::datasource::options::ROW_POINTS)`)`
 //! (about 80 KiB: more than 1024 points and the largest metadata) split
 //! into rows of at most 1024 consecutive points (copied out of
 //! the decode buffer; only the last row carries the metadata, which is

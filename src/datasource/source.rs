@@ -8,7 +8,8 @@
 //! place ([`BatchBuilder`](crate::datasource::batch::BatchBuilder)); rows pass
 //! the pushed-down filters and the projection before they leave the scan.
 //! Corrupt frames fail the scan with a [`FrameError`] naming the object key
-//! and frame offset, or, under [`CorruptPolicy::Skip`], are counted and
+//! and frame offset, or, under
+//! [`CorruptPolicy::Skip`](crate::datasource::options::CorruptPolicy::Skip), are counted and
 //! recorded in the [`ScanLog`]. A corrupt frame body exactly where one range
 //! hands over to the next is only visible once both have been read:
 //! [`ScanLog::tiling_errors`] reports it after the scan, with its real
@@ -21,7 +22,6 @@
 //! The pieces live beside this module, one file per seam: the scan settings
 //! (`options`), the [`ScanLog`] and its tiling check (`scan_log`), partition
 //! planning (`partitions`) and the opener with its range reader (`opener`).
-//! Everything public is re-exported here.
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,14 +45,9 @@ use crate::datasource::batch::SlabPool;
 use crate::datasource::partitions::repartitioned;
 use crate::format::payload::FrameError;
 
-pub use crate::datasource::opener::{PayloadOpener, shard_of_key};
-pub use crate::datasource::options::{
-    CorruptPolicy, DEFAULT_RANGE_BYTES, PayloadOptions, ROW_POINTS, split_above,
-};
-pub use crate::datasource::partitions::whole_files_spread;
-pub use crate::datasource::scan_log::{
-    CorruptRecord, MisroutedRecord, RangeRecord, ScanLog, ScanTotals,
-};
+use crate::datasource::opener::PayloadOpener;
+use crate::datasource::options::PayloadOptions;
+use crate::datasource::scan_log::ScanLog;
 
 /// The payload format's [`FileSource`].
 #[derive(Clone)]

@@ -26,8 +26,9 @@ use datafusion::prelude::SessionContext;
 
 use crate::datasource::file_format::PayloadFormat;
 use crate::datasource::listing::InputObject;
+use crate::datasource::options::PayloadOptions;
+use crate::datasource::scan_log::ScanLog;
 use crate::datasource::schema::payload_schema;
-use crate::datasource::source::{PayloadOptions, ScanLog};
 use crate::datasource::store::StoreRoot;
 
 /// Payload files as a table.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::datasource::listing::{Hour, Window};
-use crate::datasource::source::{CorruptPolicy, DEFAULT_RANGE_BYTES};
+use crate::datasource::options::{CorruptPolicy, DEFAULT_RANGE_BYTES};
 use crate::format::shard::{Shard, ShardMap};
 use crate::format::tsf::{MAX_BLOCK_POINTS, WriterOptions, ZSTD_LEVELS};
 use crate::job::error::JobError;
@@ -413,7 +413,7 @@ impl MemoryBudget {
     }
 
     /// Rows per batch. A row is a payload (hundreds of points; at most
-    /// ~80 KiB, see [`ROW_POINTS`](crate::datasource::source::ROW_POINTS));
+    /// ~80 KiB, see [`ROW_POINTS`](crate::datasource::options::ROW_POINTS));
     /// under a limit, batches stay around 1/64 of the budget (at ~2 KiB a
     /// row) so that sorts, their merges and spill read-back always have
     /// room for the next one.

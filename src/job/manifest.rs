@@ -24,7 +24,7 @@ use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::datasource::listing::{InputObject, Window};
-use crate::datasource::source::CorruptPolicy;
+use crate::datasource::options::CorruptPolicy;
 use crate::datasource::store::StoreRoot;
 use crate::format::shard::ShardMap;
 use crate::format::tsf::WriterOptions;
@@ -236,7 +236,7 @@ impl Manifest {
     }
 
     /// Checks, before its data is used, that the manifest read from
-    /// `<shard>/<window>/` is that window's and adds up ([`Self::check`]).
+    /// `<shard>/<window>/` is that window's and adds up (see `check`).
     pub fn verify(&self, root: &StoreRoot, shard: &str, window: &str) -> Result<(), JobError> {
         let key = root.child(&format!("{shard}/{window}/{MANIFEST_NAME}"));
         if self.location != format!("{shard}/{window}") {

@@ -16,7 +16,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::datasource::source::ScanLog;
+use crate::datasource::scan_log::ScanLog;
 
 /// CPU time of this process (user + system).
 pub fn cpu_time() -> Duration {

@@ -43,9 +43,9 @@ use serde::Serialize;
 
 use crate::datasource::compact::RawPoints;
 use crate::datasource::listing::{Ignored, InputObject, Listing, Window, list_inputs};
-use crate::datasource::source::{
-    CorruptRecord, MisroutedRecord, PayloadOptions, ROW_POINTS, ScanLog, ScanTotals, frame_error,
-};
+use crate::datasource::options::{PayloadOptions, ROW_POINTS};
+use crate::datasource::scan_log::{CorruptRecord, MisroutedRecord, ScanLog, ScanTotals};
+use crate::datasource::source::frame_error;
 use crate::datasource::store::StoreRoot;
 use crate::datasource::table::PayloadTable;
 use crate::job::commit;

@@ -9,7 +9,9 @@
 use datafusion::prelude::SessionContext;
 use std::path::PathBuf;
 use tailor::datasource::listing::{Window, list_inputs};
-use tailor::datasource::source::{CorruptPolicy, PayloadOptions, ScanLog, frame_error};
+use tailor::datasource::options::{CorruptPolicy, PayloadOptions};
+use tailor::datasource::scan_log::ScanLog;
+use tailor::datasource::source::frame_error;
 use tailor::datasource::store::StoreRoot;
 use tailor::datasource::table::PayloadTable;
 use tailor::format::payload::{ErrorKind, Kind, PayloadSpec, PayloadWriter, encode_payload};

@@ -372,7 +372,7 @@ fn corrupt_input_skipped_gives_the_same_bytes_and_list_at_every_split() {
         let mut c = cfg(&input, &out, &shard);
         c.target_partitions = parts;
         c.range_bytes = range;
-        c.on_corrupt = tailor::datasource::source::CorruptPolicy::Skip;
+        c.on_corrupt = tailor::datasource::options::CorruptPolicy::Skip;
         let r = run(&c).unwrap();
         let corrupt: Vec<String> = r
             .corrupt
@@ -599,7 +599,7 @@ fn corrupt_input_fails_with_key_and_offset_or_is_skipped_and_listed() {
     );
     assert!(list_manifests(&out).is_empty(), "nothing committed");
     let mut c = cfg(&input, &out, &shard);
-    c.on_corrupt = tailor::datasource::source::CorruptPolicy::Skip;
+    c.on_corrupt = tailor::datasource::options::CorruptPolicy::Skip;
     let r = run(&c).unwrap();
     assert_eq!(r.corrupt.len(), 1);
     assert!(victim.to_str().unwrap().ends_with(&r.corrupt[0].key));
@@ -1035,7 +1035,7 @@ fn payload_files_outside_the_layout_are_listed_and_warned_about_not_read() {
 /// point wins) and the output is the same with and without a limit.
 #[test]
 fn payloads_of_the_maximum_size_run_under_a_small_limit_with_the_same_bytes() {
-    use tailor::datasource::source::ROW_POINTS;
+    use tailor::datasource::options::ROW_POINTS;
     let tmp = tempdir();
     let input = tmp.path().join("in");
     let shard = "org-mod-7";

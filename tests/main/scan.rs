@@ -8,7 +8,8 @@ use datafusion::arrow::datatypes::{Int64Type, UInt64Type};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tailor::datasource::batch::{BatchBuilder, SlabPool};
 use tailor::datasource::listing::{Window, list_inputs};
-use tailor::datasource::source::{PayloadOptions, ScanLog};
+use tailor::datasource::options::PayloadOptions;
+use tailor::datasource::scan_log::ScanLog;
 use tailor::datasource::store::StoreRoot;
 use tailor::datasource::table::PayloadTable;
 use tailor::format::payload::{Decoder, check_body, parse_frame_prefix, parse_payload};
@@ -375,7 +376,7 @@ fn corrupt_payloads_mid_batch_under_the_skip_policy_never_panic() {
         let root = StoreRoot::open(tmp.path().to_str().unwrap()).unwrap();
         let listing = list_inputs(&root, None, &Window::default()).await.unwrap();
         let mut opts = PayloadOptions::new(shard_map());
-        opts.on_corrupt = tailor::datasource::source::CorruptPolicy::Skip;
+        opts.on_corrupt = tailor::datasource::options::CorruptPolicy::Skip;
         opts.slab_bytes = 64;
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_batch_size(3));
         let log = PayloadTable::new(&root, listing.objects, opts, ScanLog::new())
@@ -419,7 +420,7 @@ fn a_limit_is_not_taken_for_corruption() {
 async fn scan_after(
     root: &StoreRoot,
     range: u64,
-    policy: tailor::datasource::source::CorruptPolicy,
+    policy: tailor::datasource::options::CorruptPolicy,
     damage: impl FnOnce(),
 ) -> (
     Result<u64, datafusion::error::DataFusionError>,
@@ -450,7 +451,8 @@ async fn scan_after(
 
 #[test]
 fn a_file_truncated_after_listing_is_reported_not_a_panic() {
-    use tailor::datasource::source::{CorruptPolicy, frame_error};
+    use tailor::datasource::options::CorruptPolicy;
+    use tailor::datasource::source::frame_error;
     use tailor::format::payload::ErrorKind;
     let mut rng = Rng(13);
     let payloads: Vec<P> = (0..30).map(|_| random_payload(&mut rng, 7, 30)).collect();
@@ -514,7 +516,8 @@ fn a_file_truncated_after_listing_is_reported_not_a_panic() {
 #[test]
 fn a_remote_object_replaced_after_listing_fails_the_scan() {
     use object_store::{ObjectStoreExt, PutPayload};
-    use tailor::datasource::source::{CorruptPolicy, frame_error};
+    use tailor::datasource::options::CorruptPolicy;
+    use tailor::datasource::source::frame_error;
     let mut rng = Rng(32);
     let payloads: Vec<P> = (0..30).map(|_| random_payload(&mut rng, 7, 30)).collect();
     let (file, offsets) = file_of(&payloads);
@@ -550,7 +553,8 @@ fn a_remote_object_replaced_after_listing_fails_the_scan() {
 
 #[test]
 fn a_file_gone_after_listing_is_an_io_error() {
-    use tailor::datasource::source::{CorruptPolicy, frame_error};
+    use tailor::datasource::options::CorruptPolicy;
+    use tailor::datasource::source::frame_error;
     let mut rng = Rng(14);
     let (file, _) = file_of(&[random_payload(&mut rng, 7, 30)]);
     let tmp = tempdir();

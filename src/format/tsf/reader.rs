@@ -188,7 +188,17 @@ mod tests {
         ));
         // Cutting the file anywhere must fail cleanly.
         for cut in 0..bytes.len() {
-            assert!(read_all(&bytes[..cut]).is_err());
+            let e = read_all(&bytes[..cut]).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    TsfError::Truncated { .. }
+                        | TsfError::BadMagic { .. }
+                        | TsfError::ChecksumMismatch { .. }
+                        | TsfError::Corrupt { .. }
+                ),
+                "cut at {cut}: {e}"
+            );
         }
     }
 

@@ -430,14 +430,15 @@ mod tests {
             [(12.34f64 / 3.0).to_bits(), (12.35f64 / 3.0).to_bits(), nan]
         );
         // A divisor below 2 and digits over 15 are corrupt.
-        for bad in [
-            vec![0x82u8, 1, 0],
-            vec![0x82, 0, 0],
-            vec![0x90, 0],
-            vec![0xa0, 3, 0],
+        for (bad, want) in [
+            (vec![0x82u8, 1, 0], "decimal divisor below 2"),
+            (vec![0x82, 0, 0], "decimal divisor below 2"),
+            (vec![0x90, 0], "decimal digits"),
+            (vec![0xa0, 3, 0], "decimal digits"),
         ] {
             let mut out = Vec::new();
-            assert!(decimal_decode(&bad, 1, 0, &mut out).is_err(), "{bad:02x?}");
+            let e = decimal_decode(&bad, 1, 0, &mut out).unwrap_err();
+            assert!(e.to_string().contains(want), "{bad:02x?}: {e}");
         }
         // The writer's stream for the same values round-trips.
         let vals = [out_of(12.34 / 3.0), out_of(12.35 / 3.0), nan];
