@@ -240,53 +240,57 @@ fn report(listing: &Listing, log: &ScanLog) {
     }
 }
 
+/// Streams the query's result into `path`. CSV and JSON (one object per
+/// line) go through DataFusion's own file sinks (`DataFrame::write_csv` /
+/// `write_json`, one file); Parquet through arrow's `ArrowWriter`, because
+/// `DataFrame::write_parquet` needs DataFusion's `parquet` feature, which
+/// links its whole Parquet datasource for this one write.
 async fn write_stream(
     df: datafusion::dataframe::DataFrame,
     format: OutputFormat,
     path: &std::path::Path,
 ) -> Result<u64, JobError> {
+    use datafusion::dataframe::DataFrameWriteOptions;
     use futures::StreamExt;
-    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-    let mut stream = df.execute_stream().await?;
-    let file = std::fs::File::create(path)?;
-    let mut rows = 0u64;
-    let arrow = datafusion::error::DataFusionError::from;
-    match format {
+    let target = std::path::absolute(path)?;
+    let target = target
+        .to_str()
+        .ok_or_else(|| JobError::Config(format!("--out {}: not a UTF-8 path", path.display())))?;
+    let one_file = || DataFrameWriteOptions::new().with_single_file_output(true);
+    let counted = match format {
+        // (Table with --out is refused by `validate`.)
+        OutputFormat::Csv | OutputFormat::Table => df.write_csv(target, one_file(), None).await?,
+        OutputFormat::Json => df.write_json(target, one_file(), None).await?,
         OutputFormat::Parquet => {
+            let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+            let mut stream = df.execute_stream().await?;
+            let file = std::fs::File::create(path)?;
             let props = parquet::file::properties::WriterProperties::builder()
                 .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
                 .build();
-            let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, Some(props))
-                .map_err(|e| JobError::Output(format!("parquet: {e}")))?;
+            let parquet = |e: parquet::errors::ParquetError| {
+                JobError::Output(format!("parquet {}: {e}", path.display()))
+            };
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(file, schema, Some(props)).map_err(parquet)?;
+            let mut rows = 0u64;
             while let Some(b) = stream.next().await {
                 let b = b?;
                 rows += b.num_rows() as u64;
-                w.write(&b)
-                    .map_err(|e| JobError::Output(format!("parquet: {e}")))?;
+                w.write(&b).map_err(parquet)?;
             }
-            w.close()
-                .map_err(|e| JobError::Output(format!("parquet: {e}")))?;
+            w.close().map_err(parquet)?;
+            return Ok(rows);
         }
-        OutputFormat::Csv | OutputFormat::Table => {
-            // (Table with --out is refused by `validate`.)
-            let mut w = datafusion::arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(file);
-            while let Some(b) = stream.next().await {
-                let b = b?;
-                rows += b.num_rows() as u64;
-                w.write(&b).map_err(arrow)?;
-            }
-        }
-        OutputFormat::Json => {
-            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(file);
-            while let Some(b) = stream.next().await {
-                let b = b?;
-                rows += b.num_rows() as u64;
-                w.write(&b).map_err(arrow)?;
-            }
-            w.finish().map_err(arrow)?;
-        }
-    }
-    Ok(rows)
+    };
+    // The sinks answer with one row: the count of rows written.
+    Ok(counted
+        .iter()
+        .filter_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+        })
+        .map(|c| c.iter().flatten().sum::<u64>())
+        .sum())
 }

@@ -723,3 +723,44 @@ fn query_under_skip_gives_the_same_rows_when_a_range_starts_inside_a_corrupt_bod
     assert_eq!(outputs[1], outputs[0]);
     assert_eq!(outputs[2], outputs[0]);
 }
+
+/// `query --out` writes one file of every row, whatever the format: CSV
+/// with a header and JSON lines through DataFusion's sinks, Parquet
+/// through arrow's writer.
+#[test]
+fn query_out_writes_every_row_as_csv_json_or_parquet() {
+    let mut rng = Rng(41);
+    let payloads: Vec<P> = (0..40).map(|_| random_payload(&mut rng, 7, 20)).collect();
+    let (file, _) = file_of(&payloads);
+    let tmp = tempdir();
+    put_file(&tmp, &file);
+    let input = tmp.path().to_str().unwrap().to_string();
+    let rt = rt();
+    let sql = "SELECT frame_offset, org_id, n_points FROM payloads ORDER BY frame_offset";
+    let out = |format, name: &str| {
+        let path = tmp.path().join(name);
+        let mut args = query_args(&input, sql);
+        args.format = format;
+        args.out = Some(path.clone());
+        rt.block_on(tailor::cli::query::main(args)).unwrap();
+        path
+    };
+    use tailor::cli::query::OutputFormat;
+    let csv = std::fs::read_to_string(out(OutputFormat::Csv, "rows.csv")).unwrap();
+    assert_eq!(csv.lines().next(), Some("frame_offset,org_id,n_points"));
+    assert_eq!(csv.lines().count(), 1 + payloads.len());
+    let json = std::fs::read_to_string(out(OutputFormat::Json, "rows.json")).unwrap();
+    assert_eq!(json.lines().count(), payloads.len());
+    assert!(
+        json.starts_with("{\"frame_offset\":0,\"org_id\":7,"),
+        "{json}"
+    );
+    let pq = std::fs::File::open(out(OutputFormat::Parquet, "rows.parquet")).unwrap();
+    let rows: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(pq)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .sum();
+    assert_eq!(rows, payloads.len());
+}
