@@ -9,6 +9,7 @@ use crate::cli::parse_hour;
 use crate::datasource::listing::Hour;
 use crate::job::JobError;
 use crate::job::diff::{DiffConfig, diff};
+use crate::job::error::IoContext;
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
@@ -69,7 +70,8 @@ pub async fn main(a: DiffArgs) -> Result<ExitCode, JobError> {
     };
     let report = diff(&cfg).await?;
     if let Some(p) = &a.report {
-        std::fs::write(p, serde_json::to_string_pretty(&report).expect("json"))?;
+        std::fs::write(p, serde_json::to_string_pretty(&report).expect("json"))
+            .at(format_args!("writing report {}", p.display()))?;
     }
     // The verdict is the exit code: a reader that stops reading the
     // summary (`| head`) does not change it.
@@ -81,7 +83,7 @@ pub async fn main(a: DiffArgs) -> Result<ExitCode, JobError> {
             .and_then(|()| out.flush())
             && e.kind() != std::io::ErrorKind::BrokenPipe
         {
-            return Err(e.into());
+            return Err(JobError::io("writing to stdout", e));
         }
     }
     Ok(if report.identical() {

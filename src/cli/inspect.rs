@@ -28,7 +28,12 @@ pub struct InspectArgs {
 }
 
 pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
-    let bytes = map_file(&a.path)?;
+    let bytes = map_file(&a.path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            JobError::Config(format!("{} does not exist", a.path.display()))
+        }
+        _ => JobError::io(format_args!("reading {}", a.path.display()), e),
+    })?;
     if a.path.extension().is_some_and(|e| e == "json") {
         let m = Manifest::parse(&bytes, &a.path.display().to_string())?;
         println!(
@@ -74,15 +79,12 @@ pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
             .unwrap_or(std::path::Path::new("."))
             .join(&f.path);
         let bytes = map_file(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => JobError::Output(format!(
+            std::io::ErrorKind::NotFound => JobError::BadOutput(format!(
                 "data file {} named by {}: {e}",
                 path.display(),
                 a.path.display()
             )),
-            _ => JobError::Io(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", path.display()),
-            )),
+            _ => JobError::io(format_args!("reading {}", path.display()), e),
         })?;
         return show_series(&open(&bytes, &path)?, &path, key, a.limit);
     }
@@ -94,10 +96,7 @@ pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
     }
     let points: u64 = series.iter().map(|s| s.n_points).sum();
     if a.stats {
-        return stats(&bytes, &reader, points).map_err(|e| match e {
-            JobError::Tsf(e) => data_file_error(a.path.display(), e),
-            e => e,
-        });
+        return stats(&bytes, &reader, points).map_err(|e| data_file_error(a.path.display(), e));
     }
     println!(
         "{}: {} bytes, {} series, {} points ({:.2} bytes/point)",
@@ -176,7 +175,11 @@ fn show_series(
 }
 
 /// `--stats`: where a file's bytes go, by codec.
-fn stats(bytes: &[u8], reader: &tsf::FileReader<'_>, points: u64) -> Result<ExitCode, JobError> {
+fn stats(
+    bytes: &[u8],
+    reader: &tsf::FileReader<'_>,
+    points: u64,
+) -> Result<ExitCode, tsf::TsfError> {
     // codec -> (blocks, points, timestamp section bytes, value section bytes)
     let mut by_codec = std::collections::BTreeMap::<u8, [u64; 4]>::new();
     for s in reader.footer().series() {

@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 use crate::datasource::options::CorruptPolicy;
 use crate::job::JobError;
+use crate::job::error::ErrorClass;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -93,30 +94,18 @@ pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_DATA: u8 = 65;
 pub const EXIT_SOFTWARE: u8 = 70;
 pub const EXIT_IO: u8 = 74;
+/// Another run of the same shard window committed first (sysexits'
+/// EX_TEMPFAIL): nothing of this run is visible.
+pub const EXIT_LOST_RACE: u8 = 75;
 
 /// The exit code for a job error.
 pub fn exit_code(e: &JobError) -> u8 {
-    match e {
-        JobError::Config(_) | JobError::Store(_) | JobError::MemoryLimit(..) => EXIT_USAGE,
-        JobError::Corrupt(..)
-        | JobError::Misrouted(..)
-        | JobError::Tsf(_)
-        | JobError::Output(_) => EXIT_DATA,
-        JobError::ObjectStore(_) | JobError::Io(_) => EXIT_IO,
-        JobError::DataFusion(d) => {
-            if crate::datasource::source::frame_error(d).is_some() {
-                EXIT_DATA
-            } else if matches!(
-                d.find_root(),
-                datafusion::error::DataFusionError::ObjectStore(_)
-                    | datafusion::error::DataFusionError::IoError(_)
-            ) {
-                EXIT_IO
-            } else {
-                EXIT_SOFTWARE
-            }
-        }
-        JobError::Internal(_) => EXIT_SOFTWARE,
+    match e.class() {
+        ErrorClass::Usage => EXIT_USAGE,
+        ErrorClass::Data => EXIT_DATA,
+        ErrorClass::Internal => EXIT_SOFTWARE,
+        ErrorClass::Io => EXIT_IO,
+        ErrorClass::LostRace => EXIT_LOST_RACE,
     }
 }
 
@@ -194,7 +183,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
 }
 
 fn is_broken_pipe(e: &JobError) -> bool {
-    matches!(e, JobError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+    matches!(e, JobError::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 pub use crate::job::config::load_shard_map;
@@ -208,18 +197,79 @@ pub fn parse_hour(s: &str) -> Result<crate::datasource::listing::Hour, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::error::DataFusionError as D;
 
     #[test]
-    fn a_memory_limit_too_small_is_a_usage_error() {
-        let e = JobError::MemoryLimit("--memory-limit 1.0 MiB".into());
-        assert_eq!(exit_code(&e), EXIT_USAGE);
-        let wrapped = JobError::DataFusion(datafusion::error::DataFusionError::External(Box::new(
-            JobError::Output("x".into()),
-        )));
+    fn every_error_class_has_its_exit_code() {
+        let io = || std::io::Error::other("disk full");
+        let store = || crate::datasource::error::StoreOpError {
+            op: "PUT",
+            target: "s3://b/k".into(),
+            source: object_store::Error::Generic {
+                store: "S3",
+                source: "503 Slow Down".into(),
+            },
+        };
+        let cases: Vec<(JobError, u8)> = vec![
+            (JobError::Config("x".into()), EXIT_USAGE),
+            (
+                JobError::MemoryLimit("--memory-limit 1.0 MiB".into()),
+                EXIT_USAGE,
+            ),
+            (JobError::Misrouted(3), EXIT_DATA),
+            (JobError::BadOutput("x".into()), EXIT_DATA),
+            (
+                JobError::io("writing staged file /s/part-00000.tsf", io()),
+                EXIT_IO,
+            ),
+            (JobError::ObjectStore(store()), EXIT_IO),
+            (JobError::LostRace("x".into()), EXIT_LOST_RACE),
+            (JobError::Internal("x".into()), EXIT_SOFTWARE),
+            // Through DataFusion: what is inside decides.
+            (
+                JobError::DataFusion(D::External(Box::new(store()))),
+                EXIT_IO,
+            ),
+            (
+                JobError::DataFusion(D::External(Box::new(JobError::BadOutput("x".into())))),
+                EXIT_DATA,
+            ),
+            (JobError::DataFusion(D::IoError(io())), EXIT_IO),
+            (
+                JobError::DataFusion(D::ResourcesExhausted("pool".into())),
+                EXIT_USAGE,
+            ),
+            (
+                JobError::DataFusion(D::Execution("x".into())),
+                EXIT_SOFTWARE,
+            ),
+            (
+                JobError::DataFusion(D::Context(
+                    "c".into(),
+                    Box::new(D::External(Box::new(store()))),
+                )),
+                EXIT_IO,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(exit_code(&e), code, "{e:?}");
+        }
+        let wrapped = JobError::DataFusion(D::External(Box::new(JobError::BadOutput(
+            "manifest m: bad".into(),
+        ))));
         assert_eq!(
             wrapped.to_string(),
-            "output x",
+            "manifest m: bad",
             "no 'External error:' prefix"
+        );
+        let e = JobError::io("writing staged file /s/part-00000.tsf", io());
+        assert_eq!(
+            e.to_string(),
+            "writing staged file /s/part-00000.tsf: disk full"
+        );
+        assert_eq!(
+            JobError::ObjectStore(store()).to_string(),
+            "PUT s3://b/k: Generic S3 error: 503 Slow Down"
         );
     }
 }

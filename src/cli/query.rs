@@ -16,6 +16,7 @@ use crate::datasource::store::StoreRoot;
 use crate::datasource::table::PayloadTable;
 use crate::job::JobError;
 use crate::job::config::parse_size;
+use crate::job::error::IoContext;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OutputFormat {
@@ -195,7 +196,7 @@ pub async fn main(a: QueryArgs) -> Result<ExitCode, JobError> {
         OutputFormat::Table => {
             let t = pretty_format_batches(&batches)
                 .map_err(datafusion::error::DataFusionError::from)?;
-            writeln!(out, "{t}")?;
+            writeln!(out, "{t}").at("writing to stdout")?;
         }
         OutputFormat::Csv => {
             let mut w = datafusion::arrow::csv::WriterBuilder::new()
@@ -214,7 +215,7 @@ pub async fn main(a: QueryArgs) -> Result<ExitCode, JobError> {
             }
             w.finish()
                 .map_err(datafusion::error::DataFusionError::from)?;
-            writeln!(out)?;
+            writeln!(out).at("writing to stdout")?;
         }
     }
     report(&listing, &log);
@@ -252,7 +253,7 @@ async fn write_stream(
 ) -> Result<u64, JobError> {
     use datafusion::dataframe::DataFrameWriteOptions;
     use futures::StreamExt;
-    let target = std::path::absolute(path)?;
+    let target = std::path::absolute(path).at(format_args!("--out {}", path.display()))?;
     let target = target
         .to_str()
         .ok_or_else(|| JobError::Config(format!("--out {}: not a UTF-8 path", path.display())))?;
@@ -264,12 +265,16 @@ async fn write_stream(
         OutputFormat::Parquet => {
             let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
             let mut stream = df.execute_stream().await?;
-            let file = std::fs::File::create(path)?;
+            let file =
+                std::fs::File::create(path).at(format_args!("creating {}", path.display()))?;
             let props = parquet::file::properties::WriterProperties::builder()
                 .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
                 .build();
             let parquet = |e: parquet::errors::ParquetError| {
-                JobError::Output(format!("parquet {}: {e}", path.display()))
+                JobError::io(
+                    format_args!("writing {}", path.display()),
+                    std::io::Error::other(e),
+                )
             };
             let mut w =
                 parquet::arrow::ArrowWriter::try_new(file, schema, Some(props)).map_err(parquet)?;

@@ -129,10 +129,10 @@ pub async fn main(a: RunArgs) -> Result<ExitCode, JobError> {
         if let Err(e) = written {
             // The job's own error, if any, matters more than the report's.
             result?;
-            return Err(JobError::Io(std::io::Error::new(
-                e.kind(),
-                format!("writing report {}: {e}", path.display()),
-            )));
+            return Err(JobError::io(
+                format_args!("writing report {}", path.display()),
+                e,
+            ));
         }
     }
     if a.json {

@@ -13,6 +13,7 @@ use futures::TryStreamExt;
 use object_store::ObjectMeta;
 use serde::Serialize;
 
+use crate::datasource::error::StoreOpError;
 use crate::datasource::store::StoreRoot;
 
 /// A UTC hour, `YYYY-MM-DDTHH`; orders as time does.
@@ -176,12 +177,21 @@ pub async fn list_inputs(
     root: &StoreRoot,
     shard: Option<&str>,
     window: &Window,
-) -> Result<Listing, object_store::Error> {
+) -> Result<Listing, StoreOpError> {
     let prefix = match shard {
         Some(s) => root.child(s),
         None => root.prefix.clone(),
     };
-    let metas: Vec<ObjectMeta> = root.store.list(Some(&prefix)).try_collect().await?;
+    let metas: Vec<ObjectMeta> =
+        root.store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|source| StoreOpError {
+                op: "LIST",
+                target: format!("{}/", root.display_of(&prefix)),
+                source,
+            })?;
     let mut listing = Listing::default();
     for meta in metas {
         let key = meta.location.to_string();

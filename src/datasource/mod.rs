@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod compact;
+pub mod error;
 pub mod file_format;
 pub mod listing;
 pub mod opener;

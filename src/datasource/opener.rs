@@ -15,6 +15,7 @@ use futures::StreamExt;
 use object_store::ObjectStore;
 
 use crate::datasource::batch::{BatchBuilder, chunk_len};
+use crate::datasource::error::StoreOpError;
 use crate::datasource::options::{CorruptPolicy, split_above};
 use crate::datasource::reader::{CursorError, FrameCursor, ObjectBytes, Step};
 use crate::datasource::scan_log::{CorruptRecord, LocalLog, MisroutedRecord, RangeRecord};
@@ -339,8 +340,11 @@ impl RangeScan {
                     continue;
                 }
                 Err(CursorError::Io { range, source }) => {
-                    return Err(DataFusionError::ObjectStore(Box::new(source))
-                        .context(format!("reading {:?} bytes {range:?}", self.key)));
+                    return Err(DataFusionError::External(Box::new(StoreOpError {
+                        op: "GET",
+                        target: format!("{} bytes {range:?}", self.key),
+                        source,
+                    })));
                 }
             };
             match step {

@@ -55,6 +55,10 @@ pub struct StoreRoot {
     /// The local filesystem, reached directly: objects can be
     /// memory-mapped and staged files renamed into place.
     pub local: bool,
+    /// A `file://` root: object `p` is the local file `/p`, whatever store
+    /// reaches it (commits lock the window's directory, as the local
+    /// filesystem has no conditional update).
+    pub filesystem: bool,
     /// The URL as given, for reports.
     pub display: String,
 }
@@ -132,6 +136,7 @@ impl StoreRoot {
                     store_url: ObjectStoreUrl::local_filesystem(),
                     prefix,
                     local: true,
+                    filesystem: true,
                     display: url.to_string(),
                 });
             }
@@ -167,6 +172,7 @@ impl StoreRoot {
     /// even for a `file://` URL.
     pub fn with_store(store: Arc<dyn ObjectStore>, url: &str) -> Result<Self, StoreError> {
         let parsed = parse(url)?;
+        let scheme = ObjectStoreScheme::parse(&parsed).map(|(s, _)| s);
         let path = match ObjectStoreScheme::parse(&parsed) {
             Ok((ObjectStoreScheme::Local, _)) => {
                 let p = parsed.to_file_path().map_err(|_| StoreError::BadUrl {
@@ -184,7 +190,9 @@ impl StoreRoot {
                 reason: e.to_string(),
             })?,
         };
-        Self::remote(store, url, &parsed, path)
+        let mut root = Self::remote(store, url, &parsed, path)?;
+        root.filesystem = matches!(scheme, Ok(ObjectStoreScheme::Local));
+        Ok(root)
     }
 
     fn remote(
@@ -207,6 +215,7 @@ impl StoreRoot {
             store_url,
             prefix,
             local: false,
+            filesystem: false,
             display: url.to_string(),
         })
     }
@@ -218,6 +227,18 @@ impl StoreRoot {
             p = p.clone().join(part);
         }
         p
+    }
+
+    /// `location` as a URL a person can find it by, for errors: the root's
+    /// URL and the path below it.
+    pub fn display_of(&self, location: &Path) -> String {
+        match self.relative(location) {
+            Some(rel) if !rel.is_empty() => {
+                format!("{}/{rel}", self.display.trim_end_matches('/'))
+            }
+            Some(_) => self.display.clone(),
+            None => location.to_string(),
+        }
     }
 
     /// The path of `location` relative to the root, if it lies below it.

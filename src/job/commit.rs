@@ -3,6 +3,16 @@
 //! rename), then the manifest is written with one conditional put: that
 //! put *is* the commit. Data of other runs of the window is removed after
 //! it, best effort.
+//!
+//! The put is conditional on the manifest the run found when it started
+//! ([`Base`]): `PutMode::Create` when there was none, `PutMode::Update`
+//! with its ETag and version otherwise. When two runs of one window race,
+//! the first to commit wins; the other's put fails its precondition and
+//! the run fails with [`JobError::LostRace`] (exit 75), removing nothing.
+//! A local filesystem has no conditional update: there the run holds an
+//! exclusive lock (`flock(2)`) on the window's directory while it checks
+//! that the manifest is still the one it started from and renames its own
+//! into place.
 
 use std::sync::Arc;
 
@@ -10,42 +20,81 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
 use tokio::io::AsyncWriteExt;
 
 use crate::datasource::store::StoreRoot;
 use crate::job::encode::Staged;
-use crate::job::error::JobError;
-use crate::job::manifest::{MANIFEST_NAME, Manifest, read_manifest, read_manifest_at};
+use crate::job::error::{IoContext, JobError, StoreContext};
+use crate::job::faults::fail_point;
+use crate::job::manifest::{MANIFEST_NAME, Manifest, read_manifest, read_stored};
 
-async fn put_file(
-    store: &Arc<dyn ObjectStore>,
-    path: &Path,
-    local: &std::path::Path,
-) -> Result<(), JobError> {
-    let len = std::fs::metadata(local)?.len();
-    if len <= 32 << 20 {
-        let bytes = std::fs::read(local)?;
-        store
+/// Files up to this size are uploaded with one PUT, bigger ones in parts.
+pub const SINGLE_PUT_MAX: u64 = 32 << 20;
+
+/// Uploads one staged file: one put, or a multipart upload that completes
+/// atomically. A failed multipart upload is aborted, so that no incomplete
+/// upload is left to be billed until a lifecycle rule finds it.
+async fn put_file(root: &StoreRoot, path: &Path, local: &std::path::Path) -> Result<(), JobError> {
+    let shown = root.display_of(path);
+    let reading = format_args!("reading staged file {}", local.display()).to_string();
+    let len = std::fs::metadata(local).at(&reading)?.len();
+    if len <= SINGLE_PUT_MAX {
+        let bytes = std::fs::read(local).at(&reading)?;
+        root.store
             .put(path, PutPayload::from(Bytes::from(bytes)))
-            .await?;
+            .await
+            .op("PUT", &shown)?;
         return Ok(());
     }
-    // Multipart: the object appears atomically when the upload completes.
-    // A failed upload is aborted, so that no incomplete multipart upload
-    // is left to be billed until a lifecycle rule finds it.
-    let mut w = BufWriter::new(Arc::clone(store), path.clone());
+    let mut w = BufWriter::new(Arc::clone(&root.store), path.clone());
+    let mut f = tokio::fs::File::open(local).await.at(&reading)?;
+    // Reading the staged file and writing the upload fail differently (74
+    // both, but a reader of the error wants to know which side).
     let copied = async {
-        let mut f = tokio::fs::File::open(local).await?;
-        tokio::io::copy(&mut f, &mut w).await?;
-        w.shutdown().await
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf)
+                .await
+                .at(&reading)?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n])
+                .await
+                .map_err(|e| upload_error(&shown, e))?;
+        }
+        w.shutdown().await.map_err(|e| upload_error(&shown, e))
     }
     .await;
     if let Err(e) = copied {
-        let _ = w.abort().await;
-        return Err(e.into());
+        return Err(match w.abort().await {
+            Ok(()) => e,
+            Err(abort) => JobError::Internal(format!(
+                "{e}; aborting the multipart upload of {shown} failed too ({abort}): an \
+                 incomplete upload is left for the bucket's lifecycle rule"
+            )),
+        });
     }
     Ok(())
+}
+
+/// An error of a multipart upload (object_store's `BufWriter` reports them
+/// as I/O errors wrapping the store's).
+fn upload_error(shown: &str, e: std::io::Error) -> JobError {
+    match e.into_inner().map(|b| b.downcast::<object_store::Error>()) {
+        Some(Ok(store)) => Err::<(), _>(*store)
+            .op("PUT (multipart)", shown)
+            .unwrap_err(),
+        Some(Err(other)) => JobError::io(
+            format_args!("PUT (multipart) {shown}"),
+            std::io::Error::other(other),
+        ),
+        None => JobError::io(
+            format_args!("PUT (multipart) {shown}"),
+            std::io::Error::other("failed"),
+        ),
+    }
 }
 
 /// Moves the staged data files to their final paths, each one atomically.
@@ -54,12 +103,13 @@ async fn put_file(
 /// is usually on the same filesystem); otherwise each file is uploaded (one
 /// put, or a multipart upload that completes atomically).
 pub async fn upload_files(root: &StoreRoot, m: &Manifest, staged: &Staged) -> Result<(), JobError> {
-    for (f, s) in m.files.iter().zip(&staged.files) {
+    for (k, (f, s)) in m.files.iter().zip(&staged.files).enumerate() {
+        fail_point(&format!("upload.{k}"))?;
         let path = root.child(&format!("{}/{}", m.location, f.path));
         if root.local && rename_local(root, &s.local, &path).await {
             continue;
         }
-        put_file(&root.store, &path, &s.local).await?;
+        put_file(root, &path, &s.local).await?;
     }
     Ok(())
 }
@@ -78,6 +128,73 @@ async fn rename_local(root: &StoreRoot, local: &std::path::Path, to: &Path) -> b
     root.store.rename(&from, to).await.is_ok()
 }
 
+/// The commit a run found when it started, and will replace.
+#[derive(Debug, Clone)]
+pub enum Base {
+    /// No manifest: the run's put must create it.
+    Absent,
+    /// A manifest: the run's put must replace exactly this version of it.
+    Present {
+        version: UpdateVersion,
+        /// Its run id (`None`: its bytes are not a manifest).
+        run_id: Option<String>,
+        /// When it was written (store time, ms since the epoch).
+        committed_at_ms: i64,
+    },
+}
+
+impl Base {
+    /// Reads the commit of `location` (`<shard>/<window>`) as it is now.
+    /// A manifest that cannot be read is an error; one whose bytes do not
+    /// parse is a commit of an unknown run (replaced, its files left to
+    /// the grace period), reported by the caller.
+    pub async fn read(
+        root: &StoreRoot,
+        location: &str,
+    ) -> Result<(Base, Option<String>), JobError> {
+        let (shard, window) = split_location(location)?;
+        Ok(match read_stored(root, shard, window).await? {
+            None => (Base::Absent, None),
+            Some(s) => {
+                let (run_id, warning) = match s.manifest {
+                    Ok(m) => (Some(m.run_id), None),
+                    Err(e) => (
+                        None,
+                        Some(format!(
+                            "the committed manifest of {location} does not parse ({e}); \
+                             it is replaced, and its data files are left to the grace period"
+                        )),
+                    ),
+                };
+                (
+                    Base::Present {
+                        version: UpdateVersion {
+                            e_tag: s.meta.e_tag,
+                            version: s.meta.version,
+                        },
+                        run_id,
+                        committed_at_ms: s.meta.last_modified.timestamp_millis(),
+                    },
+                    warning,
+                )
+            }
+        })
+    }
+
+    fn e_tag(&self) -> Option<&str> {
+        match self {
+            Base::Absent => None,
+            Base::Present { version, .. } => version.e_tag.as_deref(),
+        }
+    }
+}
+
+fn split_location(location: &str) -> Result<(&str, &str), JobError> {
+    location
+        .split_once('/')
+        .ok_or_else(|| JobError::Internal(format!("bad location {location}")))
+}
+
 /// What a commit did after the manifest was written.
 #[derive(Debug, Clone, Default)]
 pub struct Committed {
@@ -93,37 +210,54 @@ pub struct Committed {
     pub cleanup_error: Option<String>,
 }
 
-/// Writes the manifest (the commit), then removes data of other runs: at
-/// once the files of the commit it replaces, and those of runs no manifest
-/// names once they are older than `grace`. Only writing the manifest can
-/// fail the commit; the cleanup after it is best effort and reported.
+/// Writes the manifest (the commit) if the window's commit is still
+/// `base`, then removes data of other runs: at once the files of the commit
+/// it replaced, and those of runs no manifest names once they are older
+/// than `grace`. Only writing the manifest can fail the commit; the
+/// cleanup after it is best effort and reported.
 pub async fn commit(
     root: &StoreRoot,
     m: &Manifest,
+    base: &Base,
     grace: std::time::Duration,
 ) -> Result<Committed, JobError> {
-    let (shard, window) = m
-        .location
-        .split_once('/')
-        .ok_or_else(|| JobError::Internal(format!("bad location {}", m.location)))?;
-    // The commit this one replaces, and when it was written (none, or
-    // unreadable: then its files wait for the grace period like any
-    // other run's).
-    let replaced = read_manifest_at(root, shard, window)
-        .await
-        .ok()
-        .filter(|(p, _)| p.run_id != m.run_id)
-        .map(|(p, at)| Replaced {
-            dir: format!("{}/data/{}/", m.location, p.run_id),
-            committed_at_ms: at,
-        });
+    let (shard, window) = split_location(&m.location)?;
     let path = root.child(&format!("{}/{MANIFEST_NAME}", m.location));
-    root.store
-        .put(
-            &path,
-            PutPayload::from(Bytes::from(m.to_json().into_bytes())),
-        )
-        .await?;
+    let shown = root.display_of(&path);
+    let payload = PutPayload::from(Bytes::from(m.to_json().into_bytes()));
+    fail_point("commit.put")?;
+    let mode = match base {
+        Base::Absent => PutMode::Create,
+        Base::Present { version, .. } => PutMode::Update(version.clone()),
+    };
+    match root
+        .store
+        .put_opts(&path, payload.clone(), mode.into())
+        .await
+    {
+        Ok(_) => {}
+        Err(object_store::Error::NotImplemented { .. }) if root.filesystem => {
+            // A local filesystem has no conditional update.
+            locked_local_put(root, m, base, &path, payload).await?;
+        }
+        Err(
+            e @ (object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }),
+        ) => return Err(lost_race(&m.location, &shown, &e)),
+        Err(e) => return Err(e).op("PUT (conditional)", &shown),
+    }
+    fail_point("commit.cleanup")?;
+    let replaced = match base {
+        Base::Present {
+            run_id: Some(id),
+            committed_at_ms,
+            ..
+        } if *id != m.run_id => Some(Replaced {
+            dir: format!("{}/data/{id}/", m.location),
+            committed_at_ms: *committed_at_ms,
+        }),
+        _ => None,
+    };
     let mut done = Committed::default();
     if let Err(e) = cleanup(
         root,
@@ -141,6 +275,55 @@ pub async fn commit(
         ));
     }
     Ok(done)
+}
+
+fn lost_race(location: &str, shown: &str, e: &dyn std::fmt::Display) -> JobError {
+    JobError::LostRace(format!(
+        "another run of {location} committed while this one ran: its commit stands and \
+         nothing of this run is visible (the conditional put of {shown} failed: {e}); \
+         rerun only if the window's input changed after that commit"
+    ))
+}
+
+/// The conditional put on a local filesystem: under an exclusive lock on
+/// the window's directory (held by every tailor commit of the window, and
+/// released by the kernel if the process dies), checks that the manifest is
+/// still the one the run started from, then renames its own into place.
+async fn locked_local_put(
+    root: &StoreRoot,
+    m: &Manifest,
+    base: &Base,
+    path: &Path,
+    payload: PutPayload,
+) -> Result<(), JobError> {
+    let shown = root.display_of(path);
+    let dir = std::path::Path::new("/").join(root.child(&m.location).as_ref());
+    std::fs::create_dir_all(&dir).at(format_args!("creating {}", dir.display()))?;
+    let lock = std::fs::File::open(&dir).at(format_args!("opening {}", dir.display()))?;
+    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .map_err(|e| JobError::Internal(format!("locking the window directory: {e}")))?
+        .at(format_args!("locking {}", dir.display()))?;
+    let now = match root.store.head(path).await {
+        Ok(meta) => meta.e_tag,
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => return Err(e).op("HEAD", &shown),
+    };
+    let expected = base.e_tag().map(str::to_string);
+    let unchanged = match base {
+        Base::Absent => now.is_none(),
+        Base::Present { .. } => now.is_some() && now == expected,
+    };
+    if !unchanged {
+        return Err(lost_race(
+            &m.location,
+            &shown,
+            &format_args!("the manifest is no longer the one this run started from"),
+        ));
+    }
+    root.store.put(path, payload).await.op("PUT", &shown)?;
+    drop(lock);
+    Ok(())
 }
 
 /// The commit a commit replaces.
@@ -170,7 +353,12 @@ async fn cleanup(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let cutoff = now.saturating_sub(grace.as_millis().min(i64::MAX as u128) as i64);
-    let objects: Vec<_> = root.store.list(Some(&data)).try_collect().await?;
+    let objects: Vec<_> = root
+        .store
+        .list(Some(&data))
+        .try_collect()
+        .await
+        .op("LIST", format_args!("{}/", root.display_of(&data)))?;
     let mut stale = Vec::new();
     for o in objects {
         let rel = root.relative(&o.location).unwrap_or_default().to_string();
@@ -192,8 +380,14 @@ async fn cleanup(
     let mut removed = root
         .store
         .delete_stream(futures::stream::iter(stale).boxed());
-    while removed.try_next().await?.is_some() {
+    while removed
+        .try_next()
+        .await
+        .op("DELETE", format_args!("{}/", root.display_of(&data)))?
+        .is_some()
+    {
         done.stale_removed += 1;
+        fail_point("cleanup.deleted")?;
     }
     Ok(())
 }

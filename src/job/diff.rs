@@ -54,7 +54,7 @@ use serde::Serialize;
 
 use crate::datasource::listing::{Hour, Window};
 use crate::datasource::store::StoreRoot;
-use crate::job::error::JobError;
+use crate::job::error::{IoContext, JobError, StoreContext};
 use crate::job::manifest::{Manifest, read_manifest, window_dirs};
 use crate::job::output::{open_data_file, read_data_file};
 
@@ -372,7 +372,7 @@ async fn produce(
                 data.release_before(e.byte_range().start);
                 let key = (e.org_id, e.metric_id);
                 if last.is_some_and(|l| l >= key) {
-                    return Err(JobError::Output(format!(
+                    return Err(JobError::BadOutput(format!(
                         "{}: {shard}/{window}/{}: series {}/{} is out of order (after {}/{})",
                         side.root.display,
                         f.path,
@@ -393,7 +393,7 @@ async fn produce(
                         .read_series_into(e, &mut ts, &mut vals)
                         .map_err(|err| data.error(err))?;
                     if let Some(w) = ts.windows(2).position(|w| w[0] >= w[1]) {
-                        return Err(JobError::Output(format!(
+                        return Err(JobError::BadOutput(format!(
                             "{}: {shard}/{window}/{}: series {}/{} has timestamp {} after {}",
                             side.root.display,
                             f.path,
@@ -490,7 +490,11 @@ impl TableProvider for SideTable {
 
 /// The shards under an output root (directories holding a committed window).
 async fn shards_of(root: &StoreRoot) -> Result<Vec<String>, JobError> {
-    let listing = root.store.list_with_delimiter(Some(&root.prefix)).await?;
+    let listing = root
+        .store
+        .list_with_delimiter(Some(&root.prefix))
+        .await
+        .op("LIST", format_args!("{}/", root.display))?;
     Ok(listing
         .common_prefixes
         .iter()
@@ -522,7 +526,7 @@ async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, Jo
             w.split_once('_')
                 .is_none_or(|(f, t)| selection.selects(f, t, w) != Ok(false))
         }) {
-            return Err(JobError::Output(format!(
+            return Err(JobError::BadOutput(format!(
                 "{url}: {shard}/{w} holds files but no {} (a run that did not commit; \
                  rerun it, or leave the window out with --from/--to)",
                 crate::job::manifest::MANIFEST_NAME
@@ -537,7 +541,7 @@ async fn side(url: &str, shards: &[String], cfg: &DiffConfig) -> Result<Side, Jo
         }
     }
     if committed.is_empty() {
-        return Err(JobError::Output(format!(
+        return Err(JobError::BadOutput(format!(
             "{url} holds no committed output for {} (is the path right?)",
             if shards.len() == 1 {
                 format!("shard {}", shards[0])
@@ -571,7 +575,7 @@ fn number_parts(old: &Side, new: &Side) -> Result<Parts, JobError> {
     parts.sort();
     parts.dedup();
     if u32::try_from(parts.len()).is_err() {
-        return Err(JobError::Output(format!(
+        return Err(JobError::BadOutput(format!(
             "{} windows to compare: more than a diff can number",
             parts.len()
         )));
@@ -768,12 +772,12 @@ pub async fn diff(cfg: &DiffConfig) -> Result<DiffReport, JobError> {
         .iter()
         .find(|s| !old.committed.contains(*s) && !new.committed.contains(*s))
     {
-        return Err(JobError::Output(format!(
+        return Err(JobError::BadOutput(format!(
             "shard {s} has no committed output on either side"
         )));
     }
     if old.manifests.is_empty() && new.manifests.is_empty() {
-        return Err(JobError::Output(
+        return Err(JobError::BadOutput(
             "neither side has a committed window to compare".into(),
         ));
     }
@@ -973,6 +977,8 @@ fn shard_diff<'a>(shards: &'a mut BTreeMap<String, ShardDiff>, shard: &str) -> &
 /// (f64 with the bits kept) and bits, category.
 struct DiffWriter {
     w: parquet::arrow::ArrowWriter<std::fs::File>,
+    /// "writing <path>", for errors.
+    writing: String,
 }
 
 fn diff_schema() -> SchemaRef {
@@ -996,13 +1002,11 @@ impl DiffWriter {
         let props = parquet::file::properties::WriterProperties::builder()
             .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
             .build();
-        let w = parquet::arrow::ArrowWriter::try_new(
-            std::fs::File::create(path)?,
-            diff_schema(),
-            Some(props),
-        )
-        .map_err(|e| JobError::Output(format!("parquet: {e}")))?;
-        Ok(Self { w })
+        let writing = format!("writing {}", path.display());
+        let file = std::fs::File::create(path).at(&writing)?;
+        let w = parquet::arrow::ArrowWriter::try_new(file, diff_schema(), Some(props))
+            .map_err(|e| JobError::io(&writing, std::io::Error::other(e)))?;
+        Ok(Self { w, writing })
     }
 
     fn write(
@@ -1050,13 +1054,13 @@ impl DiffWriter {
             .map_err(datafusion::error::DataFusionError::from)?;
         self.w
             .write(&batch)
-            .map_err(|e| JobError::Output(format!("parquet: {e}")))
+            .map_err(|e| JobError::io(&self.writing, std::io::Error::other(e)))
     }
 
     fn close(self) -> Result<(), JobError> {
         self.w
             .close()
-            .map_err(|e| JobError::Output(format!("parquet: {e}")))?;
+            .map_err(|e| JobError::io(&self.writing, std::io::Error::other(e)))?;
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::format::tsf::{self, FileWriter, SeriesHeader, WriterOptions};
-use crate::job::error::JobError;
+use crate::job::error::{IoContext, JobError};
 use crate::job::measure::Phase;
 use crate::job::merge::{MergeCounts, MergedSeries, SeriesInput};
 
@@ -116,22 +116,33 @@ impl OutputWriter {
 
     /// Hands one series to the encoder (blocks while it is two rounds of
     /// points behind).
-    pub fn send(&self, s: SeriesInput) -> Result<(), JobError> {
+    /// When the encoder stopped early, this returns why (a full staging
+    /// disk, say), not merely that it stopped.
+    pub fn send(&mut self, s: SeriesInput) -> Result<(), JobError> {
         let tx = self.tx.as_ref().expect("writer open");
         self.backlog.add(s.points.len() as u64);
-        if tx.send(s).is_err() {
-            // The encoder stopped: its error comes out of `finish`.
-            return Err(JobError::Output("encoder thread stopped early".into()));
+        if tx.send(s).is_ok() {
+            return Ok(());
         }
-        Ok(())
+        drop(self.tx.take());
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(JobError::Internal("encoder thread panicked".into())),
+            Some(Ok(Ok(_))) | None => Err(JobError::Internal(
+                "the encoder thread stopped without an error".into(),
+            )),
+        }
     }
 
     /// Waits for the encoder and returns the staged files.
     pub fn finish(mut self) -> Result<Staged, JobError> {
         drop(self.tx.take());
-        match self.handle.take().expect("writer open").join() {
-            Ok(r) => r,
-            Err(_) => Err(JobError::Internal("encoder thread panicked".into())),
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(JobError::Internal("encoder thread panicked".into())),
+            None => Err(JobError::Internal(
+                "the encoder thread already stopped".into(),
+            )),
         }
     }
 }
@@ -214,7 +225,12 @@ fn encode_loop(
         let t = Instant::now();
         for (s, counts, e) in encoded {
             out.merge.add(&counts);
-            out.append(&s, e?)?;
+            // The merged series is the writer's own input: one it refuses
+            // is a bug, not bad data.
+            let e = e.map_err(|e| {
+                JobError::Internal(format!("encoding series {}/{}: {e}", s.org_id, s.metric_id))
+            })?;
+            out.append(&s, e)?;
         }
         busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
@@ -250,12 +266,14 @@ impl Output {
         if self.open.is_none() {
             let name = format!("part-{:05}.tsf", self.files.len());
             let local = self.dir.join(&name);
-            let f = std::fs::File::create(&local)?;
+            let f = std::fs::File::create(&local)
+                .at(format_args!("creating staged file {}", local.display()))?;
             self.open = Some(OpenFile {
                 writer: FileWriter::new(
                     std::io::BufWriter::with_capacity(1 << 20, f),
                     self.opts.writer,
-                )?,
+                )
+                .map_err(staging(&local))?,
                 name,
                 local,
                 series: 0,
@@ -265,7 +283,9 @@ impl Output {
             });
         }
         let f = self.open.as_mut().expect("open file");
-        f.writer.add_encoded(&header(s), e)?;
+        f.writer
+            .add_encoded(&header(s), e)
+            .map_err(staging(&f.local))?;
         f.series += 1;
         f.points += s.timestamps.len() as u64;
         f.last = [s.org_id, s.metric_id];
@@ -293,10 +313,24 @@ impl Output {
     }
 }
 
+/// A writer error while staging `path`: I/O (a full or failing staging
+/// disk: exit 74), or a bug.
+fn staging(path: &std::path::Path) -> impl Fn(tsf::TsfError) -> JobError + '_ {
+    move |e| match e {
+        tsf::TsfError::Io(io) => {
+            JobError::io(format_args!("writing staged file {}", path.display()), io)
+        }
+        other => JobError::Internal(format!("staging {}: {other}", path.display())),
+    }
+}
+
 fn close(f: OpenFile) -> Result<StagedFile, JobError> {
-    let (w, summary) = f.writer.finish()?;
-    let mut file = w.into_inner().map_err(|e| JobError::Io(e.into_error()))?;
-    file.flush()?;
+    let (w, summary) = f.writer.finish().map_err(staging(&f.local))?;
+    let what = format_args!("writing staged file {}", f.local.display());
+    let mut file = w
+        .into_inner()
+        .map_err(|e| JobError::io(what, e.into_error()))?;
+    file.flush().at(what)?;
     Ok(StagedFile {
         name: f.name,
         local: f.local,

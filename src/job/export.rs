@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::datasource::listing::{Hour, Window};
 use crate::datasource::store::StoreRoot;
-use crate::job::error::JobError;
+use crate::job::error::{IoContext, JobError};
 use crate::job::manifest::{Manifest, list_windows, read_manifest};
 use crate::job::output::for_each_series;
 
@@ -56,7 +56,11 @@ pub fn point_schema(with_bits: bool) -> SchemaRef {
 
 /// Collects points into record batches of the point schema; a series'
 /// metadata is appended into the array's buffer per point, not cloned.
-#[derive(Default)]
+/// A batch is full at [`Self::max_rows`] points or when its metadata
+/// column reaches [`Self::max_meta_bytes`]: a Utf8 column's offsets are 32
+/// bits, and a series of many points with large metadata (64 KiB is the
+/// format's limit) repeats it per point past 2 GiB, so long series are cut
+/// across batches.
 pub struct PointBatcher {
     org: Vec<u64>,
     metric: Vec<u64>,
@@ -65,6 +69,26 @@ pub struct PointBatcher {
     kind: Vec<u8>,
     interval: Vec<u32>,
     meta: StringBuilder,
+    meta_bytes: usize,
+    pub max_rows: usize,
+    pub max_meta_bytes: usize,
+}
+
+impl Default for PointBatcher {
+    fn default() -> Self {
+        Self {
+            org: Vec::new(),
+            metric: Vec::new(),
+            ts: Vec::new(),
+            value: Vec::new(),
+            kind: Vec::new(),
+            interval: Vec::new(),
+            meta: StringBuilder::new(),
+            meta_bytes: 0,
+            max_rows: 64 * 1024,
+            max_meta_bytes: 256 << 20,
+        }
+    }
 }
 
 impl PointBatcher {
@@ -74,8 +98,23 @@ impl PointBatcher {
     pub fn is_empty(&self) -> bool {
         self.ts.is_empty()
     }
-    pub fn push_series(&mut self, e: &crate::format::tsf::SeriesEntry, ts: &[i64], vals: &[u64]) {
+    fn is_full(&self, meta_len: usize) -> bool {
+        !self.is_empty()
+            && (self.len() >= self.max_rows || self.meta_bytes + meta_len > self.max_meta_bytes)
+    }
+    /// Adds a series' points, handing each batch that fills up to `flush`
+    /// (which takes it with [`Self::take`]).
+    pub fn push_series(
+        &mut self,
+        e: &crate::format::tsf::SeriesEntry,
+        ts: &[i64],
+        vals: &[u64],
+        mut flush: impl FnMut(&mut Self) -> Result<(), JobError>,
+    ) -> Result<(), JobError> {
         for (&t, &v) in ts.iter().zip(vals) {
+            if self.is_full(e.metadata.len()) {
+                flush(self)?;
+            }
             self.org.push(e.org_id);
             self.metric.push(e.metric_id);
             self.ts.push(t);
@@ -83,10 +122,13 @@ impl PointBatcher {
             self.kind.push(e.kind);
             self.interval.push(e.interval_s);
             self.meta.append_value(&e.metadata);
+            self.meta_bytes += e.metadata.len();
         }
+        Ok(())
     }
     pub fn take(&mut self, with_bits: bool) -> Result<RecordBatch, JobError> {
         let bits = std::mem::take(&mut self.value);
+        self.meta_bytes = 0;
         let mut cols: Vec<ArrayRef> = vec![
             Arc::new(UInt64Array::from(std::mem::take(&mut self.org))),
             Arc::new(UInt64Array::from(std::mem::take(&mut self.metric))),
@@ -137,7 +179,7 @@ pub async fn select_windows(
             .iter()
             .find(|o| o.window_from.as_str() <= wt && wf <= o.window_to.as_str())
         {
-            return Err(JobError::Output(format!(
+            return Err(JobError::BadOutput(format!(
                 "{}: shard {shard} has two committed windows over the same hours, \
                  {} and {}: their points would be exported twice; remove the one \
                  that should not be there (replays use the scheduler's window bounds)",
@@ -165,7 +207,7 @@ pub async fn export(
 ) -> Result<ExportSummary, JobError> {
     let manifests = select_windows(root, shard, from, to).await?;
     if manifests.is_empty() {
-        return Err(JobError::Output(format!(
+        return Err(JobError::BadOutput(format!(
             "no committed output for shard {shard} in that window under {}",
             root.display
         )));
@@ -179,8 +221,14 @@ pub async fn export(
     let result = export_to(root, &manifests, format, &partial).await;
     match result {
         Ok(mut summary) => {
-            std::fs::rename(&partial, out)?;
-            summary.bytes = std::fs::metadata(out)?.len();
+            std::fs::rename(&partial, out).at(format_args!(
+                "renaming {} to {}",
+                partial.display(),
+                out.display()
+            ))?;
+            summary.bytes = std::fs::metadata(out)
+                .at(format_args!("reading {}", out.display()))?
+                .len();
             Ok(summary)
         }
         Err(e) => {
@@ -196,7 +244,11 @@ async fn export_to(
     format: ExportFormat,
     out: &std::path::Path,
 ) -> Result<ExportSummary, JobError> {
-    let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
+    let writing = format!("writing {}", out.display());
+    let file = std::fs::File::create(out).at(&writing)?;
+    let file = std::io::BufWriter::with_capacity(1 << 20, file);
+    let write_error =
+        |e: &dyn std::fmt::Display| JobError::io(&writing, std::io::Error::other(e.to_string()));
     let with_bits = format == ExportFormat::Csv;
     let mut sink = match format {
         ExportFormat::Parquet => {
@@ -205,7 +257,7 @@ async fn export_to(
                 .build();
             Sink::Parquet(
                 ArrowWriter::try_new(file, point_schema(false), Some(props))
-                    .map_err(|e| JobError::Output(format!("parquet: {e}")))?,
+                    .map_err(|e| write_error(&e))?,
             )
         }
         ExportFormat::Csv => Sink::Csv(
@@ -221,22 +273,14 @@ async fn export_to(
         let flush = |b: &mut PointBatcher, sink: &mut Sink| -> Result<(), JobError> {
             let batch = b.take(with_bits)?;
             match sink {
-                Sink::Parquet(w) => w
-                    .write(&batch)
-                    .map_err(|e| JobError::Output(format!("parquet: {e}"))),
-                Sink::Csv(w) => w
-                    .write(&batch)
-                    .map_err(|e| JobError::Output(format!("csv: {e}"))),
+                Sink::Parquet(w) => w.write(&batch).map_err(|e| write_error(&e)),
+                Sink::Csv(w) => w.write(&batch).map_err(|e| write_error(&e)),
             }
         };
         for_each_series(root, m, |e, ts, vals| {
             summary.series += 1;
             summary.points += ts.len() as u64;
-            batcher.push_series(e, ts, vals);
-            if batcher.len() >= 64 * 1024 {
-                flush(&mut batcher, &mut sink)?;
-            }
-            Ok(())
+            batcher.push_series(e, ts, vals, |b| flush(b, &mut sink))
         })
         .await?;
         if !batcher.is_empty() {
@@ -245,12 +289,10 @@ async fn export_to(
     }
     use std::io::Write;
     let mut file = match sink {
-        Sink::Parquet(w) => w
-            .into_inner()
-            .map_err(|e| JobError::Output(format!("parquet: {e}")))?,
+        Sink::Parquet(w) => w.into_inner().map_err(|e| write_error(&e))?,
         Sink::Csv(w) => w.into_inner(),
     };
-    file.flush()?;
-    file.get_ref().sync_all()?;
+    file.flush().at(&writing)?;
+    file.get_ref().sync_all().at(&writing)?;
     Ok(summary)
 }

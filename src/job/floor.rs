@@ -11,7 +11,7 @@ use crate::datasource::listing::Listing;
 use crate::datasource::reader::map_file;
 use crate::datasource::store::StoreRoot;
 use crate::format::payload::MAX_PAYLOAD_LEN;
-use crate::job::error::JobError;
+use crate::job::error::{IoContext, JobError};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FloorResult {
@@ -47,14 +47,14 @@ pub fn floor(root: &StoreRoot, listing: &Listing, threads: usize) -> Result<Floo
             .map_init(
                 || (zstd_safe::DCtx::create(), vec![0u8; MAX_PAYLOAD_LEN]),
                 |(dctx, buf), path| -> Result<(u64, u64, u64), JobError> {
-                    let bytes = map_file(path)?;
+                    let bytes = map_file(path).at(format_args!("reading {}", path.display()))?;
                     let (mut pos, mut frames, mut out) = (0usize, 0u64, 0u64);
                     while pos + 4 <= bytes.len() {
                         let len =
                             u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
                         let body = &bytes[pos + 4..(pos + 4 + len).min(bytes.len())];
                         let n = dctx.decompress(&mut buf[..], body).map_err(|c| {
-                            JobError::Output(format!(
+                            JobError::BadOutput(format!(
                                 "{}: zstd: {}",
                                 path.display(),
                                 zstd_safe::get_error_name(c)

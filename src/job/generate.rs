@@ -28,7 +28,7 @@ use crate::datasource::listing::Hour;
 use crate::datasource::store::StoreRoot;
 use crate::format::payload::{Kind, PayloadSpec, PayloadWriter};
 use crate::format::shard::{Shard, ShardMap};
-use crate::job::error::JobError;
+use crate::job::error::{IoContext, JobError, StoreContext};
 
 /// What to generate.
 #[derive(Debug, Clone, Serialize)]
@@ -328,17 +328,20 @@ pub async fn generate(
 
 async fn write_object(root: &StoreRoot, rel: &str, bytes: Vec<u8>) -> Result<(), JobError> {
     let path = root.child(rel);
+    let shown = root.display_of(&path);
     if bytes.len() < (64 << 20) {
         root.store
             .put(&path, PutPayload::from(Bytes::from(bytes)))
-            .await?;
+            .await
+            .op("PUT", &shown)?;
         return Ok(());
     }
     let mut w = BufWriter::new(Arc::clone(&root.store), path);
+    let what = format!("PUT (multipart) {shown}");
     for chunk in bytes.chunks(16 << 20) {
-        w.write_all(chunk).await?;
+        w.write_all(chunk).await.at(&what)?;
     }
-    w.shutdown().await?;
+    w.shutdown().await.at(&what)?;
     Ok(())
 }
 

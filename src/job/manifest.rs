@@ -29,7 +29,7 @@ use crate::datasource::store::StoreRoot;
 use crate::format::shard::ShardMap;
 use crate::format::tsf::WriterOptions;
 use crate::job::encode::Staged;
-use crate::job::error::JobError;
+use crate::job::error::{JobError, StoreContext};
 
 pub const MANIFEST_NAME: &str = "_manifest.json";
 pub const MANIFEST_FORMAT: &str = "tailor-manifest";
@@ -225,9 +225,9 @@ impl Manifest {
 
     pub fn parse(bytes: &[u8], key: &str) -> Result<Self, JobError> {
         let m: Manifest = serde_json::from_slice(bytes)
-            .map_err(|e| JobError::Output(format!("manifest {key} is not valid: {e}")))?;
+            .map_err(|e| JobError::BadOutput(format!("manifest {key} is not valid: {e}")))?;
         if m.format != MANIFEST_FORMAT || m.version != MANIFEST_VERSION {
-            return Err(JobError::Output(format!(
+            return Err(JobError::BadOutput(format!(
                 "manifest {key}: format {:?} version {} (expected {MANIFEST_FORMAT:?} version {MANIFEST_VERSION})",
                 m.format, m.version
             )));
@@ -240,13 +240,13 @@ impl Manifest {
     pub fn verify(&self, root: &StoreRoot, shard: &str, window: &str) -> Result<(), JobError> {
         let key = root.child(&format!("{shard}/{window}/{MANIFEST_NAME}"));
         if self.location != format!("{shard}/{window}") {
-            return Err(JobError::Output(format!(
+            return Err(JobError::BadOutput(format!(
                 "manifest {key} is the manifest of {}, not of {shard}/{window}",
                 self.location
             )));
         }
         self.check()
-            .map_err(|e| JobError::Output(format!("manifest {key}: {e}")))
+            .map_err(|e| JobError::BadOutput(format!("manifest {key}: {e}")))
     }
 
     /// What a manifest says about itself must add up: its location is its
@@ -339,7 +339,12 @@ pub async fn window_dirs(
     shard: &str,
 ) -> Result<(Vec<String>, Vec<String>), JobError> {
     let prefix = root.child(shard);
-    let objects: Vec<_> = root.store.list(Some(&prefix)).try_collect().await?;
+    let objects: Vec<_> = root
+        .store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .op("LIST", format_args!("{}/", root.display_of(&prefix)))?;
     let mut committed = std::collections::BTreeSet::new();
     let mut all = std::collections::BTreeSet::new();
     for o in &objects {
@@ -359,37 +364,69 @@ pub async fn window_dirs(
     Ok((committed.into_iter().collect(), uncommitted))
 }
 
+/// The most bytes a manifest may have: one lists every input object and
+/// data file of its window (about 200 bytes each), so this is millions of
+/// objects. A bigger object where a manifest should be is refused before
+/// it is read.
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+
+/// A manifest object as it is in the store: its bytes' metadata (ETag,
+/// version, when it was written) and, when they parse, the manifest.
+#[derive(Debug)]
+pub struct StoredManifest {
+    pub meta: object_store::ObjectMeta,
+    /// The manifest, or why its bytes are not one.
+    pub manifest: Result<Manifest, JobError>,
+}
+
+/// Reads the manifest object of `<shard>/<window>`, if there is one.
+/// Failing to read it is an error (exit 74), never taken for "absent".
+pub async fn read_stored(
+    root: &StoreRoot,
+    shard: &str,
+    window: &str,
+) -> Result<Option<StoredManifest>, JobError> {
+    let path = root.child(&format!("{shard}/{window}/{MANIFEST_NAME}"));
+    let shown = root.display_of(&path);
+    let got = match root.store.get(&path).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e).op("GET", &shown),
+    };
+    let meta = got.meta.clone();
+    if meta.size > MAX_MANIFEST_BYTES {
+        return Err(JobError::BadOutput(format!(
+            "manifest {shown} is {} bytes, over the {MAX_MANIFEST_BYTES}-byte limit of a manifest",
+            meta.size
+        )));
+    }
+    let bytes = got.bytes().await.op("GET", &shown)?;
+    if bytes.len() as u64 != meta.size {
+        return Err(JobError::BadOutput(format!(
+            "manifest {shown}: read {} bytes, the store lists {}",
+            bytes.len(),
+            meta.size
+        )));
+    }
+    Ok(Some(StoredManifest {
+        meta,
+        manifest: Manifest::parse(&bytes, &shown),
+    }))
+}
+
 /// Reads a committed manifest.
 pub async fn read_manifest(
     root: &StoreRoot,
     shard: &str,
     window: &str,
 ) -> Result<Manifest, JobError> {
-    Ok(read_manifest_at(root, shard, window).await?.0)
-}
-
-/// [`read_manifest`], with when the manifest was written (store time, ms
-/// since the epoch).
-pub async fn read_manifest_at(
-    root: &StoreRoot,
-    shard: &str,
-    window: &str,
-) -> Result<(Manifest, i64), JobError> {
-    let path = root.child(&format!("{shard}/{window}/{MANIFEST_NAME}"));
-    let (bytes, at) = match root.store.get(&path).await {
-        Ok(r) => {
-            let at = r.meta.last_modified.timestamp_millis();
-            (r.bytes().await?, at)
-        }
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(JobError::Output(format!(
-                "{shard}/{window} has no committed output ({MANIFEST_NAME} not found under {})",
-                root.display
-            )));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    Ok((Manifest::parse(&bytes, path.as_ref())?, at))
+    match read_stored(root, shard, window).await? {
+        Some(s) => s.manifest,
+        None => Err(JobError::BadOutput(format!(
+            "{shard}/{window} has no committed output ({MANIFEST_NAME} not found under {})",
+            root.display
+        ))),
+    }
 }
 
 #[cfg(test)]

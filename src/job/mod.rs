@@ -3,13 +3,15 @@
 //!
 //! ```text
 //! error     JobError                                  (used by all)
+//! faults    named fail points for tests (debug builds)  -> error
 //! config    job file + flags -> RunConfig; MemoryBudget
 //! measure   phase timing, process CPU / RSS, spill and operator figures
 //! merge     SeriesMerger, SeriesInput::merge           -> error
 //! encode    the writer thread: series -> staged files  -> merge, measure
 //! manifest  the commit record, its checks, run_id      -> encode
-//! commit    upload, the manifest put, cleanup          -> manifest
-//! run       the shard job's flow, RunStats             -> config, measure, merge, encode, manifest, commit
+//! commit    upload, the manifest put, cleanup          -> manifest, faults
+//! scratch   locked scratch dirs, killed runs' reclaimed -> error
+//! run       the shard job's flow, RunStats             -> config, measure, merge, encode, manifest, commit, faults, scratch
 //! output    committed outputs read back                -> manifest
 //! export    output -> one row per point                -> output, manifest
 //! diff      two outputs compared                       -> output, manifest
@@ -24,6 +26,7 @@ pub mod diff;
 pub mod encode;
 pub mod error;
 pub mod export;
+pub mod faults;
 pub mod floor;
 pub mod generate;
 pub mod manifest;
@@ -32,5 +35,6 @@ pub mod merge;
 pub mod output;
 pub mod report;
 pub mod run;
+pub mod scratch;
 
 pub use error::JobError;

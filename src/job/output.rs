@@ -12,12 +12,12 @@ use object_store::ObjectStoreExt;
 use crate::datasource::store::StoreRoot;
 use crate::format::shard::Shard;
 use crate::format::tsf;
-use crate::job::error::JobError;
+use crate::job::error::{IoContext, JobError, StoreContext};
 use crate::job::manifest::{Manifest, ManifestFile};
 
 /// A format error found in the data file at `path`, naming it.
 pub fn data_file_error(path: impl std::fmt::Display, e: tsf::TsfError) -> JobError {
-    JobError::Output(format!("data file {path}: {e}"))
+    JobError::BadOutput(format!("data file {path}: {e}"))
 }
 
 /// One data file of a committed output, checked against its manifest.
@@ -59,7 +59,7 @@ pub async fn read_data_file(
     // A file the manifest names and the store does not have: the output is
     // incomplete (an error in the data, not one to retry).
     let missing = |e: &dyn std::fmt::Display| {
-        JobError::Output(format!(
+        JobError::BadOutput(format!(
             "data file {path} named by the manifest of {} cannot be read: {e}",
             m.location
         ))
@@ -71,28 +71,33 @@ pub async fn read_data_file(
         }
         crate::datasource::reader::map(&local).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => missing(&e),
-            _ => JobError::Io(std::io::Error::new(e.kind(), format!("{path}: {e}"))),
+            _ => JobError::io(format_args!("reading data file {}", local.display()), e),
         })?
     } else {
         // Streamed into an unlinked temp file and mapped, so that a data
         // file of up to the size cap never sits on the heap and its pages
         // can be handed back as it is read, as for a local file.
-        let mut spool = std::io::BufWriter::with_capacity(1 << 20, tempfile::tempfile()?);
+        let shown = root.display_of(&path);
+        let spooling = "spooling a data file into an unlinked temporary file";
+        let temp = tempfile::tempfile().at(spooling)?;
+        let mut spool = std::io::BufWriter::with_capacity(1 << 20, temp);
         let mut body = match root.store.get(&path).await {
             Ok(r) => r.into_stream(),
             Err(e @ object_store::Error::NotFound { .. }) => return Err(missing(&e)),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e).op("GET", &shown),
         };
-        while let Some(chunk) = body.try_next().await? {
-            spool.write_all(&chunk)?;
+        while let Some(chunk) = body.try_next().await.op("GET", &shown)? {
+            spool.write_all(&chunk).at(spooling)?;
         }
-        let file = spool.into_inner().map_err(|e| e.into_error())?;
-        if file.metadata()?.len() == 0 {
+        let file = spool
+            .into_inner()
+            .map_err(|e| JobError::io(spooling, e.into_error()))?;
+        if file.metadata().at(spooling)?.len() == 0 {
             None
         } else {
             // SAFETY: the file is private to this process (unlinked) and
             // is not written again.
-            Some(Arc::new(unsafe { memmap2::Mmap::map(&file)? }))
+            Some(Arc::new(unsafe { memmap2::Mmap::map(&file) }.at(spooling)?))
         }
     };
     let bytes = match &map {
@@ -100,7 +105,7 @@ pub async fn read_data_file(
         None => Bytes::new(),
     };
     if bytes.len() as u64 != f.bytes {
-        return Err(JobError::Output(format!(
+        return Err(JobError::BadOutput(format!(
             "data file {path} is {} bytes, the manifest says {}",
             bytes.len(),
             f.bytes
@@ -122,7 +127,7 @@ pub async fn read_data_file(
     file.release_before(u64::MAX / 2);
     file.released = 0;
     if crc != f.crc32c {
-        return Err(JobError::Output(format!(
+        return Err(JobError::BadOutput(format!(
             "data file {path} has CRC32C {crc:08x}, the manifest says {:08x}",
             f.crc32c
         )));
@@ -179,7 +184,7 @@ pub fn open_data_file<'a>(
         || last != Some(f.last_series)
     {
         let name = |k: Option<[u64; 2]>| k.map_or("none".into(), |[o, m]| format!("{o}/{m}"));
-        return Err(JobError::Output(format!(
+        return Err(JobError::BadOutput(format!(
             "data file {}: holds {} series and {points} points, series {} to {}; the manifest says {} series and {} points, {} to {}",
             data.path,
             series.len(),
@@ -197,7 +202,7 @@ pub fn open_data_file<'a>(
         .iter()
         .find(|e| Some(map.shard_of(e.org_id)) != shard)
     {
-        return Err(JobError::Output(format!(
+        return Err(JobError::BadOutput(format!(
             "data file {}: series {}/{} belongs to shard {}, not {}",
             data.path,
             e.org_id,

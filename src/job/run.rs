@@ -48,15 +48,19 @@ use crate::datasource::scan_log::{CorruptRecord, MisroutedRecord, ScanLog, ScanT
 use crate::datasource::source::frame_error;
 use crate::datasource::store::StoreRoot;
 use crate::datasource::table::PayloadTable;
-use crate::job::commit;
+use crate::job::commit::{self, Base};
 use crate::job::config::{MemoryBudget, RunConfig};
 use crate::job::encode::{FileOptions, OutputWriter, Staged};
 use crate::job::error::JobError;
-use crate::job::manifest::{Dropped, Manifest, ManifestFile, ManifestInput, OutputSettings};
+use crate::job::faults::fail_point;
+use crate::job::manifest::{
+    Dropped, Manifest, ManifestFile, ManifestInput, OutputSettings, window_dir,
+};
 use crate::job::measure::{
     self, Phase, SpillSummary, cpu_time, current_rss_bytes, peak_rss_bytes, secs,
 };
 use crate::job::merge::{GROUP_SQL, MergeCounts, SeriesMerger};
+use crate::job::scratch::{self, ScratchDir};
 
 /// What the run read.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -235,19 +239,30 @@ async fn steps(
         ));
     }
 
+    // The commit this run will replace (or none): its put is conditional
+    // on finding it unchanged.
+    let location = format!(
+        "{}/{}",
+        cfg.shard,
+        window_dir(
+            window.from.as_ref().map_or("", |h| h.as_str()),
+            window.to.as_ref().map_or("", |h| h.as_str())
+        )
+    );
+    let (base, warning) = Base::read(output, &location).await?;
+    stats.warnings.extend(warning);
+
     // -- scan + group (DataFusion) with merge + encode on a writer thread
-    let spill = match &cfg.spill_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            tempfile::Builder::new()
-                .prefix("tailor-spill-")
-                .tempdir_in(d)?
-        }
-        None => tempfile::Builder::new().prefix("tailor-spill-").tempdir()?,
-    };
-    let stage = tempfile::Builder::new()
-        .prefix("tailor-stage-")
-        .tempdir_in(cfg.stage_dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    // Scratch space of killed runs first, then this run's own.
+    let reclaimed =
+        scratch::reclaim(cfg.stage_dir.as_deref()) + scratch::reclaim(cfg.spill_dir.as_deref());
+    if reclaimed > 0 {
+        stats.warnings.push(format!(
+            "removed {reclaimed} scratch directories of runs that were killed"
+        ));
+    }
+    let spill = ScratchDir::create(cfg.spill_dir.as_deref(), "spill", "--spill-dir")?;
+    let stage = ScratchDir::create(cfg.stage_dir.as_deref(), "stage", "--stage-dir")?;
     // What the process holds before the job: the budget is what the limit
     // leaves beside it.
     let budget = MemoryBudget::new(cfg.memory_limit, current_rss_bytes(), cfg.target_partitions);
@@ -281,7 +296,7 @@ async fn steps(
         ));
     }
     let t = Phase::start("commit");
-    let committed = commit::commit(output, &manifest, cfg.cleanup_grace).await?;
+    let committed = commit::commit(output, &manifest, &base, cfg.cleanup_grace).await?;
     stats.phases.push(t.stop());
     stats.committed = true;
     stats.output = OutputSummary {
@@ -305,7 +320,7 @@ async fn steps(
             cfg.cleanup_grace.as_secs()
         ));
     }
-    drop(spill);
+    drop((spill, stage));
     Ok(())
 }
 
@@ -321,7 +336,6 @@ async fn scan_group_encode(
     budget: &MemoryBudget,
     stats: &mut RunStats,
 ) -> Result<(Staged, ScanTotals), JobError> {
-    let stage = tempfile::Builder::new().prefix("pass-").tempdir_in(stage)?;
     let ctx = session(cfg, spill, budget)?;
     let mut options = PayloadOptions::new(Arc::clone(&cfg.shard_map));
     options.on_corrupt = cfg.on_corrupt;
@@ -345,7 +359,7 @@ async fn scan_group_encode(
         writer: cfg.writer_options(),
         round_points: budget.round_points(),
     };
-    let writer = OutputWriter::spawn(stage.path().to_path_buf(), file_options);
+    let mut writer = OutputWriter::spawn(stage.to_path_buf(), file_options);
     let progress = measure::progress(cfg.progress, listing.total_bytes(), Arc::clone(&log));
     let mut merger = SeriesMerger::default();
     let mut scan_error = None;
@@ -361,6 +375,7 @@ async fn scan_group_encode(
             }
         };
         merger.feed(&batch, |s| writer.send(s))?;
+        fail_point("scan.batch")?;
     }
     if let Some(last) = merger.take() {
         writer.send(last)?;
@@ -417,8 +432,6 @@ async fn scan_group_encode(
     if !stats.misrouted.is_empty() && cfg.fail_on_misrouted {
         return Err(JobError::Misrouted(stats.misrouted.len()));
     }
-    // The staged files live until the job's stage directory is removed.
-    let _ = stage.keep();
     Ok((staged, stats.scan.clone()))
 }
 

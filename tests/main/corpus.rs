@@ -471,11 +471,16 @@ fn errors_are_classified_as_corruption() {
     let err = scan_error("garbage.tsp");
     let e = tailor::job::JobError::Corrupt(Box::new(err.unwrap()));
     assert_eq!(tailor::cli::exit_code(&e), tailor::cli::EXIT_DATA);
-    let io = tailor::job::JobError::ObjectStore(object_store::Error::NotFound {
-        path: "x".into(),
-        source: "gone".into(),
+    let io = tailor::job::JobError::ObjectStore(tailor::datasource::error::StoreOpError {
+        op: "GET",
+        target: "x".into(),
+        source: object_store::Error::NotFound {
+            path: "x".into(),
+            source: "gone".into(),
+        },
     });
     assert_eq!(tailor::cli::exit_code(&io), tailor::cli::EXIT_IO);
+    assert!(io.to_string().starts_with("GET x: "), "{io}");
 }
 
 /// Random byte mutations and truncations of a valid file, read whole and in

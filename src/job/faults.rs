@@ -1,0 +1,62 @@
+//! Named fail points, for tests that need a process stopped or failed at
+//! an exact step of the job: SIGKILLed mid-commit, or a disk that fails
+//! between two uploads. A test starts `tailor` with
+//!
+//! ```text
+//! TAILOR_FAIL_POINTS=<name>=<action>[,<name>=<action>...]
+//! ```
+//!
+//! where `<action>` is `stall` (print `tailor: fail point <name> reached`
+//! on stderr, then block forever: the test kills the process there) or
+//! `error` (fail the step with an I/O error naming the point). Points:
+//! `scan.batch` (the first sorted batch reached the merge), `upload.<k>`
+//! (before the k-th data file, from 0, is uploaded), `commit.put` (every
+//! data file is uploaded, the manifest not yet written), `commit.cleanup`
+//! (the manifest is written, the cleanup not started), `cleanup.deleted`
+//! (after each object the cleanup removed).
+//!
+//! They exist in debug builds (what the tests run) and compile to nothing
+//! in release builds. tikv's `fail` crate has the same shape, but its
+//! actions cannot tell another process that the point was reached before
+//! they block, which is what a kill test waits for.
+
+use crate::job::error::JobError;
+
+/// Runs the fail point `name`, if the environment arms it.
+#[cfg(debug_assertions)]
+pub fn fail_point(name: &str) -> Result<(), JobError> {
+    use std::sync::LazyLock;
+    static POINTS: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
+        std::env::var("TAILOR_FAIL_POINTS")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|p| p.split_once('='))
+            .map(|(n, a)| (n.trim().to_string(), a.trim().to_string()))
+            .collect()
+    });
+    let Some((_, action)) = POINTS.iter().find(|(n, _)| n == name) else {
+        return Ok(());
+    };
+    match action.as_str() {
+        "stall" => {
+            eprintln!("tailor: fail point {name} reached");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        "error" => Err(JobError::io(
+            format_args!("fail point {name}"),
+            std::io::Error::other("injected by TAILOR_FAIL_POINTS"),
+        )),
+        other => Err(JobError::Config(format!(
+            "TAILOR_FAIL_POINTS: unknown action {other:?} for {name} (stall or error)"
+        ))),
+    }
+}
+
+/// Release builds have no fail points.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn fail_point(_name: &str) -> Result<(), JobError> {
+    Ok(())
+}
