@@ -141,10 +141,13 @@ pub fn parse_hour(what: &str, s: &str) -> Result<Hour, JobError> {
         .ok_or_else(|| JobError::Config(format!("{what} {s:?} is not an hour (YYYY-MM-DDTHH)")))
 }
 
-/// The memory limit when none is given: 75% of the machine's physical
-/// memory, so that a shard bigger than memory spills instead of being
-/// killed.
-pub fn default_memory_limit() -> u64 {
+/// The memory limit when none is given, and where it came from: 75% of
+/// the memory the process may use, so that a shard bigger than memory
+/// spills instead of being killed. That is the smaller of the machine's
+/// physical memory and the memory limit of the process's cgroup (v2
+/// `memory.max`, or v1 `memory.limit_in_bytes`, the smallest along the
+/// cgroup's ancestors), as a Kubernetes pod's memory limit sets it.
+pub fn default_memory_limit() -> (u64, String) {
     // SAFETY: sysconf has no preconditions.
     let (pages, page) = unsafe {
         (
@@ -152,10 +155,90 @@ pub fn default_memory_limit() -> u64 {
             libc::sysconf(libc::_SC_PAGESIZE),
         )
     };
-    if pages <= 0 || page <= 0 {
-        return 4 << 30;
+    let physical = if pages > 0 && page > 0 {
+        Some(pages as u64 * page as u64)
+    } else {
+        None
+    };
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| cgroup_memory_limit(&text, Path::new("/sys/fs/cgroup")));
+    memory_limit_of(physical, cgroup)
+}
+
+/// 75% of the smaller of `physical` and the cgroup's limit, with where it
+/// came from.
+fn memory_limit_of(physical: Option<u64>, cgroup: Option<(u64, String)>) -> (u64, String) {
+    match (physical, cgroup) {
+        (Some(p), Some((c, file))) if c < p => (
+            c / 4 * 3,
+            format!("75% of the cgroup memory limit ({c} bytes in {file})"),
+        ),
+        (Some(p), _) => (p / 4 * 3, format!("75% of physical memory ({p} bytes)")),
+        (None, Some((c, file))) => (
+            c / 4 * 3,
+            format!("75% of the cgroup memory limit ({c} bytes in {file})"),
+        ),
+        (None, None) => (
+            4 << 30,
+            "4 GiB: neither physical memory nor a cgroup limit could be read".into(),
+        ),
     }
-    (pages as u64 * page as u64) / 4 * 3
+}
+
+/// The memory limit of the cgroup that `/proc/self/cgroup` (`text`) names,
+/// under the cgroup filesystem mounted at `root`: the smallest limit of the
+/// cgroup and its ancestors, and the file it is in. cgroup v2 (a `0::`
+/// line, `memory.max`) first, then v1 (the `memory` controller,
+/// `memory.limit_in_bytes`, where "unlimited" is a number near 2^63).
+pub fn cgroup_memory_limit(text: &str, root: &Path) -> Option<(u64, String)> {
+    let mut best: Option<(u64, String)> = None;
+    let mut consider = |file: PathBuf| {
+        let v = std::fs::read_to_string(&file).ok()?;
+        let v = v.trim();
+        if v == "max" {
+            return None;
+        }
+        let n: u64 = v.parse().ok()?;
+        // v1 reports "no limit" as the page-rounded i64::MAX.
+        if n >= (1 << 62) {
+            return None;
+        }
+        if best.as_ref().is_none_or(|(b, _)| n < *b) {
+            best = Some((n, file.display().to_string()));
+        }
+        Some(())
+    };
+    // Each directory from the cgroup up to the hierarchy's root.
+    fn ancestors(base: &Path, cgroup: &str) -> Vec<PathBuf> {
+        let mut dirs = vec![base.to_path_buf()];
+        let mut d = base.to_path_buf();
+        for part in cgroup.split('/').filter(|p| !p.is_empty() && *p != "..") {
+            d = d.join(part);
+            dirs.push(d.clone());
+        }
+        dirs
+    }
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if controllers.is_empty() {
+            // v2: the unified hierarchy, at the mount root or, on hybrid
+            // systems, under `unified/`.
+            for base in [root.to_path_buf(), root.join("unified")] {
+                for d in ancestors(&base, path) {
+                    consider(d.join("memory.max"));
+                }
+            }
+        } else if controllers.split(',').any(|c| c == "memory") {
+            for d in ancestors(&root.join("memory"), path) {
+                consider(d.join("memory.limit_in_bytes"));
+            }
+        }
+    }
+    best
 }
 
 /// Loads a shard map file, or the built-in one; returns it with where it
@@ -187,6 +270,9 @@ pub struct RunConfig {
     pub shard_map: Arc<ShardMap>,
     pub shard_map_source: String,
     pub memory_limit: Option<u64>,
+    /// Where the memory limit came from: a flag or the job file, or the
+    /// default (physical memory or the cgroup's limit).
+    pub memory_limit_source: String,
     pub target_partitions: usize,
     pub range_bytes: u64,
     pub max_file_bytes: u64,
@@ -221,6 +307,7 @@ impl RunConfig {
         output: impl Into<String>,
         shard: impl Into<String>,
     ) -> Self {
+        let (limit, source) = default_memory_limit();
         Self {
             input: input.into(),
             output: output.into(),
@@ -228,7 +315,8 @@ impl RunConfig {
             window: Window::default(),
             shard_map: Arc::new(ShardMap::parse(DEFAULT_SHARD_MAP).expect("built-in shard map")),
             shard_map_source: "built-in shards/production.toml".into(),
-            memory_limit: Some(default_memory_limit()),
+            memory_limit: Some(limit),
+            memory_limit_source: source,
             target_partitions: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
@@ -285,6 +373,7 @@ impl RunConfig {
         };
         if let Some(l) = size(s.memory_limit, "memory-limit")? {
             cfg.memory_limit = Some(l);
+            cfg.memory_limit_source = "--memory-limit (flag or job file)".into();
         }
         if let Some(n) = s.target_partitions {
             if n == 0 {
@@ -580,6 +669,48 @@ mod tests {
         }
         let e = RunConfig::resolve(JobFile::default()).unwrap_err();
         assert!(matches!(&e, JobError::Config(m) if m == "--input is required (flag or job file)"));
+    }
+
+    #[test]
+    fn the_default_memory_limit_honours_the_cgroup_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let write = |rel: &str, v: &str| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, v).unwrap();
+        };
+        // v2, as in a Kubernetes pod: the pod's limit two levels up.
+        write("memory.max", "max\n");
+        write("kubepods/memory.max", "max\n");
+        write("kubepods/pod1/memory.max", "4294967296\n");
+        write("kubepods/pod1/c1/memory.max", "max\n");
+        let v2 = cgroup_memory_limit("0::/kubepods/pod1/c1\n", root).unwrap();
+        assert_eq!(v2.0, 4 << 30);
+        assert!(v2.1.ends_with("kubepods/pod1/memory.max"), "{}", v2.1);
+        let (limit, why) = memory_limit_of(Some(24 << 30), Some(v2.clone()));
+        assert_eq!(limit, 3 << 30);
+        assert!(
+            why.starts_with("75% of the cgroup memory limit (4294967296 bytes in "),
+            "{why}"
+        );
+        // A cgroup limit above physical memory does not count.
+        let (limit, why) = memory_limit_of(Some(2 << 30), Some(v2));
+        assert_eq!(
+            (limit, why.as_str()),
+            (3 << 29, "75% of physical memory (2147483648 bytes)")
+        );
+        // v1, with "unlimited" at the root.
+        write("memory/memory.limit_in_bytes", "9223372036854771712\n");
+        write("memory/docker/abc/memory.limit_in_bytes", "1073741824\n");
+        let v1 = cgroup_memory_limit("4:memory:/docker/abc\n0::/\n", root).unwrap();
+        assert_eq!(v1.0, 1 << 30);
+        // No limit anywhere: physical memory.
+        assert_eq!(cgroup_memory_limit("4:memory:/\n", root), None);
+        assert_eq!(cgroup_memory_limit("0::/\n", root), None);
+        // This machine: whatever it has, a positive limit with its source.
+        let (limit, why) = default_memory_limit();
+        assert!(limit > 0 && why.starts_with("75% of "), "{limit} {why}");
     }
 
     #[test]

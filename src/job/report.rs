@@ -105,7 +105,11 @@ impl Report {
             mb(self.run.peak_rss_bytes),
             self.config
                 .memory_limit
-                .map(|l| format!(" (limit {:.1} MiB)", mb(l)))
+                .map(|l| format!(
+                    " (limit {:.1} MiB: {})",
+                    mb(l),
+                    self.config.memory_limit_source
+                ))
                 .unwrap_or_default(),
             mb(self.run.spill.spilled_bytes),
             self.run.spill.spill_count

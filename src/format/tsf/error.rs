@@ -2,9 +2,10 @@
 
 use super::{MAX_KIND, VERSION};
 
-/// All errors of this module. Offsets are absolute file offsets except for
-/// [`parse_trailer`](super::parse_trailer), whose offsets are relative to
-/// the start of the trailer.
+/// All errors of this module. Offsets are file offsets: from the start of
+/// the bytes the reading function was given, which for every reader of a
+/// whole file ([`FileReader`](super::FileReader), and
+/// [`parse_trailer`](super::parse_trailer) given the file) is the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TsfError {
     #[error("I/O error: {0}")]

@@ -93,7 +93,7 @@ pub(super) fn encode_trailer(t: &Trailer) -> [u8; TRAILER_LEN] {
 
 /// Parse the trailer from the last [`TRAILER_LEN`] bytes of `bytes` (any
 /// longer tail of the file is accepted). Error offsets are relative to the
-/// start of the trailer.
+/// start of `bytes`: file offsets when `bytes` is the whole file.
 pub fn parse_trailer(bytes: &[u8]) -> Result<Trailer> {
     if bytes.len() < TRAILER_LEN {
         return Err(TsfError::Truncated {
@@ -102,16 +102,17 @@ pub fn parse_trailer(bytes: &[u8]) -> Result<Trailer> {
             available: bytes.len() as u64,
         });
     }
+    let base = (bytes.len() - TRAILER_LEN) as u64;
     let b = &bytes[bytes.len() - TRAILER_LEN..];
     let mut magic = [0u8; 8];
     magic.copy_from_slice(&b[44..52]);
     if &magic != MAGIC {
         return Err(TsfError::BadMagic {
-            offset: 44,
+            offset: base + 44,
             found: magic,
         });
     }
-    let mut c = Cur::new(b, 0);
+    let mut c = Cur::new(b, base);
     let footer_offset = c.u64()?;
     let footer_len = c.u64()?;
     let series_count = c.u64()?;
@@ -122,7 +123,7 @@ pub fn parse_trailer(bytes: &[u8]) -> Result<Trailer> {
     let stored = c.u32()?;
     if version != VERSION {
         return Err(TsfError::UnsupportedVersion {
-            offset: 36,
+            offset: base + 36,
             found: version,
         });
     }
@@ -130,14 +131,14 @@ pub fn parse_trailer(bytes: &[u8]) -> Result<Trailer> {
     if stored != actual {
         return Err(TsfError::ChecksumMismatch {
             what: "trailer",
-            offset: 40,
+            offset: base + 40,
             expected: stored,
             actual,
         });
     }
     if flags != 0 {
         return Err(TsfError::UnsupportedFlags {
-            offset: 38,
+            offset: base + 38,
             found: flags,
         });
     }
@@ -384,18 +385,33 @@ mod tests {
         let mut b = bytes.clone();
         let l = b.len();
         b[l - 1] = 0;
+        // Offsets are the file's, for the trailer's errors too.
+        let t0 = (l - TRAILER_LEN) as u64;
         assert!(matches!(
             parse_trailer(&b),
+            Err(TsfError::BadMagic { offset, .. }) if offset == t0 + 44
+        ));
+        assert!(matches!(
+            parse_trailer(&b[l - TRAILER_LEN..]),
             Err(TsfError::BadMagic { offset: 44, .. })
         ));
         let mut b = bytes.clone();
         b[l - TRAILER_LEN + 1] ^= 1;
         assert!(matches!(
-            parse_trailer(&b),
+            FileReader::open(&b),
             Err(TsfError::ChecksumMismatch {
                 what: "trailer",
+                offset,
                 ..
-            })
+            }) if offset == t0 + 40
+        ));
+        let mut b = bytes.clone();
+        b[l - TRAILER_LEN + 38] = 1;
+        let crc = crc32c::crc32c(&b[l - TRAILER_LEN..l - TRAILER_LEN + 40]);
+        b[l - TRAILER_LEN + 40..l - TRAILER_LEN + 44].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            FileReader::open(&b),
+            Err(TsfError::UnsupportedFlags { offset, found: 1 }) if offset == t0 + 38
         ));
     }
 
@@ -419,11 +435,16 @@ mod tests {
         let l = b.len();
         b[l - 16..l - 14].copy_from_slice(&7u16.to_le_bytes());
         assert!(matches!(
-            parse_trailer(&b),
+            parse_trailer(&b[l - TRAILER_LEN..]),
             Err(TsfError::UnsupportedVersion {
                 offset: 36,
                 found: 7
             })
+        ));
+        assert!(matches!(
+            FileReader::open(&b),
+            Err(TsfError::UnsupportedVersion { offset, found: 7 })
+                if offset == (l - TRAILER_LEN + 36) as u64
         ));
     }
 

@@ -27,17 +27,8 @@ impl<'a> FileReader<'a> {
         }
         let header = parse_header(bytes)?;
         let tstart = (bytes.len() - TRAILER_LEN) as u64;
-        let trailer = parse_trailer(bytes).map_err(|e| match e {
-            TsfError::BadMagic { offset, found } => TsfError::BadMagic {
-                offset: offset + tstart,
-                found,
-            },
-            TsfError::UnsupportedVersion { offset, found } => TsfError::UnsupportedVersion {
-                offset: offset + tstart,
-                found,
-            },
-            other => other,
-        })?;
+        // Its errors are at file offsets: it is handed the whole file.
+        let trailer = parse_trailer(bytes)?;
         let fend = trailer.footer_offset.checked_add(trailer.footer_len);
         if trailer.footer_offset < HEADER_LEN as u64 || fend != Some(tstart) {
             return Err(TsfError::CountMismatch {
