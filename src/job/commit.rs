@@ -14,14 +14,11 @@
 //! that the manifest is still the one it started from and renames its own
 //! into place.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncReadExt;
 
 use crate::datasource::store::StoreRoot;
 use crate::job::encode::Staged;
@@ -29,17 +26,19 @@ use crate::job::error::{IoContext, JobError, StoreContext};
 use crate::job::faults::fail_point;
 use crate::job::manifest::{MANIFEST_NAME, Manifest, read_manifest, read_stored};
 
-/// Files up to this size are uploaded with one PUT, bigger ones in parts.
-pub const SINGLE_PUT_MAX: u64 = 32 << 20;
-
 /// Uploads one staged file: one put, or a multipart upload that completes
 /// atomically. A failed multipart upload is aborted, so that no incomplete
 /// upload is left to be billed until a lifecycle rule finds it.
-async fn put_file(root: &StoreRoot, path: &Path, local: &std::path::Path) -> Result<(), JobError> {
+async fn put_file(
+    root: &StoreRoot,
+    path: &Path,
+    local: &std::path::Path,
+    single_put_max: u64,
+) -> Result<(), JobError> {
     let shown = root.display_of(path);
     let reading = format_args!("reading staged file {}", local.display()).to_string();
     let len = std::fs::metadata(local).at(&reading)?.len();
-    if len <= SINGLE_PUT_MAX {
+    if len <= single_put_max {
         let bytes = std::fs::read(local).at(&reading)?;
         root.store
             .put(path, PutPayload::from(Bytes::from(bytes)))
@@ -47,69 +46,77 @@ async fn put_file(root: &StoreRoot, path: &Path, local: &std::path::Path) -> Res
             .op("PUT", &shown)?;
         return Ok(());
     }
-    let mut w = BufWriter::new(Arc::clone(&root.store), path.clone());
+    // Parts of 10 MiB (S3 takes 5 MiB and more), or of the single-put
+    // limit when that is smaller; four in flight.
+    let part = (single_put_max.max(1) as usize).min(10 << 20);
+    let mut upload = root
+        .store
+        .put_multipart(path)
+        .await
+        .op("PUT (multipart)", &shown)?;
     let mut f = tokio::fs::File::open(local).await.at(&reading)?;
-    // Reading the staged file and writing the upload fail differently (74
-    // both, but a reader of the error wants to know which side).
-    let copied = async {
-        let mut buf = vec![0u8; 1 << 20];
+    let uploaded: Result<(), JobError> = async {
+        let mut inflight = futures::stream::FuturesUnordered::new();
         loop {
-            let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf)
+            let mut buf = Vec::with_capacity(part);
+            let n = (&mut f)
+                .take(part as u64)
+                .read_to_end(&mut buf)
                 .await
                 .at(&reading)?;
             if n == 0 {
                 break;
             }
-            w.write_all(&buf[..n])
-                .await
-                .map_err(|e| upload_error(&shown, e))?;
+            inflight.push(upload.put_part(PutPayload::from(buf)));
+            while inflight.len() >= 4 {
+                if let Some(r) = inflight.next().await {
+                    r.op("PUT (multipart)", &shown)?;
+                }
+            }
         }
-        w.shutdown().await.map_err(|e| upload_error(&shown, e))
+        while let Some(r) = inflight.next().await {
+            r.op("PUT (multipart)", &shown)?;
+        }
+        upload.complete().await.op("PUT (multipart)", &shown)?;
+        Ok(())
     }
     .await;
-    if let Err(e) = copied {
-        return Err(match w.abort().await {
+    // A failed upload is aborted, so that its parts are not left to be
+    // billed until a lifecycle rule finds them.
+    if let Err(e) = uploaded {
+        return Err(match upload.abort().await {
             Ok(()) => e,
-            Err(abort) => JobError::Internal(format!(
-                "{e}; aborting the multipart upload of {shown} failed too ({abort}): an \
-                 incomplete upload is left for the bucket's lifecycle rule"
-            )),
+            Err(abort) => JobError::io(
+                e,
+                std::io::Error::other(format!(
+                    "aborting the multipart upload of {shown} failed too ({abort}): an \
+                     incomplete upload is left for the bucket's lifecycle rule"
+                )),
+            ),
         });
     }
     Ok(())
-}
-
-/// An error of a multipart upload (object_store's `BufWriter` reports them
-/// as I/O errors wrapping the store's).
-fn upload_error(shown: &str, e: std::io::Error) -> JobError {
-    match e.into_inner().map(|b| b.downcast::<object_store::Error>()) {
-        Some(Ok(store)) => Err::<(), _>(*store)
-            .op("PUT (multipart)", shown)
-            .unwrap_err(),
-        Some(Err(other)) => JobError::io(
-            format_args!("PUT (multipart) {shown}"),
-            std::io::Error::other(other),
-        ),
-        None => JobError::io(
-            format_args!("PUT (multipart) {shown}"),
-            std::io::Error::other("failed"),
-        ),
-    }
 }
 
 /// Moves the staged data files to their final paths, each one atomically.
 /// A local output on the staging directory's filesystem takes a rename (no
 /// copy: the default staging directory, the system's temporary directory,
 /// is usually on the same filesystem); otherwise each file is uploaded (one
-/// put, or a multipart upload that completes atomically).
-pub async fn upload_files(root: &StoreRoot, m: &Manifest, staged: &Staged) -> Result<(), JobError> {
+/// put, or a multipart upload that completes atomically, for files over
+/// `single_put_max` bytes).
+pub async fn upload_files(
+    root: &StoreRoot,
+    m: &Manifest,
+    staged: &Staged,
+    single_put_max: u64,
+) -> Result<(), JobError> {
     for (k, (f, s)) in m.files.iter().zip(&staged.files).enumerate() {
         fail_point(&format!("upload.{k}"))?;
         let path = root.child(&format!("{}/{}", m.location, f.path));
         if root.local && rename_local(root, &s.local, &path).await {
             continue;
         }
-        put_file(root, &path, &s.local).await?;
+        put_file(root, &path, &s.local, single_put_max).await?;
     }
     Ok(())
 }

@@ -294,7 +294,13 @@ pub struct RunConfig {
     /// ([`DEFAULT_CLEANUP_GRACE`]).
     #[serde(skip)]
     pub cleanup_grace: std::time::Duration,
+    /// Data files up to this size are uploaded with one PUT, bigger ones
+    /// as a multipart upload ([`DEFAULT_SINGLE_PUT_MAX`]).
+    pub single_put_max: u64,
 }
+
+/// Data files up to this size are uploaded with one PUT.
+pub const DEFAULT_SINGLE_PUT_MAX: u64 = 32 << 20;
 
 /// How long files of a run that no manifest names are left alone by other
 /// runs' cleanups: a run of the same window may still be uploading them.
@@ -332,6 +338,7 @@ impl RunConfig {
             progress: false,
             fail_before_commit: false,
             cleanup_grace: DEFAULT_CLEANUP_GRACE,
+            single_put_max: DEFAULT_SINGLE_PUT_MAX,
         }
     }
 

@@ -287,7 +287,7 @@ async fn steps(
 
     // -- write + commit
     let t = Phase::start("write");
-    commit::upload_files(output, &manifest, &staged).await?;
+    commit::upload_files(output, &manifest, &staged, cfg.single_put_max).await?;
     stats.phases.push(t.stop());
     if cfg.fail_before_commit {
         return Err(JobError::Internal(

@@ -4,6 +4,8 @@ mod cli;
 mod common;
 mod corpus;
 mod diff;
+mod faults;
+mod faulty;
 mod job;
 
 mod ranges;
