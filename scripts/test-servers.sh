@@ -17,6 +17,8 @@
 #         sends onto their x-amz-* equivalents                  127.0.0.1:$TAILOR_GCS_PORT   (default 41902)
 #         (No GCS emulator on PyPI/npm speaks the XML API object_store >= 0.6 uses;
 #          see the note at the end of this file.)
+#   Proxy scripts/fault-proxy.py in front of S3: injects 503s, resets, short
+#         bodies and delays by rule, for the retry tests  127.0.0.1:$TAILOR_FAULT_PROXY_PORT (default 41903)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +31,7 @@ HOST=127.0.0.1
 S3_PORT="${TAILOR_S3_PORT:-41900}"
 AZ_PORT="${TAILOR_AZURE_PORT:-41901}"
 GCS_PORT="${TAILOR_GCS_PORT:-41902}"
+PROXY_PORT="${TAILOR_FAULT_PROXY_PORT:-41903}"
 
 MOTO_SPEC="moto[server]==5.2.5"
 AZURITE_SPEC="azurite@3.37.0"
@@ -49,8 +52,8 @@ write_helpers() {
 
 object_store's GoogleCloudStorage talks the GCS XML API (path-style URLs, ListObjectsV2 XML,
 XML multipart uploads), which is wire-compatible with S3 except for a few x-goog-* headers.
-This maps those headers and runs moto's S3 Flask app.  Not a general GCS emulator: no JSON API,
-no generations/preconditions on generation numbers other than 0.
+This maps those headers and runs moto's S3 Flask app.  Not a general GCS emulator: no JSON API;
+generations are moto's version ids (the bucket is versioned).
 """
 import argparse
 import os
@@ -95,11 +98,16 @@ class GcsXmlShim:
         environ["HTTP_AUTHORIZATION"] = FAKE_SIGV4
         gen = environ.pop("HTTP_X_GOOG_IF_GENERATION_MATCH", None)
         if gen is not None:
-            if gen.strip() != "0":
-                start_response("501 Not Implemented", [("Content-Type", "text/plain")])
-                return [b"gcs shim: x-goog-if-generation-match other than 0 is not supported\n"]
-            # generation-match 0 == "destination must not exist" (PUT and copy)
-            if self.client.head(canon, headers={"Authorization": FAKE_SIGV4}).status_code == 200:
+            # Generations are moto's version ids (the bucket is versioned). 0 means "must not
+            # exist"; another value "must be this generation". Checked with a HEAD first: not
+            # atomic, which the tests' races (one process waits for the other) do not need.
+            head = self.client.head(canon, headers={"Authorization": FAKE_SIGV4})
+            exists = head.status_code == 200
+            if gen.strip() == "0":
+                failed = exists
+            else:
+                failed = not exists or head.headers.get("x-amz-version-id") != gen.strip()
+            if failed:
                 start_response("412 Precondition Failed", [("Content-Type", "application/xml")])
                 return [PRECONDITION_FAILED]
 
@@ -217,13 +225,20 @@ cmd_start() {
     --skipApiVersionCheck --loose --disableTelemetry --disableProductStyleUrl --silent
 
   launch gcs "$GCS_PORT" "$VENV/bin/python" "$TOOLS/bin/gcs_xml_shim.py" --host "$HOST" --port "$GCS_PORT"
+  # The fault-injecting proxy in front of S3 (scripts/fault-proxy.py), for the retry tests.
+  launch proxy "$PROXY_PORT" python3 "$ROOT/scripts/fault-proxy.py" --host "$HOST" --port "$PROXY_PORT" \
+    --upstream "http://$HOST:$S3_PORT"
 
   wait_http s3 "http://$HOST:$S3_PORT/"
   wait_http azure "http://$HOST:$AZ_PORT/"
   wait_http gcs "http://$HOST:$GCS_PORT/"
+  wait_http proxy "http://$HOST:$PROXY_PORT/__faults__/stats"
 
   s3_make_bucket "$S3_PORT"
   s3_make_bucket "$GCS_PORT"
+  # GCS objects have generations: moto's version ids stand for them.
+  curl -s -o /dev/null -X PUT "http://$HOST:$GCS_PORT/$BUCKET?versioning" -H 'Content-Type: application/xml' \
+    --data '<VersioningConfiguration><Status>Enabled</Status></VersioningConfiguration>' 
   "$VENV/bin/python" "$TOOLS/bin/azure_create_container.py" "http://$HOST:$AZ_PORT" "$AZ_ACCOUNT" "$AZ_KEY" "$BUCKET" >/dev/null
 
   cat > "$RUN/gcs-service-account.json" <<EOF
@@ -248,6 +263,7 @@ export AZURE_STORAGE_ACCOUNT_NAME=$AZ_ACCOUNT
 export AZURE_STORAGE_ACCOUNT_KEY=$AZ_KEY
 export AZURE_CONTAINER_NAME=$BUCKET
 export GOOGLE_SERVICE_ACCOUNT=$RUN/gcs-service-account.json
+export TAILOR_FAULT_PROXY=http://$HOST:$PROXY_PORT
 export GOOGLE_BASE_URL=http://$HOST:$GCS_PORT
 export GOOGLE_BUCKET=$BUCKET
 EOF
@@ -255,7 +271,7 @@ EOF
 
 cmd_status() {
   local n p rc=0
-  for n in s3:$S3_PORT azure:$AZ_PORT gcs:$GCS_PORT; do
+  for n in s3:$S3_PORT azure:$AZ_PORT gcs:$GCS_PORT proxy:$PROXY_PORT; do
     p=${n#*:}; n=${n%%:*}
     if is_running "$n" && curl -s -o /dev/null --max-time 2 "http://$HOST:$p/"; then
       echo "$n: up (pid $(cat "$RUN/$n.pid"), http://$HOST:$p)"
@@ -266,7 +282,7 @@ cmd_status() {
 
 cmd_stop() {
   local n pid i
-  for n in s3 azure gcs; do
+  for n in s3 azure gcs proxy; do
     [ -f "$RUN/$n.pid" ] || continue
     pid=$(cat "$RUN/$n.pid")
     if kill -0 "$pid" 2>/dev/null; then

@@ -69,6 +69,15 @@ pub struct RunArgs {
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Retries of a failed object-store request (default 10).
+    #[arg(long)]
+    pub store_max_retries: Option<usize>,
+    /// How long a request is retried at most (default 3m).
+    #[arg(long)]
+    pub store_retry_timeout: Option<String>,
+    /// The first retry's backoff, doubling up to 15s (default 100ms).
+    #[arg(long)]
+    pub store_backoff: Option<String>,
     /// Print the JSON report on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -98,6 +107,9 @@ impl RunArgs {
             spill_dir: self.spill_dir.clone(),
             stage_dir: self.stage_dir.clone(),
             report: self.report.clone(),
+            store_max_retries: self.store_max_retries,
+            store_retry_timeout: self.store_retry_timeout.clone(),
+            store_backoff: self.store_backoff.clone(),
         }
     }
 

@@ -43,6 +43,9 @@ pub struct JobFile {
     pub spill_dir: Option<PathBuf>,
     pub stage_dir: Option<PathBuf>,
     pub report: Option<PathBuf>,
+    pub store_max_retries: Option<usize>,
+    pub store_retry_timeout: Option<String>,
+    pub store_backoff: Option<String>,
 }
 
 /// `a.overlay(b)`, field by field: `b`'s value where it has one.
@@ -107,7 +110,10 @@ impl JobFile {
             fail_on_misrouted,
             spill_dir,
             stage_dir,
-            report
+            report,
+            store_max_retries,
+            store_retry_timeout,
+            store_backoff
         )
     }
 }
@@ -133,6 +139,67 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .with_binary()
         .parse_size(s.trim())
         .map_err(|e| format!("{s:?} is not a size (e.g. 512MiB, 8GiB): {e}"))
+}
+
+/// Parses a duration (`100ms`, `30s`, `3m`), naming the setting.
+pub fn parse_duration(what: &str, s: &str) -> Result<std::time::Duration, JobError> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        JobError::Config(format!(
+            "{what} {s:?} is not a duration (e.g. 500ms, 30s, 3m): {e}"
+        ))
+    })
+}
+
+/// How object-store requests are retried: object_store's `RetryConfig`
+/// (its defaults: 10 retries within 3 minutes, backoff from 100 ms,
+/// doubling up to 15 s). Transient failures are retried: 5xx answers and
+/// 429, connection errors and timeouts, and a body cut short (a GET is
+/// resumed where it stopped); what still fails ends the run with exit 74.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetrySettings {
+    pub max_retries: usize,
+    #[serde(with = "humantime_serde_secs")]
+    pub retry_timeout: std::time::Duration,
+    #[serde(with = "humantime_serde_secs")]
+    pub backoff_initial: std::time::Duration,
+    #[serde(with = "humantime_serde_secs")]
+    pub backoff_max: std::time::Duration,
+}
+
+/// Durations in reports, as seconds.
+mod humantime_serde_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        let r = object_store::RetryConfig::default();
+        Self {
+            max_retries: r.max_retries,
+            retry_timeout: r.retry_timeout,
+            backoff_initial: r.backoff.init_backoff,
+            backoff_max: r.backoff.max_backoff,
+        }
+    }
+}
+
+impl RetrySettings {
+    pub fn retry_config(&self) -> object_store::RetryConfig {
+        object_store::RetryConfig {
+            max_retries: self.max_retries,
+            retry_timeout: self.retry_timeout,
+            backoff: object_store::BackoffConfig {
+                init_backoff: self.backoff_initial,
+                max_backoff: self.backoff_max.max(self.backoff_initial),
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// Parses an hour (`YYYY-MM-DDTHH`), naming the setting it came from.
@@ -283,6 +350,8 @@ pub struct RunConfig {
     pub spill_dir: Option<PathBuf>,
     pub stage_dir: Option<PathBuf>,
     pub report: Option<PathBuf>,
+    /// Retries of object-store requests.
+    pub store_retry: RetrySettings,
     #[serde(skip)]
     pub progress: bool,
     /// Test hook: stop after the data files are written, before the commit
@@ -335,6 +404,7 @@ impl RunConfig {
             spill_dir: None,
             stage_dir: None,
             report: None,
+            store_retry: RetrySettings::default(),
             progress: false,
             fail_before_commit: false,
             cleanup_grace: DEFAULT_CLEANUP_GRACE,
@@ -422,6 +492,15 @@ impl RunConfig {
         cfg.spill_dir = s.spill_dir;
         cfg.stage_dir = s.stage_dir;
         cfg.report = s.report;
+        if let Some(n) = s.store_max_retries {
+            cfg.store_retry.max_retries = n;
+        }
+        if let Some(t) = s.store_retry_timeout {
+            cfg.store_retry.retry_timeout = parse_duration("--store-retry-timeout", &t)?;
+        }
+        if let Some(b) = s.store_backoff {
+            cfg.store_retry.backoff_initial = parse_duration("--store-backoff", &b)?;
+        }
         Ok(cfg)
     }
 

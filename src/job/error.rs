@@ -99,6 +99,14 @@ impl JobError {
                     }
                 }
                 D::ObjectStore(_) | D::IoError(_) => ErrorClass::Io,
+                D::ArrowError(a, _)
+                    if matches!(
+                        a.as_ref(),
+                        datafusion::arrow::error::ArrowError::IoError(..)
+                    ) =>
+                {
+                    ErrorClass::Io
+                }
                 D::ResourcesExhausted(_) => ErrorClass::Usage,
                 _ => ErrorClass::Internal,
             },

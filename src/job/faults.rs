@@ -7,8 +7,10 @@
 //! ```
 //!
 //! where `<action>` is `stall` (print `tailor: fail point <name> reached`
-//! on stderr, then block forever: the test kills the process there) or
-//! `error` (fail the step with an I/O error naming the point). Points:
+//! on stderr, then block forever: the test kills the process there),
+//! `wait-for:<path>` (print the same, then wait until the file `<path>`
+//! exists and go on: a test lets another process pass first) or `error`
+//! (fail the step with an I/O error naming the point). Points:
 //! `scan.batch` (the first sorted batch reached the merge), `upload.<k>`
 //! (before the k-th data file, from 0, is uploaded), `commit.put` (every
 //! data file is uploaded, the manifest not yet written), `commit.cleanup`
@@ -44,12 +46,20 @@ pub fn fail_point(name: &str) -> Result<(), JobError> {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
         }
+        a if a.starts_with("wait-for:") => {
+            eprintln!("tailor: fail point {name} reached");
+            let path = std::path::Path::new(&a["wait-for:".len()..]);
+            while !path.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(())
+        }
         "error" => Err(JobError::io(
             format_args!("fail point {name}"),
             std::io::Error::other("injected by TAILOR_FAIL_POINTS"),
         )),
         other => Err(JobError::Config(format!(
-            "TAILOR_FAIL_POINTS: unknown action {other:?} for {name} (stall or error)"
+            "TAILOR_FAIL_POINTS: unknown action {other:?} for {name} (stall, wait-for:<path> or error)"
         ))),
     }
 }

@@ -46,7 +46,7 @@ use crate::datasource::listing::{Ignored, InputObject, Listing, Window, list_inp
 use crate::datasource::options::{PayloadOptions, ROW_POINTS};
 use crate::datasource::scan_log::{CorruptRecord, MisroutedRecord, ScanLog, ScanTotals};
 use crate::datasource::source::frame_error;
-use crate::datasource::store::StoreRoot;
+use crate::datasource::store::{StoreOptions, StoreRoot};
 use crate::datasource::table::PayloadTable;
 use crate::job::commit::{self, Base};
 use crate::job::config::{MemoryBudget, RunConfig};
@@ -175,7 +175,13 @@ pub fn session(
 pub async fn run_shard(cfg: &RunConfig) -> (RunStats, Result<(), JobError>) {
     let clock = Clock::start();
     let mut stats = RunStats::default();
-    let result = match (StoreRoot::open(&cfg.input), StoreRoot::open(&cfg.output)) {
+    let opts = StoreOptions {
+        retry: Some(cfg.store_retry.retry_config()),
+    };
+    let result = match (
+        StoreRoot::open_with(&cfg.input, &opts),
+        StoreRoot::open_with(&cfg.output, &opts),
+    ) {
         (Ok(input), Ok(output)) => steps(cfg, &input, &output, &mut stats).await,
         (Err(e), _) | (_, Err(e)) => Err(e.into()),
     };
@@ -409,6 +415,12 @@ async fn scan_group_encode(
         {
             return Err(JobError::MemoryLimit(msg));
         }
+        if let Some(io) = spill_io_error(&e) {
+            return Err(JobError::io(
+                format_args!("spilling the grouping sort into {}", spill.display()),
+                io,
+            ));
+        }
         return Err(match frame_error(&e) {
             Some(fe) => JobError::Corrupt(Box::new(fe.clone())),
             None => JobError::DataFusion(e),
@@ -433,6 +445,21 @@ async fn scan_group_encode(
         return Err(JobError::Misrouted(stats.misrouted.len()));
     }
     Ok((staged, stats.scan.clone()))
+}
+
+/// The I/O error of a spill file, if `e` is one: inside DataFusion's plan
+/// only the sort's spill files are written and read through arrow's IPC
+/// (the scan's own I/O errors come out as store or mmap errors).
+fn spill_io_error(e: &DataFusionError) -> Option<std::io::Error> {
+    match e.find_root() {
+        DataFusionError::ArrowError(a, _) => match a.as_ref() {
+            datafusion::arrow::error::ArrowError::IoError(msg, io) => {
+                Some(std::io::Error::new(io.kind(), msg.clone()))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// What to tell the user when DataFusion's pool (of `pool` bytes, for

@@ -7,7 +7,9 @@ mod diff;
 mod faults;
 mod faulty;
 mod job;
+mod kills;
 
 mod ranges;
+mod retries;
 mod scan;
 mod stores;

@@ -93,6 +93,16 @@ fn round_trip(base: &str) {
     });
 }
 
+/// The S3 test bucket's URL, when the servers run (see [`available`]).
+pub fn s3_base() -> Option<String> {
+    available("AWS_ENDPOINT", "S3").then(|| {
+        format!(
+            "s3://{}",
+            std::env::var("AWS_BUCKET").unwrap_or("tailor-test".into())
+        )
+    })
+}
+
 #[test]
 fn s3() {
     if available("AWS_ENDPOINT", "S3") {
