@@ -189,7 +189,15 @@ pub async fn list_inputs(
             .await
             .map_err(|source| StoreOpError {
                 op: "LIST",
-                target: format!("{}/", root.display_of(&prefix)),
+                target: match &source {
+                    // Naming the prefix that cannot be listed, and why.
+                    object_store::Error::InvalidPath { .. } => format!(
+                        "{}/ (an object under it has a key that is not a valid object path; \
+                         nothing under the prefix can be listed until it is renamed or removed)",
+                        root.display_of(&prefix)
+                    ),
+                    _ => format!("{}/", root.display_of(&prefix)),
+                },
                 source,
             })?;
     let mut listing = Listing::default();

@@ -48,6 +48,48 @@ pub struct JobFile {
     pub store_backoff: Option<String>,
 }
 
+/// The most bytes of a job file: a few dozen settings.
+pub const MAX_JOB_FILE_BYTES: u64 = 1 << 20;
+
+/// The most bytes of a shard map: a modulus and the dedicated orgs (ten
+/// bytes each), so over a million of them.
+pub const MAX_SHARD_MAP_BYTES: u64 = 16 << 20;
+
+/// Reads a small text file the job is configured by, refusing one bigger
+/// than `max` before reading it (a mistyped path to a data file, say).
+fn read_small(path: &Path, what: &str, max: u64) -> Result<String, JobError> {
+    let read = || -> std::io::Result<String> {
+        use std::io::Read;
+        let f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        if len > max {
+            return Err(std::io::Error::other(format!(
+                "{len} bytes, over the {max}-byte limit of a {what}"
+            )));
+        }
+        let mut text = String::new();
+        f.take(max + 1).read_to_string(&mut text)?;
+        Ok(text)
+    };
+    read().map_err(|e| JobError::Config(format!("reading {what} {}: {e}", path.display())))
+}
+
+/// A TOML error in `what` at `path`, short: the line and column and what
+/// is wrong (toml's own message quotes the whole line, however long).
+pub fn toml_error(what: &str, path: &Path, text: &str, e: &toml::de::Error) -> JobError {
+    let at = e.span().map_or(String::new(), |s| {
+        let before = &text[..s.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!(", line {line}, column {column}")
+    });
+    JobError::Config(format!(
+        "{what} {}{at}: {}",
+        path.display(),
+        e.message().trim_end()
+    ))
+}
+
 /// `a.overlay(b)`, field by field: `b`'s value where it has one.
 macro_rules! overlay {
     ($a:ident, $b:ident, $($f:ident),*) => {
@@ -61,10 +103,9 @@ impl JobFile {
     /// relative to the job file's directory, not to the directory the
     /// scheduler happens to start the job in.
     pub fn load(path: &Path) -> Result<Self, JobError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| JobError::Config(format!("reading job file {}: {e}", path.display())))?;
-        let mut file: JobFile = toml::from_str(&text)
-            .map_err(|e| JobError::Config(format!("job file {}: {e}", path.display())))?;
+        let text = read_small(path, "job file", MAX_JOB_FILE_BYTES)?;
+        let mut file: JobFile =
+            toml::from_str(&text).map_err(|e| toml_error("job file", path, &text, &e))?;
         let base = path.parent().unwrap_or(Path::new(""));
         for p in [
             &mut file.shard_map,
@@ -313,10 +354,13 @@ pub fn cgroup_memory_limit(text: &str, root: &Path) -> Option<(u64, String)> {
 pub fn load_shard_map(path: Option<&Path>) -> Result<(Arc<ShardMap>, String), JobError> {
     match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| JobError::Config(format!("reading shard map {}: {e}", p.display())))?;
-            let map = ShardMap::parse(&text)
-                .map_err(|e| JobError::Config(format!("shard map {}: {e}", p.display())))?;
+            let text = read_small(p, "shard map", MAX_SHARD_MAP_BYTES)?;
+            let map = ShardMap::parse(&text).map_err(|e| match &e {
+                crate::format::shard::ShardMapError::Parse(t) => {
+                    toml_error("shard map", p, &text, t)
+                }
+                other => JobError::Config(format!("shard map {}: {other}", p.display())),
+            })?;
             Ok((Arc::new(map), p.display().to_string()))
         }
         None => Ok((

@@ -77,6 +77,14 @@ impl JobError {
             JobError::Corrupt(_) | JobError::Misrouted(_) | JobError::BadOutput(_) => {
                 ErrorClass::Data
             }
+            // A key object_store cannot take for a path (`..`, an empty
+            // segment, bytes that are not UTF-8) is in the data: retrying
+            // lists it again.
+            JobError::ObjectStore(e)
+                if matches!(e.source, object_store::Error::InvalidPath { .. }) =>
+            {
+                ErrorClass::Data
+            }
             JobError::ObjectStore(_) | JobError::Io { .. } => ErrorClass::Io,
             JobError::LostRace(_) => ErrorClass::LostRace,
             JobError::Internal(_) => ErrorClass::Internal,

@@ -296,3 +296,57 @@ async fn export_to(
     file.get_ref().sync_all().at(&writing)?;
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+
+    /// A series whose metadata, repeated per point, would overflow a Utf8
+    /// column's 32-bit offsets (64 KiB x 40 Ki points is 2.5 GiB) is cut
+    /// across batches at the metadata budget; here the budget is scaled
+    /// down so the test holds little memory.
+    #[test]
+    fn a_series_of_large_metadata_is_cut_across_batches_at_the_byte_budget() {
+        let entry = crate::format::tsf::SeriesEntry {
+            org_id: 7,
+            metric_id: 9,
+            kind: 1,
+            interval_s: 10,
+            metadata: "m".repeat(1000),
+            n_points: 1000,
+            min_ts: 0,
+            max_ts: 999,
+            blocks: Vec::new(),
+        };
+        let ts: Vec<i64> = (0..1000).collect();
+        let vals: Vec<u64> = (0..1000).map(|v| v * 3).collect();
+        let mut b = PointBatcher {
+            max_meta_bytes: 64 * 1000,
+            ..Default::default()
+        };
+        let mut batches = Vec::new();
+        b.push_series(&entry, &ts, &vals, |b| {
+            batches.push(b.take(true)?);
+            Ok(())
+        })
+        .unwrap();
+        batches.push(b.take(true).unwrap());
+        assert_eq!(batches.len(), 16, "1000 points at 64 per batch");
+        assert!(batches.iter().all(|b| b.num_rows() <= 64));
+        let got: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| b.column(2).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(got, ts, "every point, in order");
+        assert!(batches.iter().all(|b| {
+            b.column(6)
+                .as_string::<i32>()
+                .iter()
+                .all(|m| m == Some(entry.metadata.as_str()))
+        }));
+        // The real budget keeps a batch's metadata far below 2 GiB.
+        assert!(PointBatcher::default().max_meta_bytes < (i32::MAX as usize) / 4);
+    }
+}

@@ -6,6 +6,7 @@ mod corpus;
 mod diff;
 mod faults;
 mod faulty;
+mod hostile;
 mod job;
 mod kills;
 
