@@ -11,6 +11,7 @@ pub mod diff;
 pub mod export;
 pub mod generate;
 pub mod inspect;
+pub mod plan;
 pub mod query;
 pub mod run;
 
@@ -36,13 +37,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the shard job: group, write, commit.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Generate a deterministic input tree.
     Generate(generate::GenerateArgs),
     /// Run SQL over the payload table (`payloads`).
     Query(query::QueryArgs),
     /// Export a committed output as one row per point (Parquet or CSV).
     Export(export::ExportArgs),
+    /// Which (shard, hour) windows must run or rerun: pending, stale, done,
+    /// settling, empty, orphaned (exit 0: nothing to run; 10: something).
+    Plan(plan::PlanArgs),
     /// Show a manifest's or a data file's contents.
     Inspect(inspect::InspectArgs),
     /// Compare two committed outputs point by point (exit 0 same, 1 different, 2 error).
@@ -156,11 +160,12 @@ pub fn main_with(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Diff(a) => diff::main(a).await,
-            Command::Run(a) => run::main(a).await,
+            Command::Run(a) => run::main(*a).await,
             Command::Generate(a) => generate::main(a).await,
             Command::Query(a) => query::main(a).await,
             Command::Export(a) => export::main(a).await,
             Command::Inspect(a) => inspect::main(a).await,
+            Command::Plan(a) => plan::main(a).await,
             Command::Floor(a) => floor_main(a).await,
         }
     });

@@ -81,6 +81,20 @@ pub struct RunArgs {
     /// Print the JSON report on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Run only if the window needs it: skipped (exit 0, at the cost of one
+    /// LIST and one GET) when its commit read exactly the input listed now,
+    /// or when it has neither input nor commit. For idempotent scheduler
+    /// tasks that may be retried or run twice.
+    #[arg(long)]
+    pub only_if_needed: bool,
+    /// Take the shard and window from this plan (`tailor plan --out`, or
+    /// the ConfigMap of `--format k8s`): its `--plan-index`-th window to run.
+    #[arg(long, requires = "plan_index")]
+    pub plan_file: Option<PathBuf>,
+    /// Which window of `--plan-file` (from 0; a Kubernetes Indexed Job
+    /// passes `$(JOB_COMPLETION_INDEX)`).
+    #[arg(long, requires = "plan_file")]
+    pub plan_index: Option<usize>,
     /// Test hook: stop after writing the data files, before the commit.
     #[arg(long, hide = true)]
     pub fail_before_commit: bool,
@@ -119,8 +133,22 @@ impl RunArgs {
             Some(p) => JobFile::load(p)?,
             None => JobFile::default(),
         };
-        let mut cfg = RunConfig::resolve(file.overlay(self.settings()))?;
+        let mut flags = self.settings();
+        if let (Some(plan), Some(index)) = (&self.plan_file, self.plan_index) {
+            if self.shard.is_some() || self.from.is_some() || self.to.is_some() {
+                return Err(JobError::Config(
+                    "--plan-file picks the shard and window: leave out --shard, --from and --to"
+                        .into(),
+                ));
+            }
+            let (shard, from, to) = crate::job::plan::window_of_plan_file(plan, index)?;
+            flags.shard = Some(shard);
+            flags.from = Some(from);
+            flags.to = Some(to);
+        }
+        let mut cfg = RunConfig::resolve(file.overlay(flags))?;
         cfg.progress = true;
+        cfg.only_if_needed = self.only_if_needed;
         cfg.fail_before_commit = self.fail_before_commit;
         Ok(cfg)
     }

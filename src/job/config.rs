@@ -396,6 +396,9 @@ pub struct RunConfig {
     pub report: Option<PathBuf>,
     /// Retries of object-store requests.
     pub store_retry: RetrySettings,
+    /// Skip the run when the window's commit read the input listed now
+    /// (`--only-if-needed`).
+    pub only_if_needed: bool,
     #[serde(skip)]
     pub progress: bool,
     /// Test hook: stop after the data files are written, before the commit
@@ -449,6 +452,7 @@ impl RunConfig {
             stage_dir: None,
             report: None,
             store_retry: RetrySettings::default(),
+            only_if_needed: false,
             progress: false,
             fail_before_commit: false,
             cleanup_grace: DEFAULT_CLEANUP_GRACE,

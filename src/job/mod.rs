@@ -10,8 +10,9 @@
 //! encode    the writer thread: series -> staged files  -> merge, measure
 //! manifest  the commit record, its checks, run_id      -> encode
 //! commit    upload, the manifest put, cleanup          -> manifest, faults
+//! plan      which windows must (re)run, and why        -> manifest, config
 //! scratch   locked scratch dirs, killed runs' reclaimed -> error
-//! run       the shard job's flow, RunStats             -> config, measure, merge, encode, manifest, commit, faults, scratch
+//! run       the shard job's flow, RunStats             -> config, measure, merge, encode, manifest, commit, faults, scratch, plan
 //! output    committed outputs read back                -> manifest
 //! export    output -> one row per point                -> output, manifest
 //! diff      two outputs compared                       -> output, manifest
@@ -33,6 +34,7 @@ pub mod manifest;
 pub mod measure;
 pub mod merge;
 pub mod output;
+pub mod plan;
 pub mod report;
 pub mod run;
 pub mod scratch;

@@ -35,6 +35,7 @@ impl Report {
     pub fn new(cfg: &RunConfig, run: RunStats, error: Option<&JobError>) -> Self {
         let (status, error) = match error {
             None if run.committed => ("committed", None),
+            None if run.skipped.is_some() => ("up-to-date", None),
             None => ("failed", Some("the run ended without a commit".to_string())),
             Some(e) => ("failed", Some(e.to_string())),
         };
@@ -143,6 +144,9 @@ impl Report {
         }
         for c in self.run.corrupt.iter().take(5) {
             let _ = writeln!(s, "  corrupt: {} @ {}: {}", c.key, c.offset, c.reason);
+        }
+        if let Some(why) = &self.run.skipped {
+            let _ = writeln!(s, "  skipped: {why}");
         }
         for w in &self.run.warnings {
             let _ = writeln!(s, "  warning: {w}");

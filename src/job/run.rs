@@ -110,6 +110,9 @@ pub struct RunStats {
     /// The run committed its output.
     #[serde(skip)]
     pub committed: bool,
+    /// Why the run did nothing (`--only-if-needed` found the window up to
+    /// date); the run succeeded without a commit.
+    pub skipped: Option<String>,
 }
 
 /// Builds the session: memory pool, spill directory, partitions.
@@ -257,6 +260,12 @@ async fn steps(
     );
     let (base, warning) = Base::read(output, &location).await?;
     stats.warnings.extend(warning);
+    if cfg.only_if_needed
+        && let Some(why) = up_to_date(output, &location, &listing).await?
+    {
+        stats.skipped = Some(why);
+        return Ok(());
+    }
 
     // -- scan + group (DataFusion) with merge + encode on a writer thread
     // Scratch space of killed runs first, then this run's own.
@@ -302,7 +311,19 @@ async fn steps(
         ));
     }
     let t = Phase::start("commit");
-    let committed = commit::commit(output, &manifest, &base, cfg.cleanup_grace).await?;
+    let committed = match commit::commit(output, &manifest, &base, cfg.cleanup_grace).await {
+        // Another run committed first; it may have read this very input.
+        Err(JobError::LostRace(why)) if cfg.only_if_needed => {
+            match up_to_date(output, &location, &listing).await? {
+                Some(done) => {
+                    stats.skipped = Some(format!("another run committed the window first: {done}"));
+                    return Ok(());
+                }
+                None => return Err(JobError::LostRace(why)),
+            }
+        }
+        other => other?,
+    };
     stats.phases.push(t.stop());
     stats.committed = true;
     stats.output = OutputSummary {
@@ -460,6 +481,35 @@ fn spill_io_error(e: &DataFusionError) -> Option<std::io::Error> {
         },
         _ => None,
     }
+}
+
+/// Why the window at `location` needs no run, if it does not: its commit
+/// read exactly the input listed now, or it has neither input nor commit.
+async fn up_to_date(
+    output: &StoreRoot,
+    location: &str,
+    listing: &Listing,
+) -> Result<Option<String>, JobError> {
+    let (shard, window) = location
+        .split_once('/')
+        .ok_or_else(|| JobError::Internal(format!("bad location {location}")))?;
+    Ok(
+        match crate::job::manifest::read_stored(output, shard, window).await? {
+            None if listing.objects.is_empty() => {
+                Some(format!("{location} has no input and no commit"))
+            }
+            Some(s) => match s.manifest {
+                Ok(m) if crate::job::plan::compare(&listing.objects, &m.inputs).is_empty() => {
+                    Some(format!(
+                        "{location} is committed (run {}) and its input is unchanged",
+                        m.run_id
+                    ))
+                }
+                _ => None,
+            },
+            None => None,
+        },
+    )
 }
 
 /// What to tell the user when DataFusion's pool (of `pool` bytes, for

@@ -9,6 +9,7 @@ mod faulty;
 mod hostile;
 mod job;
 mod kills;
+mod plan;
 
 mod ranges;
 mod retries;

@@ -1,0 +1,136 @@
+//! `tailor plan`: which windows must run or rerun (exit 0: none; 10: some).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+
+use crate::cli::parse_hour;
+use crate::datasource::listing::Hour;
+use crate::datasource::store::StoreRoot;
+use crate::job::JobError;
+use crate::job::config::{load_shard_map, parse_duration};
+use crate::job::error::IoContext;
+use crate::job::plan::{DEFAULT_SETTLE, PlanConfig, plan};
+
+/// Exit code of `tailor plan` when some window must run.
+pub const EXIT_WORK: u8 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    Table,
+    Json,
+    Csv,
+    /// A Kubernetes `List`: the plan as a ConfigMap and an Indexed Job
+    /// (from `--k8s-template`) with one completion per window to run.
+    K8s,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Input root URL.
+    #[arg(long, env = "TAILOR_INPUT")]
+    pub input: String,
+    /// Output root URL.
+    #[arg(long, env = "TAILOR_OUTPUT")]
+    pub output: String,
+    /// Shards to plan (repeatable; default: every shard of the map).
+    #[arg(long = "shard")]
+    pub shards: Vec<String>,
+    /// First hour (YYYY-MM-DDTHH); with --to, every hour between them is
+    /// planned, empty ones too. Default: the hours present.
+    #[arg(long, value_parser = parse_hour)]
+    pub from: Option<Hour>,
+    #[arg(long, value_parser = parse_hour)]
+    pub to: Option<Hour>,
+    #[arg(long, env = "TAILOR_SHARD_MAP")]
+    pub shard_map: Option<PathBuf>,
+    /// How long after an hour's end its window is left to settle (the sink
+    /// may still be writing it): e.g. 10m (the default), 0s.
+    #[arg(long)]
+    pub settle: Option<String>,
+    /// The time the plan is made at (RFC 3339; default: now), for replays
+    /// and tests.
+    #[arg(long)]
+    pub now: Option<String>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: PlanFormat,
+    /// Also write the JSON plan here (whatever --format prints).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The Indexed Job (JSON) that `--format k8s` fills in.
+    #[arg(long)]
+    pub k8s_template: Option<PathBuf>,
+    /// Shards planned at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+}
+
+pub async fn main(a: PlanArgs) -> Result<ExitCode, JobError> {
+    let (map, source) = load_shard_map(a.shard_map.as_deref())?;
+    let shards = if a.shards.is_empty() {
+        map.shards().iter().map(|s| s.to_string()).collect()
+    } else {
+        for s in &a.shards {
+            if crate::format::shard::Shard::parse(s).is_none_or(|sh| !map.contains(sh)) {
+                return Err(JobError::Config(format!(
+                    "--shard {s:?} is not a shard of the shard map ({source})"
+                )));
+            }
+        }
+        a.shards.clone()
+    };
+    if let (Some(f), Some(t)) = (&a.from, &a.to)
+        && f > t
+    {
+        return Err(JobError::Config(format!("--from {f} is after --to {t}")));
+    }
+    let settle = match &a.settle {
+        Some(s) => parse_duration("--settle", s)?,
+        None => DEFAULT_SETTLE,
+    };
+    let now = match &a.now {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| JobError::Config(format!("--now {t:?} is not an RFC 3339 time: {e}")))?
+            .with_timezone(&chrono::Utc),
+        None => chrono::Utc::now(),
+    };
+    if a.format == PlanFormat::K8s && a.k8s_template.is_none() {
+        return Err(JobError::Config("--format k8s needs --k8s-template".into()));
+    }
+    let cfg = PlanConfig {
+        shards,
+        map,
+        from: a.from.clone(),
+        to: a.to.clone(),
+        settle,
+        now,
+        concurrency: a.concurrency,
+    };
+    let input = StoreRoot::open(&a.input)?;
+    let output = StoreRoot::open(&a.output)?;
+    let p = plan(&cfg, &input, &output).await?;
+    let json = serde_json::to_string_pretty(&p).expect("plan serialises");
+    if let Some(out) = &a.out {
+        std::fs::write(out, &json).at(format_args!("writing {}", out.display()))?;
+    }
+    let text = match a.format {
+        PlanFormat::Table => p.table(),
+        PlanFormat::Json => json + "\n",
+        PlanFormat::Csv => p.csv(),
+        PlanFormat::K8s => {
+            let template = a.k8s_template.as_deref().expect("checked above");
+            crate::job::plan::k8s_list(&p, template)? + "\n"
+        }
+    };
+    {
+        use std::io::Write;
+        let mut o = std::io::stdout().lock();
+        o.write_all(text.as_bytes()).at("writing to stdout")?;
+    }
+    Ok(if p.to_run().next().is_some() {
+        ExitCode::from(EXIT_WORK)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
