@@ -22,9 +22,13 @@ cargo test --doc
 if [ "${TAILOR_NO_READER:-}" != 1 ]; then
   bash scripts/test-reader.sh
 fi
-# The Airflow DAG, loaded and one task run by a real Airflow (uses the
-# target/debug/tailor that the integration tests built).
+# The schedulers (use the target/debug/tailor the integration tests built):
+# the Airflow 3 DAG run by a real Airflow on a tree with done, pending,
+# stale and corrupt windows; the Kubernetes manifests validated against
+# the Kubernetes schemas, with the Indexed Job's pods played; jobs/Makefile.
 if [ "${TAILOR_NO_AIRFLOW:-}" != 1 ]; then
   bash scripts/test-airflow.sh install
   bash scripts/test-airflow.sh run
 fi
+bash scripts/test-schedulers.sh install
+bash scripts/test-schedulers.sh run

@@ -9,7 +9,7 @@ use crate::cli::parse_hour;
 use crate::datasource::listing::Hour;
 use crate::datasource::store::StoreRoot;
 use crate::job::JobError;
-use crate::job::config::{load_shard_map, parse_duration};
+use crate::job::config::{JobFile, load_shard_map, parse_duration};
 use crate::job::error::IoContext;
 use crate::job::plan::{DEFAULT_SETTLE, PlanConfig, plan};
 
@@ -24,16 +24,23 @@ pub enum PlanFormat {
     /// A Kubernetes `List`: the plan as a ConfigMap and an Indexed Job
     /// (from `--k8s-template`) with one completion per window to run.
     K8s,
+    /// One line for jobs/Makefile: `<shard>/<window>:<state>` for each
+    /// window to run.
+    Make,
 }
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
+    /// A job file (as `tailor run --job`): its input, output and shard map
+    /// are the plan's, unless flags say otherwise.
+    #[arg(long, env = "TAILOR_JOB")]
+    pub job: Option<PathBuf>,
     /// Input root URL.
     #[arg(long, env = "TAILOR_INPUT")]
-    pub input: String,
+    pub input: Option<String>,
     /// Output root URL.
     #[arg(long, env = "TAILOR_OUTPUT")]
-    pub output: String,
+    pub output: Option<String>,
     /// Shards to plan (repeatable; default: every shard of the map).
     #[arg(long = "shard")]
     pub shards: Vec<String>,
@@ -67,7 +74,20 @@ pub struct PlanArgs {
 }
 
 pub async fn main(a: PlanArgs) -> Result<ExitCode, JobError> {
-    let (map, source) = load_shard_map(a.shard_map.as_deref())?;
+    let file = match &a.job {
+        Some(p) => JobFile::load(p)?,
+        None => JobFile::default(),
+    };
+    let need = |flag: &Option<String>, f: &Option<String>, name: &str| {
+        flag.clone()
+            .or_else(|| f.clone())
+            .ok_or_else(|| JobError::Config(format!("--{name} is required (flag or job file)")))
+    };
+    let (input_url, output_url) = (
+        need(&a.input, &file.input, "input")?,
+        need(&a.output, &file.output, "output")?,
+    );
+    let (map, source) = load_shard_map(a.shard_map.as_deref().or(file.shard_map.as_deref()))?;
     let shards = if a.shards.is_empty() {
         map.shards().iter().map(|s| s.to_string()).collect()
     } else {
@@ -107,8 +127,8 @@ pub async fn main(a: PlanArgs) -> Result<ExitCode, JobError> {
         now,
         concurrency: a.concurrency,
     };
-    let input = StoreRoot::open(&a.input)?;
-    let output = StoreRoot::open(&a.output)?;
+    let input = StoreRoot::open(&input_url)?;
+    let output = StoreRoot::open(&output_url)?;
     let p = plan(&cfg, &input, &output).await?;
     let json = serde_json::to_string_pretty(&p).expect("plan serialises");
     if let Some(out) = &a.out {
@@ -118,6 +138,13 @@ pub async fn main(a: PlanArgs) -> Result<ExitCode, JobError> {
         PlanFormat::Table => p.table(),
         PlanFormat::Json => json + "\n",
         PlanFormat::Csv => p.csv(),
+        PlanFormat::Make => {
+            let words: Vec<String> = p
+                .to_run()
+                .map(|w| format!("{}/{}:{}", w.shard, w.window, w.state.name()))
+                .collect();
+            words.join(" ") + "\n"
+        }
         PlanFormat::K8s => {
             let template = a.k8s_template.as_deref().expect("checked above");
             crate::job::plan::k8s_list(&p, template)? + "\n"
