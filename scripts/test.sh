@@ -32,3 +32,8 @@ if [ "${TAILOR_NO_AIRFLOW:-}" != 1 ]; then
 fi
 bash scripts/test-schedulers.sh install
 bash scripts/test-schedulers.sh run
+# Metrics pushed to a real Pushgateway and read back from a real
+# Prometheus, the alert rules (promtool), and `tailor report` rendered by
+# headless Chromium (Debian's packages, installed with apt-get if missing).
+bash scripts/test-observability.sh install
+bash scripts/test-observability.sh run

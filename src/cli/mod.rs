@@ -13,6 +13,7 @@ pub mod generate;
 pub mod inspect;
 pub mod plan;
 pub mod query;
+pub mod report;
 pub mod run;
 
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Which (shard, hour) windows must run or rerun: pending, stale, done,
     /// settling, empty, orphaned (exit 0: nothing to run; 10: something).
     Plan(plan::PlanArgs),
+    /// The run history (and the plan) as a self-contained HTML page or JSON:
+    /// window states, phase timelines, shards over time, drops.
+    Report(report::ReportArgs),
     /// Show a manifest's or a data file's contents.
     Inspect(inspect::InspectArgs),
     /// Compare two committed outputs point by point (exit 0 same, 1 different, 2 error).
@@ -166,6 +170,7 @@ pub fn main_with(cli: Cli) -> ExitCode {
             Command::Export(a) => export::main(a).await,
             Command::Inspect(a) => inspect::main(a).await,
             Command::Plan(a) => plan::main(a).await,
+            Command::Report(a) => report::main(a).await,
             Command::Floor(a) => floor_main(a).await,
         }
     });

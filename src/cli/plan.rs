@@ -71,6 +71,12 @@ pub struct PlanArgs {
     /// Shards planned at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Write the plan's Prometheus metrics to this file (atomically).
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
+    /// Push them to this Pushgateway (group job=tailor, scope=plan).
+    #[arg(long, env = "TAILOR_PUSHGATEWAY")]
+    pub pushgateway: Option<String>,
 }
 
 pub async fn main(a: PlanArgs) -> Result<ExitCode, JobError> {
@@ -129,7 +135,22 @@ pub async fn main(a: PlanArgs) -> Result<ExitCode, JobError> {
     };
     let input = StoreRoot::open(&input_url)?;
     let output = StoreRoot::open(&output_url)?;
+    let t0 = std::time::Instant::now();
     let p = plan(&cfg, &input, &output).await?;
+    let took = t0.elapsed().as_secs_f64();
+    if a.metrics_file.is_some() || a.pushgateway.is_some() {
+        let text = crate::job::metrics::plan_metrics(&p, took);
+        if let Some(path) = &a.metrics_file
+            && let Err(e) = crate::job::metrics::write_metrics_file(path, &text)
+        {
+            eprintln!("tailor: warning: {e}");
+        }
+        if let Some(url) = &a.pushgateway
+            && let Err(e) = crate::job::metrics::push(url, &[("scope", "plan")], text).await
+        {
+            eprintln!("tailor: warning: {e}");
+        }
+    }
     let json = serde_json::to_string_pretty(&p).expect("plan serialises");
     if let Some(out) = &a.out {
         std::fs::write(out, &json).at(format_args!("writing {}", out.display()))?;

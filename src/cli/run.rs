@@ -78,6 +78,21 @@ pub struct RunArgs {
     /// The first retry's backoff, doubling up to 15s (default 100ms).
     #[arg(long)]
     pub store_backoff: Option<String>,
+    /// Write the run's Prometheus metrics to this file (atomically), for
+    /// node_exporter's textfile collector.
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
+    /// Push the run's metrics to this Pushgateway (grouped by job, shard
+    /// and window), e.g. http://pushgateway:9091.
+    #[arg(long, env = "TAILOR_PUSHGATEWAY")]
+    pub pushgateway: Option<String>,
+    /// Reports kept per window in the run history (<output>/_history/;
+    /// default 20; 0: no history).
+    #[arg(long)]
+    pub history_keep: Option<usize>,
+    /// Days of run history kept (default 30).
+    #[arg(long)]
+    pub history_days: Option<u64>,
     /// Print the JSON report on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -124,6 +139,10 @@ impl RunArgs {
             store_max_retries: self.store_max_retries,
             store_retry_timeout: self.store_retry_timeout.clone(),
             store_backoff: self.store_backoff.clone(),
+            metrics_file: self.metrics_file.clone(),
+            pushgateway: self.pushgateway.clone(),
+            history_keep: self.history_keep,
+            history_days: self.history_days,
         }
     }
 
@@ -154,12 +173,66 @@ impl RunArgs {
     }
 }
 
+/// Records the run for operators: its report in the run history, its
+/// metrics to the metrics file and the Pushgateway. Best effort: a failure
+/// here is a warning on stderr, never the run's outcome.
+async fn observe(cfg: &RunConfig, report: &crate::job::report::Report, error: Option<&JobError>) {
+    use crate::job::{history, metrics};
+    let now = chrono::Utc::now();
+    let at = now.timestamp_millis() as f64 / 1000.0;
+    if cfg.history.keep > 0 {
+        let opts = crate::datasource::store::StoreOptions {
+            retry: Some(cfg.store_retry.retry_config()),
+        };
+        let recorded = match crate::datasource::store::StoreRoot::open_with(&cfg.output, &opts) {
+            Ok(out) => history::record(&out, report, now, cfg.history).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = recorded {
+            eprintln!("tailor: warning: the run history could not be recorded: {e}");
+        }
+    }
+    if cfg.metrics_file.is_none() && cfg.pushgateway.is_none() {
+        return;
+    }
+    let class = error.map(JobError::class);
+    let text = metrics::run_metrics(report, class, at);
+    if let Some(path) = &cfg.metrics_file
+        && let Err(e) = metrics::write_metrics_file(path, &text)
+    {
+        eprintln!("tailor: warning: {e}");
+    }
+    if let Some(url) = &cfg.pushgateway {
+        let window = report
+            .run
+            .window
+            .as_ref()
+            .map_or("unknown".to_string(), |w| {
+                format!(
+                    "{}_{}",
+                    w.from.as_ref().map_or("", |h| h.as_str()),
+                    w.to.as_ref().map_or("", |h| h.as_str())
+                )
+            });
+        let shard = cfg.shard.as_str();
+        let mut pushed = metrics::push(url, &[("shard", shard), ("window", &window)], text).await;
+        if pushed.is_ok() && class.is_none() {
+            let text = metrics::shard_success_metrics(shard, at);
+            pushed = metrics::push(url, &[("shard", shard)], text).await;
+        }
+        if let Err(e) = pushed {
+            eprintln!("tailor: warning: {e}");
+        }
+    }
+}
+
 /// Runs the job. The report is written (and summarised) whatever happens
 /// once the configuration is valid, so a scheduler always finds one that
 /// says how far a failed run got and why it failed.
 pub async fn main(a: RunArgs) -> Result<ExitCode, JobError> {
     let cfg = a.config()?;
     let (report, result) = run_reported(&cfg).await;
+    observe(&cfg, &report, result.as_ref().err()).await;
     if let Some(path) = &cfg.report {
         let written = path
             .parent()

@@ -46,6 +46,10 @@ pub struct JobFile {
     pub store_max_retries: Option<usize>,
     pub store_retry_timeout: Option<String>,
     pub store_backoff: Option<String>,
+    pub metrics_file: Option<PathBuf>,
+    pub pushgateway: Option<String>,
+    pub history_keep: Option<usize>,
+    pub history_days: Option<u64>,
 }
 
 /// The most bytes of a job file: a few dozen settings.
@@ -112,6 +116,7 @@ impl JobFile {
             &mut file.spill_dir,
             &mut file.stage_dir,
             &mut file.report,
+            &mut file.metrics_file,
         ]
         .into_iter()
         .flatten()
@@ -154,7 +159,11 @@ impl JobFile {
             report,
             store_max_retries,
             store_retry_timeout,
-            store_backoff
+            store_backoff,
+            metrics_file,
+            pushgateway,
+            history_keep,
+            history_days
         )
     }
 }
@@ -399,6 +408,13 @@ pub struct RunConfig {
     /// Skip the run when the window's commit read the input listed now
     /// (`--only-if-needed`).
     pub only_if_needed: bool,
+    /// Where to write the run's Prometheus metrics (textfile collector).
+    pub metrics_file: Option<PathBuf>,
+    /// The Pushgateway to push them to.
+    pub pushgateway: Option<String>,
+    /// Run history kept under the output root (`keep` 0: none).
+    #[serde(skip)]
+    pub history: crate::job::history::Retention,
     #[serde(skip)]
     pub progress: bool,
     /// Test hook: stop after the data files are written, before the commit
@@ -453,6 +469,9 @@ impl RunConfig {
             report: None,
             store_retry: RetrySettings::default(),
             only_if_needed: false,
+            metrics_file: None,
+            pushgateway: None,
+            history: crate::job::history::Retention::default(),
             progress: false,
             fail_before_commit: false,
             cleanup_grace: DEFAULT_CLEANUP_GRACE,
@@ -548,6 +567,14 @@ impl RunConfig {
         }
         if let Some(b) = s.store_backoff {
             cfg.store_retry.backoff_initial = parse_duration("--store-backoff", &b)?;
+        }
+        cfg.metrics_file = s.metrics_file;
+        cfg.pushgateway = s.pushgateway;
+        if let Some(k) = s.history_keep {
+            cfg.history.keep = k;
+        }
+        if let Some(d) = s.history_days {
+            cfg.history.max_age = std::time::Duration::from_secs(d.saturating_mul(24 * 3600));
         }
         Ok(cfg)
     }

@@ -488,7 +488,8 @@ impl TableProvider for SideTable {
     }
 }
 
-/// The shards under an output root (directories holding a committed window).
+/// The shards under an output root: directories named as shards (the run
+/// history, `_history`, and anything else beside them is not data).
 async fn shards_of(root: &StoreRoot) -> Result<Vec<String>, JobError> {
     let listing = root
         .store
@@ -499,6 +500,7 @@ async fn shards_of(root: &StoreRoot) -> Result<Vec<String>, JobError> {
         .common_prefixes
         .iter()
         .filter_map(|p| p.filename().map(|s| s.to_string()))
+        .filter(|s| crate::format::shard::Shard::parse(s).is_some())
         .collect())
 }
 

@@ -61,21 +61,31 @@ pub struct Phase {
     pub wall: Duration,
     #[serde(with = "secs")]
     pub cpu: Duration,
+    /// When the phase began, from the start of the run (for timelines).
+    #[serde(with = "secs")]
+    pub start: Duration,
     /// Per-operator compute time inside the phase (seconds), where known.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub detail: Vec<(String, f64)>,
+    /// When it began (set by [`Self::start`] or [`Self::measured_from`]);
+    /// turned into `start` once the run's own start is known.
+    #[serde(skip)]
+    pub began: Option<Instant>,
     #[serde(skip)]
     started: Option<(Instant, Duration)>,
 }
 
 impl Phase {
     pub fn start(name: &str) -> Self {
+        let now = Instant::now();
         Self {
             name: name.to_string(),
             wall: Duration::ZERO,
             cpu: Duration::ZERO,
+            start: Duration::ZERO,
             detail: Vec::new(),
-            started: Some((Instant::now(), cpu_time())),
+            began: Some(now),
+            started: Some((now, cpu_time())),
         }
     }
     pub fn stop(mut self) -> Self {
@@ -91,8 +101,25 @@ impl Phase {
             name: name.to_string(),
             wall,
             cpu,
+            start: Duration::ZERO,
             detail: Vec::new(),
+            began: None,
             started: None,
+        }
+    }
+
+    /// [`Self::measured`], for a phase that began at `began`.
+    pub fn measured_from(name: &str, began: Instant, wall: Duration, cpu: Duration) -> Self {
+        Self {
+            began: Some(began),
+            ..Self::measured(name, wall, cpu)
+        }
+    }
+
+    /// Sets `start` from when the run began.
+    pub fn place(&mut self, run_began: Instant) {
+        if let Some(b) = self.began {
+            self.start = b.saturating_duration_since(run_began);
         }
     }
 }

@@ -18,11 +18,15 @@
 //! diff      two outputs compared                       -> output, manifest
 //! generate  a deterministic input tree                 (format only)
 //! floor     the benchmark floor: decompress only       (datasource only)
-//! report    RunStats + result -> the report            -> run, config (nothing uses it)
+//! report    RunStats + result -> the report            -> run, config
+//! metrics   Prometheus text of a run or a plan          -> report, plan, error
+//! history   reports kept under the output root          -> report, error
+//! dashboard tailor report: history + plan -> HTML, JSON  -> history, plan
 //! ```
 
 pub mod commit;
 pub mod config;
+pub mod dashboard;
 pub mod diff;
 pub mod encode;
 pub mod error;
@@ -30,9 +34,11 @@ pub mod export;
 pub mod faults;
 pub mod floor;
 pub mod generate;
+pub mod history;
 pub mod manifest;
 pub mod measure;
 pub mod merge;
+pub mod metrics;
 pub mod output;
 pub mod plan;
 pub mod report;

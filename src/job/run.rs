@@ -215,6 +215,9 @@ impl Clock {
         Self(Instant::now(), cpu_time())
     }
     fn stop(self, stats: &mut RunStats) {
+        for p in &mut stats.phases {
+            p.place(self.0);
+        }
         stats.wall = self.0.elapsed();
         stats.cpu = cpu_time().saturating_sub(self.1);
         stats.peak_rss_bytes = peak_rss_bytes();
@@ -424,7 +427,13 @@ async fn scan_group_encode(
                 .sum(),
         )
     };
-    let mut scan_phase = Phase::measured("scan+decode", pipeline.wall, op_cpu(&["DataSourceExec"]));
+    let began = pipeline.began.unwrap_or_else(Instant::now);
+    let mut scan_phase = Phase::measured_from(
+        "scan+decode",
+        began,
+        pipeline.wall,
+        op_cpu(&["DataSourceExec"]),
+    );
     scan_phase.detail = ops.clone();
     stats.phases.push(scan_phase);
     let decode_cpu = op_cpu(&["DataSourceExec"]);
@@ -451,12 +460,15 @@ async fn scan_group_encode(
     stats.merge = staged.merge;
     // Grouping (DataFusion's sorts and merges, each series' merge) is what
     // the pipeline spent besides decoding and encoding.
-    stats.phases.push(Phase::measured(
+    stats.phases.push(Phase::measured_from(
         "group",
+        began,
         pipeline.wall,
         pipeline_cpu.saturating_sub(decode_cpu + staged.encode_phase.cpu),
     ));
-    stats.phases.push(staged.encode_phase.clone());
+    let mut encode = staged.encode_phase.clone();
+    encode.began = Some(began);
+    stats.phases.push(encode);
     log.settle(cfg.on_corrupt)
         .map_err(|e| JobError::Corrupt(Box::new(e)))?;
     stats.scan = log.totals();
