@@ -45,6 +45,18 @@ pub struct DiffArgs {
     /// Memory pool for the joins (e.g. 256MiB); the diff streams either way.
     #[arg(long)]
     pub memory_limit: Option<String>,
+    /// Check a migration's handover: --old and --new are its two systems,
+    /// each checked for points it wrote outside what this file gives it
+    /// (and for windows written with other cutovers); old is not compared
+    /// with new.
+    #[arg(long)]
+    pub migration: Option<PathBuf>,
+    /// With --migration: an output that wrote every point (`run --role
+    /// shadow`), compared with the merged view of --old and --new (lost or
+    /// doubled points at a cutover show as point_old_only / point_new_only,
+    /// old being the shadow).
+    #[arg(long, requires = "migration")]
+    pub shadow: Option<String>,
 }
 
 pub async fn main(a: DiffArgs) -> Result<ExitCode, JobError> {
@@ -67,6 +79,13 @@ pub async fn main(a: DiffArgs) -> Result<ExitCode, JobError> {
             .map(crate::job::config::parse_size)
             .transpose()
             .map_err(JobError::Config)?,
+        migration: a
+            .migration
+            .as_deref()
+            .map(crate::job::migration::Migration::load)
+            .transpose()?
+            .map(std::sync::Arc::new),
+        shadow: a.shadow,
     };
     let report = diff(&cfg).await?;
     if let Some(p) = &a.report {

@@ -9,7 +9,7 @@ use crate::cli::parse_hour;
 use crate::datasource::listing::Hour;
 use crate::datasource::store::StoreRoot;
 use crate::job::JobError;
-use crate::job::export::{ExportFormat, export};
+use crate::job::export::{ExportFormat, export, export_merged};
 
 /// `--format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -21,8 +21,22 @@ pub enum Format {
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Output root URL (as given to `tailor run --output`).
-    #[arg(long)]
-    pub output: String,
+    #[arg(
+        long,
+        required_unless_present = "migration",
+        conflicts_with = "migration"
+    )]
+    pub output: Option<String>,
+    /// The merged view of a migration: the old system's output root...
+    #[arg(long, requires = "migration")]
+    pub old: Option<String>,
+    /// ...the new system's...
+    #[arg(long, requires = "migration")]
+    pub new: Option<String>,
+    /// ...and the migration file: each org's points before its cutover from
+    /// --old, from it on from --new (docs/migration.md).
+    #[arg(long, requires_all = ["old", "new"])]
+    pub migration: Option<PathBuf>,
     #[arg(long)]
     pub shard: String,
     /// Only windows starting at or after this hour.
@@ -39,19 +53,34 @@ pub struct ExportArgs {
 }
 
 pub async fn main(a: ExportArgs) -> Result<ExitCode, JobError> {
-    let root = StoreRoot::open(&a.output)?;
-    let s = export(
-        &root,
-        &a.shard,
-        a.from.as_ref(),
-        a.to.as_ref(),
-        match a.format {
-            Format::Parquet => ExportFormat::Parquet,
-            Format::Csv => ExportFormat::Csv,
-        },
-        &a.out,
-    )
-    .await?;
+    let format = match a.format {
+        Format::Parquet => ExportFormat::Parquet,
+        Format::Csv => ExportFormat::Csv,
+    };
+    let (from, to) = (a.from.as_ref(), a.to.as_ref());
+    let s = match (&a.output, &a.migration, &a.old, &a.new) {
+        (Some(output), None, _, _) => {
+            export(
+                &StoreRoot::open(output)?,
+                &a.shard,
+                from,
+                to,
+                format,
+                &a.out,
+            )
+            .await?
+        }
+        (None, Some(m), Some(old), Some(new)) => {
+            let migration = std::sync::Arc::new(crate::job::migration::Migration::load(m)?);
+            let (old, new) = (StoreRoot::open(old)?, StoreRoot::open(new)?);
+            export_merged(&old, &new, migration, &a.shard, from, to, format, &a.out).await?
+        }
+        _ => {
+            return Err(JobError::Config(
+                "give --output, or --old, --new and --migration".into(),
+            ));
+        }
+    };
     eprintln!(
         "exported {} series, {} points from {} window(s) to {} ({} bytes)",
         s.series,

@@ -199,6 +199,37 @@ fn is_broken_pipe(e: &JobError) -> bool {
 pub use crate::job::config::load_shard_map;
 
 /// Parses an hour flag.
+/// A role, the migration file parsed and its path as given.
+pub type MigrationSettings = (
+    crate::job::migration::Role,
+    Option<std::sync::Arc<crate::job::migration::Migration>>,
+    Option<String>,
+);
+
+/// The role and migration file of `plan` or `report` (as `run` takes
+/// them): flags over the job file's keys. Returns the role, the parsed
+/// file and its path as the runs are to be given it.
+pub fn migration_settings(
+    flag: Option<&std::path::Path>,
+    role: Option<run::RoleArg>,
+    file: &crate::job::config::JobFile,
+) -> Result<MigrationSettings, JobError> {
+    use crate::job::migration::{Migration, Role};
+    let role = role.map(Role::from).or(file.role).unwrap_or_default();
+    let path = flag.or(file.migration.as_deref());
+    let migration = path
+        .map(Migration::load)
+        .transpose()?
+        .map(std::sync::Arc::new);
+    if role != Role::Shadow && migration.is_none() {
+        return Err(JobError::Config(format!(
+            "--role {} needs --migration <file> (the cutover of each migrated org)",
+            role.name()
+        )));
+    }
+    Ok((role, migration, path.map(|p| p.display().to_string())))
+}
+
 pub fn parse_hour(s: &str) -> Result<crate::datasource::listing::Hour, String> {
     crate::datasource::listing::Hour::parse(s)
         .ok_or_else(|| format!("{s:?} is not an hour (YYYY-MM-DDTHH)"))

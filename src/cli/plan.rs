@@ -77,6 +77,13 @@ pub struct PlanArgs {
     /// Push them to this Pushgateway (group job=tailor, scope=plan).
     #[arg(long, env = "TAILOR_PUSHGATEWAY")]
     pub pushgateway: Option<String>,
+    /// The migration file the runs apply (as `tailor run --migration`): a
+    /// window committed with other cutovers for its shard is stale.
+    #[arg(long, env = "TAILOR_MIGRATION")]
+    pub migration: Option<PathBuf>,
+    /// The role the runs have (as `tailor run --role`).
+    #[arg(long, value_enum)]
+    pub role: Option<crate::cli::run::RoleArg>,
 }
 
 pub async fn main(a: PlanArgs) -> Result<ExitCode, JobError> {
@@ -124,6 +131,8 @@ pub async fn main(a: PlanArgs) -> Result<ExitCode, JobError> {
     if a.format == PlanFormat::K8s && a.k8s_template.is_none() {
         return Err(JobError::Config("--format k8s needs --k8s-template".into()));
     }
+    let (role, migration, migration_arg) =
+        crate::cli::migration_settings(a.migration.as_deref(), a.role, &file)?;
     let cfg = PlanConfig {
         shards,
         map,
@@ -132,6 +141,9 @@ pub async fn main(a: PlanArgs) -> Result<ExitCode, JobError> {
         settle,
         now,
         concurrency: a.concurrency,
+        role,
+        migration,
+        migration_arg,
     };
     let input = StoreRoot::open(&input_url)?;
     let output = StoreRoot::open(&output_url)?;

@@ -104,6 +104,8 @@ pub async fn main(a: ReportArgs) -> Result<ExitCode, JobError> {
             if shards.is_empty() {
                 shards = map.shards().iter().map(|s| s.to_string()).collect();
             }
+            let (role, migration, migration_arg) =
+                crate::cli::migration_settings(None, None, &file)?;
             let cfg = PlanConfig {
                 shards: shards.clone(),
                 map,
@@ -112,6 +114,9 @@ pub async fn main(a: ReportArgs) -> Result<ExitCode, JobError> {
                 settle: DEFAULT_SETTLE,
                 now: chrono::Utc::now(),
                 concurrency: 16,
+                role,
+                migration,
+                migration_arg,
             };
             Some(plan(&cfg, &StoreRoot::open(url)?, &output).await?)
         }

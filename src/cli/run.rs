@@ -11,6 +11,24 @@ use crate::job::JobError;
 use crate::job::config::{JobFile, RunConfig};
 use crate::job::report::run_reported;
 
+/// `--role`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    Shadow,
+    New,
+    Old,
+}
+
+impl From<RoleArg> for crate::job::migration::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Shadow => Self::Shadow,
+            RoleArg::New => Self::New,
+            RoleArg::Old => Self::Old,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// A job file (TOML, see jobs/); flags override its settings.
@@ -93,6 +111,14 @@ pub struct RunArgs {
     /// Days of run history kept (default 30).
     #[arg(long)]
     pub history_days: Option<u64>,
+    /// The migration file: per org, the cutover from which the new system
+    /// owns its points (shards/migration.toml, docs/migration.md).
+    #[arg(long, env = "TAILOR_MIGRATION")]
+    pub migration: Option<PathBuf>,
+    /// Which points this run writes: every one (shadow, the default), each
+    /// migrated org's from its cutover on (new), or the others (old).
+    #[arg(long, value_enum)]
+    pub role: Option<RoleArg>,
     /// Print the JSON report on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -143,6 +169,8 @@ impl RunArgs {
             pushgateway: self.pushgateway.clone(),
             history_keep: self.history_keep,
             history_days: self.history_days,
+            migration: self.migration.clone(),
+            role: self.role.map(Into::into),
         }
     }
 

@@ -13,6 +13,7 @@ use crate::datasource::options::{CorruptPolicy, DEFAULT_RANGE_BYTES};
 use crate::format::shard::{Shard, ShardMap};
 use crate::format::tsf::{MAX_BLOCK_POINTS, WriterOptions, ZSTD_LEVELS};
 use crate::job::error::JobError;
+pub use crate::job::textfile::{read_small, toml_error};
 
 /// The default shard map, compiled in (`shards/production.toml`).
 pub const DEFAULT_SHARD_MAP: &str = include_str!("../../shards/production.toml");
@@ -50,6 +51,8 @@ pub struct JobFile {
     pub pushgateway: Option<String>,
     pub history_keep: Option<usize>,
     pub history_days: Option<u64>,
+    pub migration: Option<PathBuf>,
+    pub role: Option<crate::job::migration::Role>,
 }
 
 /// The most bytes of a job file: a few dozen settings.
@@ -58,41 +61,6 @@ pub const MAX_JOB_FILE_BYTES: u64 = 1 << 20;
 /// The most bytes of a shard map: a modulus and the dedicated orgs (ten
 /// bytes each), so over a million of them.
 pub const MAX_SHARD_MAP_BYTES: u64 = 16 << 20;
-
-/// Reads a small text file the job is configured by, refusing one bigger
-/// than `max` before reading it (a mistyped path to a data file, say).
-fn read_small(path: &Path, what: &str, max: u64) -> Result<String, JobError> {
-    let read = || -> std::io::Result<String> {
-        use std::io::Read;
-        let f = std::fs::File::open(path)?;
-        let len = f.metadata()?.len();
-        if len > max {
-            return Err(std::io::Error::other(format!(
-                "{len} bytes, over the {max}-byte limit of a {what}"
-            )));
-        }
-        let mut text = String::new();
-        f.take(max + 1).read_to_string(&mut text)?;
-        Ok(text)
-    };
-    read().map_err(|e| JobError::Config(format!("reading {what} {}: {e}", path.display())))
-}
-
-/// A TOML error in `what` at `path`, short: the line and column and what
-/// is wrong (toml's own message quotes the whole line, however long).
-pub fn toml_error(what: &str, path: &Path, text: &str, e: &toml::de::Error) -> JobError {
-    let at = e.span().map_or(String::new(), |s| {
-        let before = &text[..s.start.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        format!(", line {line}, column {column}")
-    });
-    JobError::Config(format!(
-        "{what} {}{at}: {}",
-        path.display(),
-        e.message().trim_end()
-    ))
-}
 
 /// `a.overlay(b)`, field by field: `b`'s value where it has one.
 macro_rules! overlay {
@@ -117,6 +85,7 @@ impl JobFile {
             &mut file.stage_dir,
             &mut file.report,
             &mut file.metrics_file,
+            &mut file.migration,
         ]
         .into_iter()
         .flatten()
@@ -163,7 +132,9 @@ impl JobFile {
             metrics_file,
             pushgateway,
             history_keep,
-            history_days
+            history_days,
+            migration,
+            role
         )
     }
 }
@@ -379,6 +350,25 @@ pub fn load_shard_map(path: Option<&Path>) -> Result<(Arc<ShardMap>, String), Jo
     }
 }
 
+/// How much run history is kept (`--history-keep`, `--history-days`;
+/// the history itself is `history.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Reports kept per window (the newest).
+    pub keep: usize,
+    /// Reports older than this are removed.
+    pub max_age: std::time::Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            keep: 20,
+            max_age: std::time::Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
 /// Everything `tailor run` needs, validated.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunConfig {
@@ -414,7 +404,14 @@ pub struct RunConfig {
     pub pushgateway: Option<String>,
     /// Run history kept under the output root (`keep` 0: none).
     #[serde(skip)]
-    pub history: crate::job::history::Retention,
+    pub history: Retention,
+    /// Which points the run writes (`--role`; `new` and `old` need a
+    /// migration file).
+    pub role: crate::job::migration::Role,
+    #[serde(skip)]
+    pub migration: Option<Arc<crate::job::migration::Migration>>,
+    /// Where the migration file came from.
+    pub migration_source: Option<String>,
     #[serde(skip)]
     pub progress: bool,
     /// Test hook: stop after the data files are written, before the commit
@@ -471,7 +468,10 @@ impl RunConfig {
             only_if_needed: false,
             metrics_file: None,
             pushgateway: None,
-            history: crate::job::history::Retention::default(),
+            history: Retention::default(),
+            role: crate::job::migration::Role::Shadow,
+            migration: None,
+            migration_source: None,
             progress: false,
             fail_before_commit: false,
             cleanup_grace: DEFAULT_CLEANUP_GRACE,
@@ -567,6 +567,18 @@ impl RunConfig {
         }
         if let Some(b) = s.store_backoff {
             cfg.store_retry.backoff_initial = parse_duration("--store-backoff", &b)?;
+        }
+        if let Some(p) = &s.migration {
+            let m = crate::job::migration::Migration::load(p)?;
+            cfg.migration_source = Some(m.source.clone());
+            cfg.migration = Some(Arc::new(m));
+        }
+        cfg.role = s.role.unwrap_or_default();
+        if cfg.role != crate::job::migration::Role::Shadow && cfg.migration.is_none() {
+            return Err(JobError::Config(format!(
+                "--role {} needs --migration <file> (the cutover of each migrated org)",
+                cfg.role.name()
+            )));
         }
         cfg.metrics_file = s.metrics_file;
         cfg.pushgateway = s.pushgateway;

@@ -12,6 +12,9 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+use crate::job::migration::{Migration, Role};
 
 use crate::format::tsf::{self, FileWriter, SeriesHeader, WriterOptions};
 use crate::job::error::{IoContext, JobError};
@@ -27,6 +30,9 @@ pub struct FileOptions {
     pub writer: WriterOptions,
     /// Most points held by one parallel encoding round (memory bound).
     pub round_points: usize,
+    /// Which points are this run's to write (`tailor run --role`):
+    /// `None` for every point.
+    pub keep: Option<(Role, Arc<Migration>)>,
 }
 
 /// A data file staged locally, ready to upload.
@@ -50,6 +56,8 @@ pub struct Staged {
     pub points: u64,
     /// What merging the series dropped.
     pub merge: MergeCounts,
+    /// Points left to the other system, per org (`--role new|old`).
+    pub left_to_other: BTreeMap<u64, u64>,
     pub encode_phase: Phase,
 }
 
@@ -187,6 +195,7 @@ fn encode_loop(
         series: 0,
         points: 0,
         merge: MergeCounts::default(),
+        left_to_other: BTreeMap::new(),
     };
     let mut round: Vec<SeriesInput> = Vec::new();
     // Take what the merger has produced (at least one series), encode it on
@@ -210,21 +219,40 @@ fn encode_loop(
         type Done = (
             MergedSeries,
             MergeCounts,
+            u64,
             Result<tsf::EncodedSeries, tsf::TsfError>,
         );
+        let keep = out.opts.keep.clone();
         let encoded: Vec<Done> = round
             .par_drain(..)
             .map(|s| {
-                let (m, counts) = s.merge();
+                let (mut m, counts) = s.merge();
+                // The run's own points only; the rest is the other system's.
+                let mut left = 0;
+                if let Some((role, migration)) = &keep {
+                    let r = migration.kept(*role, m.org_id, &m.timestamps);
+                    left = (m.timestamps.len() - r.len()) as u64;
+                    if left > 0 {
+                        m.timestamps = m.timestamps[r.clone()].to_vec();
+                        m.values = m.values[r].to_vec();
+                    }
+                }
                 let t = Instant::now();
                 let e = tsf::encode_series(&writer, &header(&m), &m.timestamps, &m.values);
                 busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                (m, counts, e)
+                (m, counts, left, e)
             })
             .collect();
         let t = Instant::now();
-        for (s, counts, e) in encoded {
+        for (s, counts, left, e) in encoded {
             out.merge.add(&counts);
+            if left > 0 {
+                *out.left_to_other.entry(s.org_id).or_default() += left;
+            }
+            if s.timestamps.is_empty() {
+                // Every point of the series is the other system's.
+                continue;
+            }
             // The merged series is the writer's own input: one it refuses
             // is a bug, not bad data.
             let e = e.map_err(|e| {
@@ -259,6 +287,7 @@ struct Output {
     series: u64,
     points: u64,
     merge: MergeCounts,
+    left_to_other: BTreeMap<u64, u64>,
 }
 
 impl Output {
@@ -308,6 +337,7 @@ impl Output {
             series: self.series,
             points: self.points,
             merge: self.merge,
+            left_to_other: self.left_to_other,
             encode_phase: phase,
         })
     }

@@ -22,7 +22,8 @@ use crate::datasource::listing::{Hour, Window};
 use crate::datasource::store::StoreRoot;
 use crate::job::error::{IoContext, JobError};
 use crate::job::manifest::{Manifest, list_windows, read_manifest};
-use crate::job::output::for_each_series;
+use crate::job::migration::Migration;
+use crate::job::output::{MergedSeries, SeriesData, WindowReader, WindowSeries};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ExportFormat {
@@ -106,12 +107,10 @@ impl PointBatcher {
     /// (which takes it with [`Self::take`]).
     pub fn push_series(
         &mut self,
-        e: &crate::format::tsf::SeriesEntry,
-        ts: &[i64],
-        vals: &[u64],
+        e: &SeriesData,
         mut flush: impl FnMut(&mut Self) -> Result<(), JobError>,
     ) -> Result<(), JobError> {
-        for (&t, &v) in ts.iter().zip(vals) {
+        for (&t, &v) in e.ts.iter().zip(&e.vals) {
             if self.is_full(e.metadata.len()) {
                 flush(self)?;
             }
@@ -212,13 +211,101 @@ pub async fn export(
             root.display
         )));
     }
-    // Written beside `out` and renamed at the end: a failed export leaves
-    // no file that looks complete.
+    let windows = manifests
+        .into_iter()
+        .map(|m| {
+            (
+                m.location.clone(),
+                WindowReader::One(WindowSeries::new(root, m)),
+            )
+        })
+        .collect();
+    write_atomically(windows, format, out).await
+}
+
+/// Exports the merged view of a migration: for each selected window, each
+/// org's points before its cutover from `old`, from its cutover on from
+/// `new` (`MergedSeries`). The windows of both sides are paired by name; a
+/// window on one side only is read with nothing on the other.
+#[allow(clippy::too_many_arguments)]
+pub async fn export_merged(
+    old: &StoreRoot,
+    new: &StoreRoot,
+    migration: Arc<Migration>,
+    shard: &str,
+    from: Option<&Hour>,
+    to: Option<&Hour>,
+    format: ExportFormat,
+    out: &std::path::Path,
+) -> Result<ExportSummary, JobError> {
+    let (o, n) = (
+        select_windows(old, shard, from, to).await?,
+        select_windows(new, shard, from, to).await?,
+    );
+    if o.is_empty() && n.is_empty() {
+        return Err(JobError::BadOutput(format!(
+            "no committed output for shard {shard} in that window under {} or {}",
+            old.display, new.display
+        )));
+    }
+    let windows = merged_windows(old, new, o, n, &migration)?;
+    write_atomically(windows, format, out).await
+}
+
+/// Pairs the windows of two sides by name, in window order, as merged views.
+pub fn merged_windows<'r>(
+    old: &'r StoreRoot,
+    new: &'r StoreRoot,
+    o: Vec<Manifest>,
+    n: Vec<Manifest>,
+    migration: &Arc<Migration>,
+) -> Result<Vec<(String, WindowReader<'r>)>, JobError> {
+    let mut by: std::collections::BTreeMap<(String, String), (Option<Manifest>, Option<Manifest>)> =
+        Default::default();
+    for m in o {
+        let key = (m.window_from.clone(), m.window_to.clone());
+        by.entry(key).or_default().0 = Some(m);
+    }
+    for m in n {
+        let key = (m.window_from.clone(), m.window_to.clone());
+        by.entry(key).or_default().1 = Some(m);
+    }
+    // Windows of other bounds on the two sides over the same hours would
+    // be merged twice.
+    let keys: Vec<&(String, String)> = by.keys().collect();
+    if let Some(w) = keys.windows(2).find(|w| w[1].0 <= w[0].1) {
+        return Err(JobError::BadOutput(format!(
+            "the old and the new output have windows over the same hours with other bounds \
+             ({}_{} and {}_{}): merge them window by window with --from/--to",
+            w[0].0, w[0].1, w[1].0, w[1].1
+        )));
+    }
+    Ok(by
+        .into_iter()
+        .map(|((f, t), (om, nm))| {
+            let location = format!("{f}_{t}");
+            let reader = MergedSeries::new(
+                om.map(|m| WindowSeries::new(old, m)),
+                nm.map(|m| WindowSeries::new(new, m)),
+                Arc::clone(migration),
+            );
+            (location, WindowReader::Merged(reader))
+        })
+        .collect())
+}
+
+/// Writes `windows` to `out` through a partial file renamed at the end:
+/// a failed export leaves no file that looks complete.
+async fn write_atomically(
+    windows: Vec<(String, WindowReader<'_>)>,
+    format: ExportFormat,
+    out: &std::path::Path,
+) -> Result<ExportSummary, JobError> {
     let partial = out.with_file_name(format!(
         ".{}.partial",
         out.file_name().and_then(|n| n.to_str()).unwrap_or("export")
     ));
-    let result = export_to(root, &manifests, format, &partial).await;
+    let result = export_to(windows, format, &partial).await;
     match result {
         Ok(mut summary) => {
             std::fs::rename(&partial, out).at(format_args!(
@@ -239,8 +326,7 @@ pub async fn export(
 }
 
 async fn export_to(
-    root: &StoreRoot,
-    manifests: &[Manifest],
+    windows: Vec<(String, WindowReader<'_>)>,
     format: ExportFormat,
     out: &std::path::Path,
 ) -> Result<ExportSummary, JobError> {
@@ -268,23 +354,23 @@ async fn export_to(
     };
     let mut summary = ExportSummary::default();
     let mut batcher = PointBatcher::default();
-    for m in manifests {
-        summary.windows.push(m.location.clone());
-        let flush = |b: &mut PointBatcher, sink: &mut Sink| -> Result<(), JobError> {
+    let mut s = SeriesData::default();
+    for (location, mut reader) in windows {
+        summary.windows.push(location);
+        let mut flush = |b: &mut PointBatcher| -> Result<(), JobError> {
             let batch = b.take(with_bits)?;
-            match sink {
+            match &mut sink {
                 Sink::Parquet(w) => w.write(&batch).map_err(|e| write_error(&e)),
                 Sink::Csv(w) => w.write(&batch).map_err(|e| write_error(&e)),
             }
         };
-        for_each_series(root, m, |e, ts, vals| {
+        while reader.next(&mut s).await? {
             summary.series += 1;
-            summary.points += ts.len() as u64;
-            batcher.push_series(e, ts, vals, |b| flush(b, &mut sink))
-        })
-        .await?;
+            summary.points += s.ts.len() as u64;
+            batcher.push_series(&s, &mut flush)?;
+        }
         if !batcher.is_empty() {
-            flush(&mut batcher, &mut sink)?;
+            flush(&mut batcher)?;
         }
     }
     use std::io::Write;
@@ -309,25 +395,23 @@ mod tests {
     /// down so the test holds little memory.
     #[test]
     fn a_series_of_large_metadata_is_cut_across_batches_at_the_byte_budget() {
-        let entry = crate::format::tsf::SeriesEntry {
+        let ts: Vec<i64> = (0..1000).collect();
+        let entry = SeriesData {
             org_id: 7,
             metric_id: 9,
             kind: 1,
             interval_s: 10,
             metadata: "m".repeat(1000),
+            ts: ts.clone(),
+            vals: (0..1000).map(|v| v * 3).collect(),
             n_points: 1000,
-            min_ts: 0,
-            max_ts: 999,
-            blocks: Vec::new(),
         };
-        let ts: Vec<i64> = (0..1000).collect();
-        let vals: Vec<u64> = (0..1000).map(|v| v * 3).collect();
         let mut b = PointBatcher {
             max_meta_bytes: 64 * 1000,
             ..Default::default()
         };
         let mut batches = Vec::new();
-        b.push_series(&entry, &ts, &vals, |b| {
+        b.push_series(&entry, |b| {
             batches.push(b.take(true)?);
             Ok(())
         })

@@ -11,7 +11,7 @@
 //! older than `max_age` go. Recording is best effort: a run's outcome does
 //! not depend on it (a failure to record is reported, not fatal).
 
-use std::time::Duration;
+pub use crate::job::config::Retention;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -24,24 +24,6 @@ use crate::job::report::Report;
 
 /// The directory of the history under the output root.
 pub const HISTORY_DIR: &str = "_history";
-
-/// How much history is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// Reports kept per window (the newest).
-    pub keep: usize,
-    /// Reports older than this are removed.
-    pub max_age: Duration,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Self {
-            keep: 20,
-            max_age: Duration::from_secs(30 * 24 * 3600),
-        }
-    }
-}
 
 /// One recorded run.
 #[derive(Debug, Clone)]
@@ -243,7 +225,7 @@ mod tests {
             .to_utc();
         let keep = Retention {
             keep: 3,
-            max_age: Duration::from_secs(10 * 24 * 3600),
+            max_age: std::time::Duration::from_secs(10 * 24 * 3600),
         };
         for i in 0..5 {
             let at = t0 + chrono::Duration::minutes(i);

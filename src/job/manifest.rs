@@ -30,6 +30,7 @@ use crate::format::shard::ShardMap;
 use crate::format::tsf::WriterOptions;
 use crate::job::encode::Staged;
 use crate::job::error::{JobError, StoreContext};
+use crate::job::migration::{Applied, Cutover, Role};
 
 pub const MANIFEST_NAME: &str = "_manifest.json";
 pub const MANIFEST_FORMAT: &str = "tailor-manifest";
@@ -78,6 +79,32 @@ pub struct OutputSettings {
     pub block_points: usize,
     pub zstd_level: i32,
     pub on_corrupt: CorruptPolicy,
+    /// The run's side of a migration (absent: shadow, every point).
+    #[serde(default, skip_serializing_if = "is_shadow")]
+    pub role: Role,
+    /// The cutovers of the shard's orgs the run applied (absent: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migration: Vec<Cutover>,
+}
+
+fn is_shadow(r: &Role) -> bool {
+    *r == Role::Shadow
+}
+
+impl OutputSettings {
+    /// The migration the window was written with.
+    pub fn applied(&self) -> Applied {
+        Applied {
+            role: self.role,
+            cutovers: self.migration.clone(),
+        }
+    }
+
+    /// Records the migration a run applies.
+    pub fn apply(&mut self, a: Applied) {
+        self.role = a.role;
+        self.migration = a.cutovers;
+    }
 }
 
 impl OutputSettings {
@@ -96,6 +123,8 @@ impl OutputSettings {
             block_points: writer.block_points,
             zstd_level: writer.zstd_level,
             on_corrupt,
+            role: Role::Shadow,
+            migration: Vec::new(),
         }
     }
 }
@@ -451,6 +480,7 @@ mod tests {
             series: 1,
             points: 1,
             merge: Default::default(),
+            left_to_other: Default::default(),
             encode_phase: Phase::measured("encode", Default::default(), Default::default()),
         }
     }
@@ -465,6 +495,8 @@ mod tests {
             block_points: 4096,
             zstd_level: 3,
             on_corrupt: CorruptPolicy::Fail,
+            role: Role::Shadow,
+            migration: Vec::new(),
         };
         let inputs = vec![ManifestInput {
             key: "a.tsp".into(),

@@ -4,23 +4,26 @@
 //! ```text
 //! error     JobError                                  (used by all)
 //! faults    named fail points for tests (debug builds)  -> error
-//! config    job file + flags -> RunConfig; MemoryBudget
+//! textfile  size-capped reads of config files, TOML errors -> error
+//! migration per-org cutovers, roles (new/old/shadow)      -> textfile, error
+//! config    job file + flags -> RunConfig; MemoryBudget -> textfile, migration
 //! measure   phase timing, process CPU / RSS, spill and operator figures
 //! merge     SeriesMerger, SeriesInput::merge           -> error
-//! encode    the writer thread: series -> staged files  -> merge, measure
+//! encode    the writer thread: series -> staged files  -> merge, measure, migration
 //! manifest  the commit record, its checks, run_id      -> encode
 //! commit    upload, the manifest put, cleanup          -> manifest, faults
-//! plan      which windows must (re)run, and why        -> manifest, config
+//! plan      which windows must (re)run, and why        -> manifest, config, migration
 //! scratch   locked scratch dirs, killed runs' reclaimed -> error
 //! run       the shard job's flow, RunStats             -> config, measure, merge, encode, manifest, commit, faults, scratch, plan
 //! output    committed outputs read back                -> manifest
 //! export    output -> one row per point                -> output, manifest
-//! diff      two outputs compared                       -> output, manifest
+//! handover  what each system of a migration wrote outside its share -> output, manifest, migration
+//! diff      two outputs compared; a migration's handover -> output, manifest, handover, migration
 //! generate  a deterministic input tree                 (format only)
 //! floor     the benchmark floor: decompress only       (datasource only)
 //! report    RunStats + result -> the report            -> run, config
 //! metrics   Prometheus text of a run or a plan          -> report, plan, error
-//! history   reports kept under the output root          -> report, error
+//! history   reports kept under the output root          -> report, config, error
 //! dashboard tailor report: history + plan -> HTML, JSON  -> history, plan
 //! ```
 
@@ -34,15 +37,18 @@ pub mod export;
 pub mod faults;
 pub mod floor;
 pub mod generate;
+pub mod handover;
 pub mod history;
 pub mod manifest;
 pub mod measure;
 pub mod merge;
 pub mod metrics;
+pub mod migration;
 pub mod output;
 pub mod plan;
 pub mod report;
 pub mod run;
 pub mod scratch;
+pub mod textfile;
 
 pub use error::JobError;

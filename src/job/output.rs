@@ -213,3 +213,294 @@ pub fn open_data_file<'a>(
     }
     Ok(reader)
 }
+
+/// One series read back from a committed output: its attributes and
+/// points. The buffers are reused from series to series.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeriesData {
+    pub org_id: u64,
+    pub metric_id: u64,
+    pub kind: u8,
+    pub interval_s: u32,
+    pub metadata: String,
+    pub ts: Vec<i64>,
+    pub vals: Vec<u64>,
+    /// Points of the series (`ts.len()`, unless only headers were read).
+    pub n_points: u64,
+}
+
+impl SeriesData {
+    pub fn key(&self) -> (u64, u64) {
+        (self.org_id, self.metric_id)
+    }
+}
+
+/// The series of one committed window, in key order, one at a time: each
+/// data file checked against the manifest as it is opened, series checked
+/// to be in strictly increasing key order and their timestamps strictly
+/// increasing (a reader that merges trusts both).
+pub struct WindowSeries<'r> {
+    root: &'r StoreRoot,
+    manifest: Manifest,
+    next_file: usize,
+    open: Option<(DataFile, Vec<tsf::SeriesEntry>, usize)>,
+    last: Option<(u64, u64)>,
+    headers_only: bool,
+    /// Points are read only when asked ([`Self::read_points`]).
+    lazy: bool,
+}
+
+impl<'r> WindowSeries<'r> {
+    pub fn new(root: &'r StoreRoot, manifest: Manifest) -> Self {
+        Self {
+            root,
+            manifest,
+            next_file: 0,
+            open: None,
+            last: None,
+            headers_only: false,
+            lazy: false,
+        }
+    }
+
+    /// Reads each series' header only; its points when
+    /// [`Self::read_points`] asks for them.
+    pub fn lazy_points(mut self) -> Self {
+        self.lazy = true;
+        self
+    }
+
+    /// The series just read's footer entry.
+    fn current(&self) -> Option<(&DataFile, &tsf::SeriesEntry)> {
+        let (data, entries, i) = self.open.as_ref()?;
+        Some((data, entries.get(i.checked_sub(1)?)?))
+    }
+
+    /// The first and last timestamp of the series just read, as its footer
+    /// entry gives them.
+    pub fn ts_range(&self) -> (i64, i64) {
+        self.current().map_or((0, 0), |(_, e)| (e.min_ts, e.max_ts))
+    }
+
+    /// Reads the points of the series just read into `out` (once; for a
+    /// reader made with [`Self::lazy_points`]).
+    pub fn read_points(&self, out: &mut SeriesData) -> Result<(), JobError> {
+        let Some((data, e)) = self.current() else {
+            return Err(JobError::Internal("read_points before a series".into()));
+        };
+        out.ts.clear();
+        out.vals.clear();
+        for b in &e.blocks {
+            let block = tsf::block_bytes(&data.bytes, b).map_err(|err| data.error(err))?;
+            tsf::decode_block(b, block, &mut out.ts, &mut out.vals)
+                .map_err(|err| data.error(err))?;
+        }
+        if let Some(w) = out.ts.windows(2).position(|w| w[0] >= w[1]) {
+            return Err(JobError::BadOutput(format!(
+                "data file {}: series {}/{} has timestamp {} after {}",
+                data.path,
+                e.org_id,
+                e.metric_id,
+                out.ts[w + 1],
+                out.ts[w]
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads only the series' headers, not their points (`n_points` is
+    /// set, `ts` and `vals` stay empty).
+    pub fn headers_only(mut self) -> Self {
+        self.headers_only = true;
+        self
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Reads the next series into `out`; false at the end.
+    pub async fn next(&mut self, out: &mut SeriesData) -> Result<bool, JobError> {
+        loop {
+            if let Some((data, entries, i)) = &mut self.open
+                && *i < entries.len()
+            {
+                let e = &entries[*i];
+                *i += 1;
+                data.release_before(e.byte_range().start);
+                let key = (e.org_id, e.metric_id);
+                if let Some(l) = self.last
+                    && l >= key
+                {
+                    return Err(JobError::BadOutput(format!(
+                        "data file {}: series {}/{} is out of order (after {}/{})",
+                        data.path, key.0, key.1, l.0, l.1
+                    )));
+                }
+                self.last = Some(key);
+                out.org_id = e.org_id;
+                out.metric_id = e.metric_id;
+                out.kind = e.kind;
+                out.interval_s = e.interval_s;
+                out.metadata.clear();
+                out.metadata.push_str(&e.metadata);
+                out.ts.clear();
+                out.vals.clear();
+                out.n_points = e.n_points;
+                if !self.headers_only && !self.lazy {
+                    self.read_points(out)?;
+                }
+                return Ok(true);
+            }
+            let Some(f) = self.manifest.files.get(self.next_file).cloned() else {
+                self.open = None;
+                return Ok(false);
+            };
+            self.next_file += 1;
+            let data = read_data_file(self.root, &self.manifest, &f).await?;
+            let bytes = data.bytes.clone();
+            let entries = open_data_file(&self.manifest, &f, &data, &bytes)?
+                .footer()
+                .series()
+                .to_vec();
+            self.open = Some((data, entries, 0));
+        }
+    }
+}
+
+/// The merged view of a migration for one window: each org's points before
+/// its cutover from the old system's output, from its cutover on from the
+/// new system's; orgs the migration does not list from the old output
+/// only. A series takes the kind, interval and metadata of the new side
+/// when the new side gives it at least one point, else those of the old
+/// side. A series left with no point is not shown.
+pub struct MergedSeries<'r> {
+    old: Option<WindowSeries<'r>>,
+    new: Option<WindowSeries<'r>>,
+    migration: std::sync::Arc<crate::job::migration::Migration>,
+    peek_old: Option<SeriesData>,
+    peek_new: Option<SeriesData>,
+    primed: bool,
+}
+
+impl<'r> MergedSeries<'r> {
+    pub fn new(
+        old: Option<WindowSeries<'r>>,
+        new: Option<WindowSeries<'r>>,
+        migration: std::sync::Arc<crate::job::migration::Migration>,
+    ) -> Self {
+        Self {
+            old,
+            new,
+            migration,
+            peek_old: None,
+            peek_new: None,
+            primed: false,
+        }
+    }
+
+    async fn pull(side: &mut Option<WindowSeries<'r>>) -> Result<Option<SeriesData>, JobError> {
+        let Some(r) = side else {
+            return Ok(None);
+        };
+        let mut s = SeriesData::default();
+        Ok(r.next(&mut s).await?.then_some(s))
+    }
+
+    /// Reads the next series of the merged view into `out`; false at the end.
+    pub async fn next(&mut self, out: &mut SeriesData) -> Result<bool, JobError> {
+        if !self.primed {
+            self.peek_old = Self::pull(&mut self.old).await?;
+            self.peek_new = Self::pull(&mut self.new).await?;
+            self.primed = true;
+        }
+        loop {
+            let key = match (&self.peek_old, &self.peek_new) {
+                (None, None) => return Ok(false),
+                (Some(o), None) => o.key(),
+                (None, Some(n)) => n.key(),
+                (Some(o), Some(n)) => o.key().min(n.key()),
+            };
+            let old = if self.peek_old.as_ref().is_some_and(|o| o.key() == key) {
+                let s = self.peek_old.take();
+                self.peek_old = Self::pull(&mut self.old).await?;
+                s
+            } else {
+                None
+            };
+            let new = if self.peek_new.as_ref().is_some_and(|n| n.key() == key) {
+                let s = self.peek_new.take();
+                self.peek_new = Self::pull(&mut self.new).await?;
+                s
+            } else {
+                None
+            };
+            let cut = self.migration.cutover(key.0);
+            out.ts.clear();
+            out.vals.clear();
+            let mut from_new = false;
+            if let Some(o) = &old {
+                let keep = match cut {
+                    Some(c) => o.ts.partition_point(|t| *t < c),
+                    None => o.ts.len(),
+                };
+                out.ts.extend_from_slice(&o.ts[..keep]);
+                out.vals.extend_from_slice(&o.vals[..keep]);
+            }
+            if let (Some(n), Some(c)) = (&new, cut) {
+                let start = n.ts.partition_point(|t| *t < c);
+                from_new = start < n.ts.len();
+                // Each side is strictly increasing (checked as read); the
+                // two parts must be too where they meet, or a point would
+                // be doubled.
+                if let (Some(last), Some(first)) = (out.ts.last(), n.ts.get(start))
+                    && last >= first
+                {
+                    return Err(JobError::Internal(format!(
+                        "merged series {}/{}: the old side's point at {last} meets the new side's at {first} (cutover {c})",
+                        key.0, key.1
+                    )));
+                }
+                out.ts.extend_from_slice(&n.ts[start..]);
+                out.vals.extend_from_slice(&n.vals[start..]);
+            }
+            if out.ts.is_empty() {
+                continue;
+            }
+            out.n_points = out.ts.len() as u64;
+            let Some(attrs) = if from_new { new.as_ref() } else { old.as_ref() }.or(new.as_ref())
+            else {
+                return Err(JobError::Internal(format!(
+                    "merged series {}/{} has points from neither side",
+                    key.0, key.1
+                )));
+            };
+            out.org_id = key.0;
+            out.metric_id = key.1;
+            out.kind = attrs.kind;
+            out.interval_s = attrs.interval_s;
+            out.metadata.clear();
+            out.metadata.push_str(&attrs.metadata);
+            return Ok(true);
+        }
+    }
+}
+
+/// The series of one window: of one output, or the merged view of two.
+// One reader per window read, so the size of the larger variant costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+pub enum WindowReader<'r> {
+    One(WindowSeries<'r>),
+    Merged(MergedSeries<'r>),
+}
+
+impl WindowReader<'_> {
+    /// Reads the next series into `out`; false at the end.
+    pub async fn next(&mut self, out: &mut SeriesData) -> Result<bool, JobError> {
+        match self {
+            WindowReader::One(r) => r.next(out).await,
+            WindowReader::Merged(r) => r.next(out).await,
+        }
+    }
+}

@@ -15,6 +15,10 @@
 //! orphaned   committed, but none of its input is there any more
 //! ```
 //!
+//! A window committed with another migration role, or other cutovers for
+//! its shard's orgs, than the plan's (`--role`, `--migration`) is stale
+//! too, whatever its input: its points are not the ones a run would keep.
+//!
 //! Inputs are compared by their key below the input root
 //! (`<shard>/dt=…/hour=…/<file>`), size and ETag (when both sides have one).
 //! Where a store's ETags identify content (S3, GCS) only a change of bytes
@@ -40,6 +44,7 @@ use crate::datasource::store::StoreRoot;
 use crate::format::shard::ShardMap;
 use crate::job::error::JobError;
 use crate::job::manifest::{Manifest, ManifestInput, read_stored, window_dirs};
+use crate::job::migration::{Applied, Migration, Role};
 
 /// `--settle` when none is given: a window is planned once its hour ended
 /// at least this long ago (the sink flushes on a time or size trigger of a
@@ -62,6 +67,12 @@ pub struct PlanConfig {
     pub now: DateTime<Utc>,
     /// Shards planned at once.
     pub concurrency: usize,
+    /// The migration the runs apply (`--role`, `--migration`): a window
+    /// committed with another role or other cutovers for its shard is stale.
+    pub role: Role,
+    pub migration: Option<Arc<Migration>>,
+    /// The migration file as the runs are to be given it (in `run_args`).
+    pub migration_arg: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -233,6 +244,7 @@ pub fn compare(now: &[InputObject], read: &[ManifestInput]) -> Changes {
 pub fn state_of(
     inputs: &[InputObject],
     commit: Option<&Manifest>,
+    expect: &Applied,
     end_ms: i64,
     settle: Duration,
     now: DateTime<Utc>,
@@ -260,6 +272,17 @@ pub fn state_of(
                         m.inputs.len()
                     ),
                 )
+            } else if let Some(why) = expect.change_from(&m.settings.applied()) {
+                // Another migration: the points kept differ, whatever the input.
+                let input = if changes.is_empty() {
+                    "input unchanged".to_string()
+                } else {
+                    format!(
+                        "{} objects added, {} removed, {} changed",
+                        changes.added, changes.removed, changes.changed
+                    )
+                };
+                (State::Stale, changes, format!("{why}; {input}"))
             } else if changes.is_empty() {
                 (State::Done, changes, "committed, input unchanged".into())
             } else {
@@ -403,6 +426,14 @@ async fn plan_shard(
         }
     };
     let none: Vec<InputObject> = Vec::new();
+    let expect = Applied::new(cfg.role, cfg.migration.as_deref(), shard, &cfg.map);
+    let mut migration_args: Vec<String> = Vec::new();
+    if cfg.role != Role::Shadow {
+        migration_args.extend(["--role".to_string(), cfg.role.name().to_string()]);
+        if let Some(m) = &cfg.migration_arg {
+            migration_args.extend(["--migration".to_string(), m.clone()]);
+        }
+    }
     let window = |from: &Hour,
                   to: &Hour,
                   inputs: Vec<&InputObject>,
@@ -411,6 +442,7 @@ async fn plan_shard(
         let (state, changes, reason) = state_of(
             &inputs,
             commit.map(|c| &c.0),
+            &expect,
             to.start_ms() + 3_600_000,
             cfg.settle,
             cfg.now,
@@ -437,7 +469,10 @@ async fn plan_shard(
                 from.to_string(),
                 "--to".into(),
                 to.to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(migration_args.iter().cloned())
+            .collect(),
         }
     };
     let windows = span
@@ -729,13 +764,34 @@ mod tests {
         let settle = Duration::from_secs(600);
         let k = "org-mod-1/dt=2026-11-21/hour=05/a.tsp";
         let inputs = vec![obj(k, 10, "x")];
-        let (s, ..) = state_of(&inputs, None, end, settle, at(end + 599_000));
+        let (s, ..) = state_of(
+            &inputs,
+            None,
+            &Applied::default(),
+            end,
+            settle,
+            at(end + 599_000),
+        );
         assert_eq!(s, State::Settling);
-        let (s, ..) = state_of(&inputs, None, end, settle, at(end + 600_000));
+        let (s, ..) = state_of(
+            &inputs,
+            None,
+            &Applied::default(),
+            end,
+            settle,
+            at(end + 600_000),
+        );
         assert_eq!(s, State::Pending);
-        let (s, ..) = state_of(&[], None, end, settle, at(end + 600_000));
+        let (s, ..) = state_of(
+            &[],
+            None,
+            &Applied::default(),
+            end,
+            settle,
+            at(end + 600_000),
+        );
         assert_eq!(s, State::Empty);
-        let (s, ..) = state_of(&[], None, end, settle, at(end));
+        let (s, ..) = state_of(&[], None, &Applied::default(), end, settle, at(end));
         assert_eq!(
             s,
             State::Settling,

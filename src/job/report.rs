@@ -135,6 +135,27 @@ impl Report {
             self.run.cpu.as_secs_f64(),
             phases.join(", ")
         );
+        if !self.run.left_to_other.is_empty() {
+            let total: u64 = self.run.left_to_other.values().sum();
+            let orgs: Vec<String> = self
+                .run
+                .left_to_other
+                .iter()
+                .take(10)
+                .map(|(org, n)| format!("org {org}: {n}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  role    {}: {total} points left to the other system ({}{})",
+                self.config.role.name(),
+                orgs.join(", "),
+                if self.run.left_to_other.len() > 10 {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
+        }
         for m in self.run.misrouted.iter().take(5) {
             let _ = writeln!(
                 s,

@@ -60,7 +60,9 @@ use crate::job::measure::{
     self, Phase, SpillSummary, cpu_time, current_rss_bytes, peak_rss_bytes, secs,
 };
 use crate::job::merge::{GROUP_SQL, MergeCounts, SeriesMerger};
+use crate::job::migration::{Applied, Role};
 use crate::job::scratch::{self, ScratchDir};
+use std::collections::BTreeMap;
 
 /// What the run read.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -98,6 +100,10 @@ pub struct RunStats {
     pub output: OutputSummary,
     pub corrupt: Vec<CorruptRecord>,
     pub misrouted: Vec<MisroutedRecord>,
+    /// Points left to the other system of a migration, per org
+    /// (`--role new|old`): not errors, not in the output.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub left_to_other: BTreeMap<u64, u64>,
     /// Problems that did not fail the run (e.g. a cleanup after the commit).
     pub warnings: Vec<String>,
     pub spill: SpillSummary,
@@ -264,7 +270,7 @@ async fn steps(
     let (base, warning) = Base::read(output, &location).await?;
     stats.warnings.extend(warning);
     if cfg.only_if_needed
-        && let Some(why) = up_to_date(output, &location, &listing).await?
+        && let Some(why) = up_to_date(cfg, output, &location, &listing).await?
     {
         stats.skipped = Some(why);
         return Ok(());
@@ -294,12 +300,16 @@ async fn steps(
         misrouted_payloads: scan.misrouted_payloads,
         corrupt_frames: scan.corrupt_frames,
     };
-    let settings = OutputSettings::new(
+    let mut settings = OutputSettings::new(
         &cfg.shard_map,
         cfg.max_file_bytes,
         cfg.writer_options(),
         cfg.on_corrupt,
     );
+    // A run that writes one side of a migration records its role and the
+    // cutovers of the shard's orgs: another migration file is another
+    // commit (and run id).
+    settings.apply(applied(cfg));
     let inputs: Vec<ManifestInput> = listing.objects.iter().map(ManifestInput::of).collect();
     let manifest = Manifest::build(&cfg.shard, &window, settings, inputs, &staged, dropped);
 
@@ -317,7 +327,7 @@ async fn steps(
     let committed = match commit::commit(output, &manifest, &base, cfg.cleanup_grace).await {
         // Another run committed first; it may have read this very input.
         Err(JobError::LostRace(why)) if cfg.only_if_needed => {
-            match up_to_date(output, &location, &listing).await? {
+            match up_to_date(cfg, output, &location, &listing).await? {
                 Some(done) => {
                     stats.skipped = Some(format!("another run committed the window first: {done}"));
                     return Ok(());
@@ -388,6 +398,10 @@ async fn scan_group_encode(
         max_file_bytes: cfg.max_file_bytes,
         writer: cfg.writer_options(),
         round_points: budget.round_points(),
+        keep: match (&cfg.migration, cfg.role) {
+            (_, Role::Shadow) | (None, _) => None,
+            (Some(m), role) => Some((role, Arc::clone(m))),
+        },
     };
     let mut writer = OutputWriter::spawn(stage.to_path_buf(), file_options);
     let progress = measure::progress(cfg.progress, listing.total_bytes(), Arc::clone(&log));
@@ -458,6 +472,7 @@ async fn scan_group_encode(
     }
     let staged = written?;
     stats.merge = staged.merge;
+    stats.left_to_other = staged.left_to_other.clone();
     // Grouping (DataFusion's sorts and merges, each series' merge) is what
     // the pipeline spent besides decoding and encoding.
     stats.phases.push(Phase::measured_from(
@@ -497,7 +512,18 @@ fn spill_io_error(e: &DataFusionError) -> Option<std::io::Error> {
 
 /// Why the window at `location` needs no run, if it does not: its commit
 /// read exactly the input listed now, or it has neither input nor commit.
+/// The migration a run of `cfg` applies to its shard.
+fn applied(cfg: &RunConfig) -> Applied {
+    Applied::new(
+        cfg.role,
+        cfg.migration.as_deref(),
+        &cfg.shard,
+        &cfg.shard_map,
+    )
+}
+
 async fn up_to_date(
+    cfg: &RunConfig,
     output: &StoreRoot,
     location: &str,
     listing: &Listing,
@@ -511,7 +537,10 @@ async fn up_to_date(
                 Some(format!("{location} has no input and no commit"))
             }
             Some(s) => match s.manifest {
-                Ok(m) if crate::job::plan::compare(&listing.objects, &m.inputs).is_empty() => {
+                Ok(m)
+                    if crate::job::plan::compare(&listing.objects, &m.inputs).is_empty()
+                        && applied(cfg).change_from(&m.settings.applied()).is_none() =>
+                {
                     Some(format!(
                         "{location} is committed (run {}) and its input is unchanged",
                         m.run_id

@@ -232,3 +232,85 @@ pub async fn read_series(root: &tailor::datasource::store::StoreRoot, shard: &st
         .flat_map(|(_, _, s)| s)
         .collect()
 }
+
+/// Writes one committed window by hand, with a given file size cap.
+pub fn write_window(
+    dir: &std::path::Path,
+    shard: &str,
+    window: &str,
+    base: &tailor::job::manifest::Manifest,
+    series: &[S],
+    cap: u64,
+) {
+    let wdir = dir.join(shard).join(window);
+    let data = wdir.join("data").join("hand");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut files = Vec::new();
+    let mut chunk: Vec<&S> = Vec::new();
+    let flush = |chunk: &mut Vec<&S>, files: &mut Vec<tailor::job::manifest::ManifestFile>| {
+        if chunk.is_empty() {
+            return;
+        }
+        let mut w = tailor::format::tsf::FileWriter::new(
+            Vec::new(),
+            tailor::format::tsf::WriterOptions::default(),
+        )
+        .unwrap();
+        for s in chunk.iter() {
+            w.add_series(
+                &tailor::format::tsf::SeriesHeader {
+                    org_id: s.org,
+                    metric_id: s.metric,
+                    kind: s.kind,
+                    interval_s: s.interval,
+                    metadata: &s.meta,
+                },
+                &s.ts,
+                &s.vals,
+            )
+            .unwrap();
+        }
+        let (bytes, sum) = w.finish().unwrap();
+        let name = format!("part-{:05}.tsf", files.len());
+        std::fs::write(data.join(&name), &bytes).unwrap();
+        files.push(tailor::job::manifest::ManifestFile {
+            path: format!("data/hand/{name}"),
+            bytes: sum.bytes,
+            crc32c: sum.crc32c,
+            series: chunk.len() as u64,
+            points: chunk.iter().map(|s| s.ts.len() as u64).sum(),
+            first_series: [chunk[0].org, chunk[0].metric],
+            last_series: [chunk.last().unwrap().org, chunk.last().unwrap().metric],
+        });
+        chunk.clear();
+    };
+    let mut size = 0u64;
+    for s in series {
+        chunk.push(s);
+        size += s.ts.len() as u64 * 4 + 64;
+        if size >= cap {
+            flush(&mut chunk, &mut files);
+            size = 0;
+        }
+    }
+    flush(&mut chunk, &mut files);
+    let m = tailor::job::manifest::Manifest {
+        format: tailor::job::manifest::MANIFEST_FORMAT.into(),
+        version: tailor::job::manifest::MANIFEST_VERSION,
+        shard: shard.into(),
+        window_from: base.window_from.clone(),
+        window_to: base.window_to.clone(),
+        location: format!("{shard}/{window}"),
+        run_id: "hand".into(),
+        series: series.len() as u64,
+        points: series.iter().map(|s| s.ts.len() as u64).sum(),
+        files,
+        dropped: tailor::job::manifest::Dropped::default(),
+        inputs: vec![],
+        settings: tailor::job::manifest::OutputSettings {
+            max_file_bytes: cap,
+            ..base.settings.clone()
+        },
+    };
+    std::fs::write(wdir.join("_manifest.json"), m.to_json()).unwrap();
+}

@@ -4,15 +4,12 @@
 use std::path::Path;
 
 use tailor::datasource::store::StoreRoot;
-use tailor::format::tsf::{FileWriter, SeriesHeader, WriterOptions};
 use tailor::job::config::RunConfig;
 use tailor::job::diff::{Category, DiffConfig, diff};
 use tailor::job::generate::{GenerateOptions, generate};
-use tailor::job::manifest::{
-    Dropped, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestFile, OutputSettings,
-};
+use tailor::job::manifest::Manifest;
 
-use crate::common::{S, read_windows, rt_multi as rt, shard_map, tempdir};
+use crate::common::{S, read_windows, rt_multi as rt, shard_map, tempdir, write_window};
 
 /// (shard, window, manifest, series) of every committed window.
 async fn read_all(root: &StoreRoot) -> Vec<(String, String, Manifest, Vec<S>)> {
@@ -28,77 +25,6 @@ async fn read_all(root: &StoreRoot) -> Vec<(String, String, Manifest, Vec<S>)> {
         }
     }
     out
-}
-
-/// Writes one committed window by hand, with a given file size cap.
-fn write_window(dir: &Path, shard: &str, window: &str, base: &Manifest, series: &[S], cap: u64) {
-    let wdir = dir.join(shard).join(window);
-    let data = wdir.join("data").join("hand");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut files = Vec::new();
-    let mut chunk: Vec<&S> = Vec::new();
-    let flush = |chunk: &mut Vec<&S>, files: &mut Vec<ManifestFile>| {
-        if chunk.is_empty() {
-            return;
-        }
-        let mut w = FileWriter::new(Vec::new(), WriterOptions::default()).unwrap();
-        for s in chunk.iter() {
-            w.add_series(
-                &SeriesHeader {
-                    org_id: s.org,
-                    metric_id: s.metric,
-                    kind: s.kind,
-                    interval_s: s.interval,
-                    metadata: &s.meta,
-                },
-                &s.ts,
-                &s.vals,
-            )
-            .unwrap();
-        }
-        let (bytes, sum) = w.finish().unwrap();
-        let name = format!("part-{:05}.tsf", files.len());
-        std::fs::write(data.join(&name), &bytes).unwrap();
-        files.push(ManifestFile {
-            path: format!("data/hand/{name}"),
-            bytes: sum.bytes,
-            crc32c: sum.crc32c,
-            series: chunk.len() as u64,
-            points: chunk.iter().map(|s| s.ts.len() as u64).sum(),
-            first_series: [chunk[0].org, chunk[0].metric],
-            last_series: [chunk.last().unwrap().org, chunk.last().unwrap().metric],
-        });
-        chunk.clear();
-    };
-    let mut size = 0u64;
-    for s in series {
-        chunk.push(s);
-        size += s.ts.len() as u64 * 4 + 64;
-        if size >= cap {
-            flush(&mut chunk, &mut files);
-            size = 0;
-        }
-    }
-    flush(&mut chunk, &mut files);
-    let m = Manifest {
-        format: MANIFEST_FORMAT.into(),
-        version: MANIFEST_VERSION,
-        shard: shard.into(),
-        window_from: base.window_from.clone(),
-        window_to: base.window_to.clone(),
-        location: format!("{shard}/{window}"),
-        run_id: "hand".into(),
-        series: series.len() as u64,
-        points: series.iter().map(|s| s.ts.len() as u64).sum(),
-        files,
-        dropped: Dropped::default(),
-        inputs: vec![],
-        settings: OutputSettings {
-            max_file_bytes: cap,
-            ..base.settings.clone()
-        },
-    };
-    std::fs::write(wdir.join("_manifest.json"), m.to_json()).unwrap();
 }
 
 struct Fixture {
@@ -167,6 +93,8 @@ fn diff_with(
         orgs,
         examples: 3,
         memory_limit: Some(64 << 20),
+        migration: None,
+        shadow: None,
         out: Some(
             old.parent()
                 .unwrap()
@@ -302,6 +230,8 @@ fn the_joins_stream_without_sorting_or_hashing() {
             orgs: vec![],
             examples: 3,
             memory_limit: None,
+            migration: None,
+            shadow: None,
             out: None,
         }))
         .unwrap();
@@ -389,6 +319,8 @@ fn a_side_whose_series_are_out_of_order_is_an_error() {
             orgs: vec![],
             examples: 3,
             memory_limit: None,
+            migration: None,
+            shadow: None,
             out: None,
         }))
         .unwrap_err();
@@ -555,6 +487,8 @@ fn an_uncommitted_side_is_an_error() {
             orgs: vec![],
             examples: 3,
             memory_limit: None,
+            migration: None,
+            shadow: None,
             out: None,
         }))
         .unwrap_err();

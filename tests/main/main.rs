@@ -9,6 +9,7 @@ mod faulty;
 mod hostile;
 mod job;
 mod kills;
+mod migration;
 mod plan;
 
 mod ranges;
