@@ -29,5 +29,10 @@ pub static MALLOC_CONF: &[u8; 91] =
     b"oversize_threshold:0,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1\0";
 
 fn main() -> ExitCode {
+    // Named worker threads: profiles tell decoding, merging and encoding
+    // apart from the scan's (tokio) and the encoder's own thread.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("tailor-rayon-{i}"))
+        .build_global();
     tailor::cli::main()
 }

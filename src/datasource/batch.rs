@@ -25,7 +25,8 @@ use crate::format::payload::PayloadHeader;
 /// Default slab size: 2 MiB of decompressed payloads per batch (a bigger
 /// payload gets a slab of its own size).
 pub const DEFAULT_SLAB_BYTES: usize = 2 << 20;
-/// Slabs kept for reuse per pool; more are freed when they come back.
+/// Slabs kept for reuse per pool by default; more are freed when they
+/// come back.
 const POOL_KEEP: usize = 2;
 
 /// A pool of aligned decode buffers shared by the batches of a scan.
@@ -33,13 +34,22 @@ const POOL_KEEP: usize = 2;
 pub struct SlabPool {
     free: Mutex<Vec<Vec<u64>>>,
     slab_bytes: usize,
+    keep: usize,
 }
 
 impl SlabPool {
     pub fn new(slab_bytes: usize) -> Arc<Self> {
+        Self::keeping(slab_bytes, POOL_KEEP)
+    }
+
+    /// A pool that keeps up to `keep` returned slabs for reuse (a job
+    /// decoding bucket after bucket reuses its slabs instead of having the
+    /// allocator page fresh memory in for each).
+    pub fn keeping(slab_bytes: usize, keep: usize) -> Arc<Self> {
         Arc::new(Self {
             free: Mutex::new(Vec::new()),
             slab_bytes: slab_bytes.max(64),
+            keep,
         })
     }
 
@@ -59,9 +69,14 @@ impl SlabPool {
 
     fn give_back(&self, slab: Vec<u64>) {
         let mut free = self.free.lock().unwrap();
-        if free.len() < POOL_KEEP {
+        if free.len() < self.keep {
             free.push(slab);
         }
+    }
+
+    /// The size of an ordinary slab.
+    pub fn slab_bytes(&self) -> usize {
+        self.slab_bytes
     }
 
     /// Slabs waiting for reuse (tests use it to see slabs come back).

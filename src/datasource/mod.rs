@@ -11,6 +11,7 @@ pub mod opener;
 pub mod options;
 pub mod partitions;
 pub mod reader;
+pub mod route;
 pub mod scan_log;
 pub mod schema;
 pub mod source;

@@ -111,6 +111,8 @@ struct RangeScan {
     decoder: Decoder,
     found_shard: Option<Shard>,
     found_shard_name: String,
+    /// The object's index in input order, when the scan routes payloads.
+    object: Option<u32>,
     file_indices: Vec<usize>,
     local: LocalLog,
     counters: [Count; 4],
@@ -141,7 +143,13 @@ impl RangeScan {
             &key,
             &shard_name,
         );
+        let object = source
+            .options
+            .router
+            .as_ref()
+            .and_then(|r| r.object_index(&key));
         Self {
+            object,
             found_shard: Shard::parse(&shard_name),
             found_shard_name: shard_name,
             key,
@@ -255,8 +263,46 @@ impl RangeScan {
             }
         };
         let misrouted = self.record_payload(&header, offset);
+        if !misrouted && self.spooled(&header, offset, info, body)? {
+            // The bytes reserved for it are taken by the next payload.
+            return Ok(());
+        }
         self.builder.commit(&header, offset, misrouted);
         Ok(())
+    }
+
+    /// Spools the frame instead of emitting it, if the scan routes payloads
+    /// and this one's bucket is not kept; returns whether it did.
+    fn spooled(
+        &mut self,
+        header: &PayloadHeader,
+        offset: u64,
+        info: BodyInfo,
+        body: &[u8],
+    ) -> Result<bool> {
+        let Some(router) = &self.source.options.router else {
+            return Ok(false);
+        };
+        if router.keeps(header.org_id, header.metric_id) {
+            return Ok(false);
+        }
+        let object = self.object.ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "routing a payload of {}, which is not among the scan's objects",
+                self.key
+            ))
+        })?;
+        router
+            .spool(
+                object,
+                offset,
+                header.org_id,
+                header.metric_id,
+                info.content_size,
+                body,
+            )
+            .map_err(DataFusionError::IoError)?;
+        Ok(true)
     }
 
     /// A payload of more than `rows` points: decoded into the scratch
@@ -289,7 +335,12 @@ impl RangeScan {
             }
         };
         let misrouted = self.record_payload(&payload.header, offset);
-        let r = self.push_split(&payload, offset, misrouted, rows.max(1));
+        let header = payload.header;
+        let r = if !misrouted && self.spooled(&header, offset, info, body)? {
+            Ok(())
+        } else {
+            self.push_split(&payload, offset, misrouted, rows.max(1))
+        };
         self.scratch = scratch;
         r
     }

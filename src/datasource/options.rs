@@ -45,6 +45,10 @@ pub struct PayloadOptions {
     /// it is split (decode buffer and copies, up to 2 x 16 MiB per
     /// partition), outside DataFusion's pool.
     pub max_row_points: Option<usize>,
+    /// Routes payloads by series: those of buckets the router does not
+    /// keep are spooled (compressed, as read) instead of emitted as rows.
+    /// `None`: every payload is a row.
+    pub router: Option<Arc<crate::datasource::route::Router>>,
 }
 
 /// The most points of a row when the job splits big payloads: a payload
@@ -67,6 +71,7 @@ impl PayloadOptions {
             mmap_local: false,
             fetch_chunk: crate::datasource::reader::DEFAULT_CHUNK,
             max_row_points: None,
+            router: None,
         }
     }
 }

@@ -99,7 +99,7 @@ impl ObjectBytes {
         }
     }
 
-    async fn fetch(&self, range: Range<u64>) -> Result<Bytes, object_store::Error> {
+    pub(crate) async fn fetch(&self, range: Range<u64>) -> Result<Bytes, object_store::Error> {
         match self {
             ObjectBytes::Mapped(b) | ObjectBytes::MappedFile(b, _) => {
                 // The cursor never asks past `local_len`; checked anyway so

@@ -229,12 +229,14 @@ pub fn parse_hour(what: &str, s: &str) -> Result<Hour, JobError> {
         .ok_or_else(|| JobError::Config(format!("{what} {s:?} is not an hour (YYYY-MM-DDTHH)")))
 }
 
-/// The memory limit when none is given, and where it came from: 75% of
-/// the memory the process may use, so that a shard bigger than memory
-/// spills instead of being killed. That is the smaller of the machine's
-/// physical memory and the memory limit of the process's cgroup (v2
-/// `memory.max`, or v1 `memory.limit_in_bytes`, the smallest along the
-/// cgroup's ancestors), as a Kubernetes pod's memory limit sets it.
+/// The memory limit when none is given, and where it came from. Under a
+/// cgroup memory limit (v2 `memory.max`, or v1 `memory.limit_in_bytes`, the
+/// smallest along the cgroup's ancestors, as a Kubernetes pod's memory
+/// limit sets it) below physical memory: 75% of it, the pod having been
+/// sized for the job. Otherwise [`DEFAULT_MEMORY_LIMIT`] (4 GiB), or 75%
+/// of physical memory if that is less: a job without a limit of its own
+/// shares its machine with the scheduler's other shard jobs, and its peak
+/// memory does not grow with its input (Tailor-S's executors ran in 4 GiB).
 pub fn default_memory_limit() -> (u64, String) {
     // SAFETY: sysconf has no preconditions.
     let (pages, page) = unsafe {
@@ -254,15 +256,25 @@ pub fn default_memory_limit() -> (u64, String) {
     memory_limit_of(physical, cgroup)
 }
 
-/// 75% of the smaller of `physical` and the cgroup's limit, with where it
-/// came from.
+/// The limit when no cgroup limit applies: what the job needs to be fast on
+/// the inputs of a shard and hour, whatever their size.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 4 << 30;
+
+/// The default limit for `physical` memory and the cgroup's limit, with
+/// where it came from (see [`default_memory_limit`]).
 fn memory_limit_of(physical: Option<u64>, cgroup: Option<(u64, String)>) -> (u64, String) {
     match (physical, cgroup) {
         (Some(p), Some((c, file))) if c < p => (
             c / 4 * 3,
             format!("75% of the cgroup memory limit ({c} bytes in {file})"),
         ),
-        (Some(p), _) => (p / 4 * 3, format!("75% of physical memory ({p} bytes)")),
+        (Some(p), _) if p / 4 * 3 < DEFAULT_MEMORY_LIMIT => {
+            (p / 4 * 3, format!("75% of physical memory ({p} bytes)"))
+        }
+        (Some(p), _) => (
+            DEFAULT_MEMORY_LIMIT,
+            format!("the default of 4 GiB (no cgroup limit; physical memory {p} bytes)"),
+        ),
         (None, Some((c, file))) => (
             c / 4 * 3,
             format!("75% of the cgroup memory limit ({c} bytes in {file})"),
@@ -418,6 +430,7 @@ pub struct RunConfig {
     /// (what a job killed at that moment leaves behind).
     #[serde(skip)]
     pub fail_before_commit: bool,
+
     /// How old files of a run that no manifest names must be before a
     /// commit of the same window removes them
     /// ([`DEFAULT_CLEANUP_GRACE`]).
@@ -474,6 +487,7 @@ impl RunConfig {
             migration_source: None,
             progress: false,
             fail_before_commit: false,
+
             cleanup_grace: DEFAULT_CLEANUP_GRACE,
             single_put_max: DEFAULT_SINGLE_PUT_MAX,
         }
@@ -600,32 +614,26 @@ impl RunConfig {
     }
 }
 
-/// How many bytes of DataFusion's pool a byte of buffered payload rows
-/// costs. SortExec reserves for each buffered batch its size plus its
-/// "sliced" size (room for sorted copies); the rows' points are views into
-/// decode slabs (`raw_points`), which sorting never copies, and the slab is
-/// counted in both terms. Without this, a 4 GiB shard (decode slabs 11.6
-/// GB) spilled 11.9 GB under the default limit of 18 GB, peak RSS 8.8 GB.
-pub const SORT_ACCOUNTING: u64 = 2;
-
 /// The process's footprint holding no data: peak RSS of a job over a 1 MiB
 /// shard is 70 MiB (code, runtime, thread stacks, allocator), while at the
 /// job's start only part of it is resident.
 pub const BASE_FOOTPRINT: u64 = 70 << 20;
 
-/// The most of the limit kept outside DataFusion's pool.
-pub const UNTRACKED_MAX: u64 = 1 << 30;
-
-/// The smallest pool: below it a sort cannot hold the batches it merges.
-/// A limit that leaves less than this is exceeded.
-pub const MIN_POOL: u64 = 8 << 20;
-
-/// The memory a run may use, and every knob derived from it: DataFusion's
-/// pool and the sort's merge reservation, rows per batch, the decode slab
-/// size, the encoder's round size. All of them are fractions of one
-/// budget: what `--memory-limit` leaves once the process's own footprint
-/// (what it holds when the job starts, at least [`BASE_FOOTPRINT`]) is
-/// taken off. Without a limit, the knobs take their unlimited defaults.
+/// The memory a run may use, and every knob derived from it. All of them
+/// are fractions of one budget: what `--memory-limit` leaves once the
+/// process's own footprint (what it holds when the job starts, at least
+/// [`BASE_FOOTPRINT`]) is taken off. Without a limit, the knobs take their
+/// unlimited defaults and the whole decoded input stays resident.
+///
+/// The model (docs/design.md): decoded payload rows kept in memory
+/// (resident buckets) take at most [`Self::resident_cap`], 80% of the
+/// budget, during the scan; they are encoded and gone before the spooled
+/// buckets are decoded again, two at a time, each at most
+/// [`Self::bucket_cap`], 28% (less what the scan's rows still hold when it
+/// had to stop admitting them); the rest is for what is in flight (decode
+/// slabs of the scan's partitions, batches between the scan and the
+/// grouping, the encoder's rounds, spool buffers) and the allocator's
+/// free pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryBudget {
     /// `--memory-limit`.
@@ -634,6 +642,17 @@ pub struct MemoryBudget {
     pub resident: u64,
     /// Scan partitions (each holds a decode slab in flight).
     pub partitions: usize,
+}
+
+/// How the job lays out its groups of series (see `datasource/route.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BucketPlan {
+    /// Hash buckets the series fall into.
+    pub buckets: u32,
+    /// Buckets `0..resident` stay in the scan's rows; the rest are spooled.
+    pub resident: u32,
+    /// The decoded size of the input, as estimated before the scan.
+    pub estimated_decoded_bytes: u64,
 }
 
 impl MemoryBudget {
@@ -651,34 +670,55 @@ impl MemoryBudget {
             .map(|l| l.saturating_sub(self.resident.max(BASE_FOOTPRINT)))
     }
 
-    /// DataFusion's pool and the sort's merge reservation, under a limit.
-    ///
-    /// Of the budget, half (at most [`UNTRACKED_MAX`]) is kept for what the
-    /// pool does not track: decode slabs in flight, mapped input pages, the
-    /// encoder's rounds, the series being gathered and merged, the
-    /// allocator's free pages. The other half is what the sort may really
-    /// hold. Of that, half (at most 1 GiB) is reserved up front for merging
-    /// sorted runs (spill files read back: accounted byte for byte), and
-    /// the rest buffers payload rows, which the sort accounts at
-    /// [`SORT_ACCOUNTING`] times their bytes; the pool is sized so that
-    /// both parts reach their real share.
-    pub fn pool_sizes(&self) -> Option<(usize, usize)> {
-        let budget = self.budget()?;
-        let tracked = budget.saturating_sub((budget / 2).min(UNTRACKED_MAX));
-        let merge = (tracked / 2).clamp(32 << 10, 1 << 30);
-        let rows = tracked.saturating_sub(merge);
-        let pool = rows.saturating_mul(SORT_ACCOUNTING).saturating_add(merge);
-        Some((
-            pool.max(MIN_POOL).min(usize::MAX as u64) as usize,
-            merge as usize,
-        ))
+    /// The most decoded payload rows kept in memory during the scan.
+    pub fn resident_cap(&self) -> Option<u64> {
+        self.budget().map(|b| b / 10 * 8)
     }
 
-    /// Rows per batch. A row is a payload (hundreds of points; at most
-    /// ~80 KiB, see [`ROW_POINTS`](crate::datasource::options::ROW_POINTS));
-    /// under a limit, batches stay around 1/64 of the budget (at ~2 KiB a
-    /// row) so that sorts, their merges and spill read-back always have
-    /// room for the next one.
+    /// The most decoded bytes of one spooled bucket processed at once, when
+    /// `held` bytes of the scan's rows are still in memory: two buckets are
+    /// in memory at once (one decoded while the other is encoded), with
+    /// the compressed frames being decoded (a third of a bucket) and free
+    /// slabs kept for reuse (half a bucket): about 2.85 buckets.
+    pub fn bucket_cap_beside(&self, held: u64) -> Option<u64> {
+        self.budget()
+            .map(|b| ((b / 100 * 80).saturating_sub(held) / 100 * 35).max(1 << 20))
+    }
+
+    /// [`Self::bucket_cap_beside`] nothing.
+    pub fn bucket_cap(&self) -> Option<u64> {
+        self.bucket_cap_beside(0)
+    }
+
+    /// The buckets for an input whose decoded size is estimated at
+    /// `estimate`: `None` without a limit (nothing is ever spooled).
+    /// When the estimate fits the resident share, every bucket is resident
+    /// (the scan may still demote them all, should the estimate be short);
+    /// otherwise buckets of at most [`Self::bucket_cap`] each, as many
+    /// resident as fit the resident share. A minimum of 4 buckets keeps a
+    /// demoted scan's buckets small.
+    pub fn bucket_plan(&self, estimate: u64) -> Option<BucketPlan> {
+        let (resident_cap, bucket_cap) = (self.resident_cap()?, self.bucket_cap()?);
+        let per = |n: u64| estimate.div_ceil(n.max(1));
+        // An eighth over the estimate: hash buckets are not all the same
+        // size, and one over its share is split again (read and written).
+        let buckets = (estimate + estimate / 8)
+            .div_ceil(bucket_cap)
+            .clamp(4, 1 << 16);
+        let resident = if estimate <= resident_cap {
+            buckets
+        } else {
+            (resident_cap / per(buckets).max(1)).min(buckets - 1)
+        };
+        Some(BucketPlan {
+            buckets: buckets as u32,
+            resident: resident as u32,
+            estimated_decoded_bytes: estimate,
+        })
+    }
+
+    /// Rows per batch: payloads of hundreds of points; under a limit,
+    /// batches stay around 1/64 of the budget (at ~2 KiB a row).
     pub fn batch_rows(&self) -> usize {
         match self.budget() {
             Some(b) => (b / (64 * 2048)).clamp(16, 8192) as usize,
@@ -687,27 +727,31 @@ impl MemoryBudget {
     }
 
     /// Decode slab size (a batch is one slab of decoded payloads): a small
-    /// fraction of the budget per partition, so the sorts can always take
-    /// the next one. `None`: the scan's default.
+    /// fraction of the budget per partition. `None`: the scan's default.
     pub fn slab_bytes(&self) -> Option<usize> {
         self.budget()
             .map(|b| (b / (64 * self.partitions as u64)).clamp(16 << 10, 8 << 20) as usize)
     }
 
-    /// Most points held by one parallel encoding round: 16 bytes a point
-    /// in, about as much out, a 64th of the budget.
+    /// Most points held by one parallel encoding round: what a round
+    /// adds to the points it reads in place (16 bytes a point merged, a few
+    /// encoded) is about 20 bytes a point, and two rounds are in flight; a
+    /// 32nd of the budget, and at least 256 Ki points (rounds of a few
+    /// series leave cores idle at each round's end).
     pub fn round_points(&self) -> usize {
         match self.budget() {
-            Some(b) => (b / 64 / 32).clamp(64 << 10, 4 << 20) as usize,
+            Some(b) => (b / 32 / 20).clamp(1 << 20, 4 << 20) as usize,
             None => 4 << 20,
         }
     }
 
-    /// Below this size DataFusion sorts a buffered run in place (copying
-    /// it) instead of merging its batches.
-    pub fn sort_in_place_threshold(&self) -> Option<usize> {
-        self.budget()
-            .map(|b| (b / 64).clamp(16 << 10, 1 << 20) as usize)
+    /// The write (and read) buffer of one spool file when `files` are open
+    /// at once: together at most a 32nd of the budget.
+    pub fn spool_buffer(&self, files: u32) -> usize {
+        match self.budget() {
+            Some(b) => (b / 32 / u64::from(files.max(1))).clamp(16 << 10, 1 << 20) as usize,
+            None => 1 << 20,
+        }
     }
 }
 
@@ -873,6 +917,10 @@ mod tests {
             (limit, why.as_str()),
             (3 << 29, "75% of physical memory (2147483648 bytes)")
         );
+        // Without a cgroup limit: 4 GiB, whatever the machine's memory.
+        let (limit, why) = memory_limit_of(Some(24 << 30), None);
+        assert_eq!(limit, 4 << 30);
+        assert!(why.starts_with("the default of 4 GiB"), "{why}");
         // v1, with "unlimited" at the root.
         write("memory/memory.limit_in_bytes", "9223372036854771712\n");
         write("memory/docker/abc/memory.limit_in_bytes", "1073741824\n");
@@ -883,7 +931,10 @@ mod tests {
         assert_eq!(cgroup_memory_limit("0::/\n", root), None);
         // This machine: whatever it has, a positive limit with its source.
         let (limit, why) = default_memory_limit();
-        assert!(limit > 0 && why.starts_with("75% of "), "{limit} {why}");
+        assert!(
+            limit > 0 && (why.starts_with("75% of ") || why.starts_with("the default of 4 GiB")),
+            "{limit} {why}"
+        );
     }
 
     #[test]
@@ -903,38 +954,41 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_gives_the_sort_at_most_its_real_share_of_the_limit() {
-        for limit in [0u64, 100 << 20, 200 << 20, 1 << 30, 18 << 30, 200 << 30] {
-            for resident in [10u64 << 20, 200 << 20] {
-                let b = MemoryBudget::new(Some(limit), resident, 2);
-                let (pool, merge) = b.pool_sizes().unwrap();
-                let budget = limit.saturating_sub(resident.max(BASE_FOOTPRINT));
-                assert_eq!(b.budget(), Some(budget));
-                // What the sort really holds: merged runs byte for byte,
-                // buffered rows at 1 / SORT_ACCOUNTING of their reservation.
-                let real = merge as u64 + (pool - merge) as u64 / SORT_ACCOUNTING;
-                // ... is the limit less the footprint and the untracked reserve.
-                let tracked = budget - (budget / 2).min(UNTRACKED_MAX);
-                if budget >= 2 * MIN_POOL {
-                    assert!(
-                        real <= tracked && real + 2 >= tracked,
-                        "limit {limit}, resident {resident}: {real} of {tracked}"
-                    );
+    fn buckets_keep_resident_rows_and_one_spooled_bucket_inside_the_budget() {
+        for limit in [100u64 << 20, 200 << 20, 1 << 30, 4 << 30, 18 << 30] {
+            let b = MemoryBudget::new(Some(limit), 20 << 20, 2);
+            let budget = b.budget().unwrap();
+            let (resident, bucket) = (b.resident_cap().unwrap(), b.bucket_cap().unwrap());
+            // Two spooled buckets at once fit where the resident rows did,
+            // and beside rows the scan still holds when it demoted them.
+            assert!(2 * bucket <= (budget / 100 * 80).max(2 << 20), "{limit}");
+            assert!(resident <= budget / 10 * 8, "{limit}");
+            let beside = b.bucket_cap_beside(resident / 2).unwrap();
+            assert!(
+                resident / 2 + 2 * beside <= (budget / 100 * 80).max(2 << 20),
+                "{limit}"
+            );
+            for estimate in [0u64, 1 << 20, budget / 2, budget, 3 * budget, 33 * budget] {
+                let p = b.bucket_plan(estimate).unwrap();
+                assert!(p.buckets >= 4 && p.resident <= p.buckets, "{p:?}");
+                let per_bucket = estimate.div_ceil(u64::from(p.buckets));
+                if estimate <= resident {
+                    assert_eq!(p.resident, p.buckets, "all resident: {p:?}");
                 } else {
-                    assert_eq!(pool as u64, MIN_POOL, "the smallest pool");
+                    assert!(p.resident < p.buckets, "{p:?}");
+                    assert!(u64::from(p.resident) * per_bucket <= resident, "{p:?}");
                 }
-                assert!(merge <= 1 << 30 && merge <= pool);
+                assert!(per_bucket <= bucket.max(1 << 20), "{estimate}: {p:?}");
             }
         }
-        // A 4 GiB shard's rows (11.6 GB of slabs, accounted twice) fit the
-        // pool of the default limit on a 24 GiB machine.
-        let (pool, merge) = MemoryBudget::new(Some(18 << 30), 20 << 20, 2)
-            .pool_sizes()
+        // 2 GiB of input (6.6 GB decoded) at a limit of a tenth of it.
+        let p = MemoryBudget::new(Some(205 << 20), 20 << 20, 2)
+            .bucket_plan(6_600_000_000)
             .unwrap();
-        assert!((pool - merge) as u64 >= 2 * 11_600_000_000);
-        // Without a limit: no pool, the unlimited defaults.
+        assert!(p.buckets > 100 && p.resident <= 3, "{p:?}");
+        // Without a limit: nothing is spooled; the unlimited defaults.
         let free = MemoryBudget::new(None, 20 << 20, 2);
-        assert_eq!(free.pool_sizes(), None);
+        assert_eq!(free.bucket_plan(1 << 40), None);
         assert_eq!(
             (free.batch_rows(), free.slab_bytes(), free.round_points()),
             (8192, None, 4 << 20)

@@ -19,7 +19,7 @@ use crate::job::migration::{Migration, Role};
 use crate::format::tsf::{self, FileWriter, SeriesHeader, WriterOptions};
 use crate::job::error::{IoContext, JobError};
 use crate::job::measure::Phase;
-use crate::job::merge::{MergeCounts, MergedSeries, SeriesInput};
+use crate::job::merge::{MergeBuffers, MergeCounts, MergedSeries, SeriesInput};
 
 /// How data files are written.
 #[derive(Debug, Clone)]
@@ -61,12 +61,55 @@ pub struct Staged {
     pub encode_phase: Phase,
 }
 
-/// Encodes merged series into size-capped files on its own thread, so that
-/// encoding overlaps with DataFusion's scan and sort.
-pub struct OutputWriter {
-    tx: Option<SyncSender<SeriesInput>>,
+/// Where encoded series go, in key order: the staged data files, or an
+/// encoded spool of one group of series (merged into the files at the end).
+pub trait Sink: Send + 'static {
+    fn append(&mut self, h: &SeriesHeader<'_>, e: tsf::EncodedSeries) -> Result<(), JobError>;
+    /// Every series sent before [`OutputWriter::mark`] is appended: the
+    /// end of a group of series.
+    fn mark(&mut self) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// What the encoder thread receives.
+enum Item {
+    Series(SeriesInput),
+    Mark,
+}
+
+/// What encoding a stream of series did besides what its sink holds.
+#[derive(Debug, Clone, Default)]
+pub struct EncodeTotals {
+    pub series: u64,
+    pub points: u64,
+    pub merge: MergeCounts,
+    pub left_to_other: BTreeMap<u64, u64>,
+    /// Time spent merging and encoding on the worker threads, and
+    /// appending on the writer thread.
+    pub busy: std::time::Duration,
+    pub wall: std::time::Duration,
+}
+
+impl EncodeTotals {
+    pub fn add(&mut self, o: &EncodeTotals) {
+        self.series += o.series;
+        self.points += o.points;
+        self.merge.add(&o.merge);
+        for (org, n) in &o.left_to_other {
+            *self.left_to_other.entry(*org).or_default() += n;
+        }
+        self.busy += o.busy;
+        self.wall += o.wall;
+    }
+}
+
+/// Merges and encodes series into a [`Sink`] on its own thread, so that
+/// encoding overlaps with whatever hands it the series.
+pub struct OutputWriter<S: Sink> {
+    tx: Option<SyncSender<Item>>,
     backlog: Arc<Backlog>,
-    handle: Option<JoinHandle<Result<Staged, JobError>>>,
+    handle: Option<JoinHandle<Result<(S, EncodeTotals), JobError>>>,
 }
 
 /// Points handed to the encoder and not yet taken into a round: `send`
@@ -98,9 +141,9 @@ impl Backlog {
     }
 }
 
-impl OutputWriter {
-    pub fn spawn(dir: PathBuf, opts: FileOptions) -> Self {
-        let (tx, rx) = sync_channel::<SeriesInput>(1024);
+impl<S: Sink> OutputWriter<S> {
+    pub fn spawn(sink: S, opts: FileOptions) -> Self {
+        let (tx, rx) = sync_channel::<Item>(1024);
         let backlog = Arc::new(Backlog {
             state: std::sync::Mutex::new((0, false)),
             changed: std::sync::Condvar::new(),
@@ -110,7 +153,7 @@ impl OutputWriter {
         let handle = std::thread::Builder::new()
             .name("tailor-encode".into())
             .spawn(move || {
-                let r = encode_loop(dir, opts, rx, &b);
+                let r = encode_loop(sink, opts, rx, &b);
                 b.close();
                 r
             })
@@ -127,9 +170,19 @@ impl OutputWriter {
     /// When the encoder stopped early, this returns why (a full staging
     /// disk, say), not merely that it stopped.
     pub fn send(&mut self, s: SeriesInput) -> Result<(), JobError> {
+        self.backlog.add(s.n_points() as u64);
+        self.put(Item::Series(s))
+    }
+
+    /// Ends a group of series: the sink's [`Sink::mark`] runs once every
+    /// series sent before is appended.
+    pub fn mark(&mut self) -> Result<(), JobError> {
+        self.put(Item::Mark)
+    }
+
+    fn put(&mut self, item: Item) -> Result<(), JobError> {
         let tx = self.tx.as_ref().expect("writer open");
-        self.backlog.add(s.points.len() as u64);
-        if tx.send(s).is_ok() {
+        if tx.send(item).is_ok() {
             return Ok(());
         }
         drop(self.tx.take());
@@ -142,8 +195,8 @@ impl OutputWriter {
         }
     }
 
-    /// Waits for the encoder and returns the staged files.
-    pub fn finish(mut self) -> Result<Staged, JobError> {
+    /// Waits for the encoder; returns the sink and what was encoded.
+    pub fn finish(mut self) -> Result<(S, EncodeTotals), JobError> {
         drop(self.tx.take());
         match self.handle.take().map(|h| h.join()) {
             Some(Ok(r)) => r,
@@ -155,7 +208,7 @@ impl OutputWriter {
     }
 }
 
-impl Drop for OutputWriter {
+impl<S: Sink> Drop for OutputWriter<S> {
     fn drop(&mut self) {
         drop(self.tx.take());
         if let Some(h) = self.handle.take() {
@@ -177,96 +230,116 @@ struct OpenFile {
 /// Most series (and points) encoded in one parallel round.
 const ROUND_SERIES: usize = 1024;
 
-fn encode_loop(
-    dir: PathBuf,
+fn encode_loop<S: Sink>(
+    mut sink: S,
     opts: FileOptions,
-    rx: Receiver<SeriesInput>,
+    rx: Receiver<Item>,
     backlog: &Backlog,
-) -> Result<Staged, JobError> {
+) -> Result<(S, EncodeTotals), JobError> {
     let wall = Instant::now();
     // Time spent encoding on the worker threads (compute-bound, so this is
     // their CPU time) plus appending on this one.
     let busy = AtomicU64::new(0);
-    let mut out = Output {
-        dir,
-        opts,
-        files: Vec::new(),
-        open: None,
-        series: 0,
-        points: 0,
-        merge: MergeCounts::default(),
-        left_to_other: BTreeMap::new(),
-    };
+    let mut totals = EncodeTotals::default();
     let mut round: Vec<SeriesInput> = Vec::new();
     // Take what the merger has produced (at least one series), encode it on
     // all cores, append in order. Encoding is a pure function of each
     // series, so the bytes do not depend on how series fall into rounds.
     while let Ok(first) = rx.recv() {
-        let mut points = first.points.len();
+        let first = match first {
+            Item::Series(s) => s,
+            Item::Mark => {
+                sink.mark()?;
+                continue;
+            }
+        };
+        let mut points = first.n_points();
         round.push(first);
-        while round.len() < ROUND_SERIES && points < out.opts.round_points {
+        // A mark ends the round: it applies once the round is appended.
+        let mut mark = false;
+        while round.len() < ROUND_SERIES && points < opts.round_points {
             match rx.try_recv() {
-                Ok(s) => {
-                    points += s.points.len();
+                Ok(Item::Series(s)) => {
+                    points += s.n_points();
                     round.push(s);
+                }
+                Ok(Item::Mark) => {
+                    mark = true;
+                    break;
                 }
                 Err(_) => break,
             }
         }
         backlog.take(points as u64);
-        let writer = out.opts.writer;
-        // Merge (sort, deduplicate) and encode each series on all cores.
+        let writer = opts.writer;
+        // Merge (sort, deduplicate) and encode each series on all cores,
+        // each thread in buffers it keeps from series to series.
         type Done = (
             MergedSeries,
             MergeCounts,
             u64,
-            Result<tsf::EncodedSeries, tsf::TsfError>,
+            Option<Result<tsf::EncodedSeries, tsf::TsfError>>,
         );
-        let keep = out.opts.keep.clone();
+        thread_local! {
+            static BUFS: std::cell::RefCell<MergeBuffers> = Default::default();
+        }
+        let keep = opts.keep.clone();
         let encoded: Vec<Done> = round
             .par_drain(..)
             .map(|s| {
-                let (mut m, counts) = s.merge();
-                // The run's own points only; the rest is the other system's.
-                let mut left = 0;
-                if let Some((role, migration)) = &keep {
-                    let r = migration.kept(*role, m.org_id, &m.timestamps);
-                    left = (m.timestamps.len() - r.len()) as u64;
-                    if left > 0 {
-                        m.timestamps = m.timestamps[r.clone()].to_vec();
-                        m.values = m.values[r].to_vec();
+                BUFS.with_borrow_mut(|bufs| {
+                    let (m, counts) = s.merge_into(bufs);
+                    // The run's own points only; the rest is the other
+                    // system's.
+                    let r = match &keep {
+                        Some((role, migration)) => {
+                            migration.kept(*role, m.org_id, &bufs.timestamps)
+                        }
+                        None => 0..bufs.timestamps.len(),
+                    };
+                    let left = (bufs.timestamps.len() - r.len()) as u64;
+                    if r.is_empty() {
+                        // Every point of the series is the other system's.
+                        return (m, counts, left, None);
                     }
-                }
-                let t = Instant::now();
-                let e = tsf::encode_series(&writer, &header(&m), &m.timestamps, &m.values);
-                busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                (m, counts, left, e)
+                    let t = Instant::now();
+                    let e = tsf::encode_series(
+                        &writer,
+                        &header(&m),
+                        &bufs.timestamps[r.clone()],
+                        &bufs.values[r],
+                    );
+                    busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    (m, counts, left, Some(e))
+                })
             })
             .collect();
         let t = Instant::now();
         for (s, counts, left, e) in encoded {
-            out.merge.add(&counts);
+            totals.merge.add(&counts);
             if left > 0 {
-                *out.left_to_other.entry(s.org_id).or_default() += left;
+                *totals.left_to_other.entry(s.org_id).or_default() += left;
             }
-            if s.timestamps.is_empty() {
-                // Every point of the series is the other system's.
+            let Some(e) = e else {
                 continue;
-            }
+            };
             // The merged series is the writer's own input: one it refuses
             // is a bug, not bad data.
             let e = e.map_err(|e| {
                 JobError::Internal(format!("encoding series {}/{}: {e}", s.org_id, s.metric_id))
             })?;
-            out.append(&s, e)?;
+            totals.series += 1;
+            totals.points += e.points;
+            sink.append(&header(&s), e)?;
+        }
+        if mark {
+            sink.mark()?;
         }
         busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
-    out.finish(Phase::measured(
-        "encode",
-        wall.elapsed(),
-        std::time::Duration::from_nanos(busy.load(Ordering::Relaxed)),
-    ))
+    totals.busy = std::time::Duration::from_nanos(busy.load(Ordering::Relaxed));
+    totals.wall = wall.elapsed();
+    Ok((sink, totals))
 }
 
 fn header(s: &MergedSeries) -> SeriesHeader<'_> {
@@ -279,19 +352,44 @@ fn header(s: &MergedSeries) -> SeriesHeader<'_> {
     }
 }
 
-struct Output {
+/// The staged data files: series appended in key order, a file closed at
+/// the first series boundary past the size cap.
+pub struct Files {
     dir: PathBuf,
     opts: FileOptions,
     files: Vec<StagedFile>,
     open: Option<OpenFile>,
-    series: u64,
-    points: u64,
-    merge: MergeCounts,
-    left_to_other: BTreeMap<u64, u64>,
 }
 
-impl Output {
-    fn append(&mut self, s: &MergedSeries, e: tsf::EncodedSeries) -> Result<(), JobError> {
+impl Files {
+    /// Files staged under `dir`.
+    pub fn new(dir: PathBuf, opts: FileOptions) -> Self {
+        Self {
+            dir,
+            opts,
+            files: Vec::new(),
+            open: None,
+        }
+    }
+
+    /// Closes the last file; what was staged, with the encoding's totals.
+    pub fn finish(mut self, totals: EncodeTotals, phase: Phase) -> Result<Staged, JobError> {
+        if let Some(f) = self.open.take() {
+            self.files.push(close(f)?);
+        }
+        Ok(Staged {
+            files: self.files,
+            series: totals.series,
+            points: totals.points,
+            merge: totals.merge,
+            left_to_other: totals.left_to_other,
+            encode_phase: phase,
+        })
+    }
+}
+
+impl Sink for Files {
+    fn append(&mut self, h: &SeriesHeader<'_>, e: tsf::EncodedSeries) -> Result<(), JobError> {
         if self.open.is_none() {
             let name = format!("part-{:05}.tsf", self.files.len());
             let local = self.dir.join(&name);
@@ -307,19 +405,16 @@ impl Output {
                 local,
                 series: 0,
                 points: 0,
-                first: [s.org_id, s.metric_id],
-                last: [s.org_id, s.metric_id],
+                first: [h.org_id, h.metric_id],
+                last: [h.org_id, h.metric_id],
             });
         }
         let f = self.open.as_mut().expect("open file");
-        f.writer
-            .add_encoded(&header(s), e)
-            .map_err(staging(&f.local))?;
+        let points = e.points;
+        f.writer.add_encoded(h, e).map_err(staging(&f.local))?;
         f.series += 1;
-        f.points += s.timestamps.len() as u64;
-        f.last = [s.org_id, s.metric_id];
-        self.series += 1;
-        self.points += s.timestamps.len() as u64;
+        f.points += points;
+        f.last = [h.org_id, h.metric_id];
         // The file as it would be closed now, footer and trailer included.
         if f.writer.estimated_final_size() >= self.opts.max_file_bytes {
             let f = self.open.take().expect("open file");
@@ -327,20 +422,239 @@ impl Output {
         }
         Ok(())
     }
+}
 
-    fn finish(mut self, phase: Phase) -> Result<Staged, JobError> {
-        if let Some(f) = self.open.take() {
-            self.files.push(close(f)?);
-        }
-        Ok(Staged {
-            files: self.files,
-            series: self.series,
-            points: self.points,
-            merge: self.merge,
-            left_to_other: self.left_to_other,
-            encode_phase: phase,
+/// One group's encoded series, in key order, in a scratch file: what a
+/// group of series the job encodes apart (a spooled bucket) leaves for the
+/// final merge into the data files.
+///
+/// Record (little-endian; this module's own, never read elsewhere):
+/// `org u64 | metric u64 | kind u8 | interval u32 | meta_len u32 | meta |
+/// points u64 | blocks u32 | (codec u8 | n_points u32 | min_ts i64 |
+/// max_ts i64 | len u32 | bytes)*`.
+pub struct EncodedSpool {
+    path: PathBuf,
+    w: std::io::BufWriter<std::fs::File>,
+    pub series: u64,
+    pub bytes: u64,
+    /// Where the current group began, and the groups written so far (each
+    /// in key order; one k-way merge takes them all).
+    start: u64,
+    segments: Vec<std::ops::Range<u64>>,
+}
+
+impl EncodedSpool {
+    pub fn create(path: PathBuf, buffer: usize) -> Result<Self, JobError> {
+        let f = std::fs::File::create(&path)
+            .at(format_args!("creating spool file {}", path.display()))?;
+        Ok(Self {
+            w: std::io::BufWriter::with_capacity(buffer.max(4096), f),
+            path,
+            series: 0,
+            bytes: 0,
+            start: 0,
+            segments: Vec::new(),
         })
     }
+
+    /// Groups written so far.
+    pub fn groups(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Flushes the file; returns its path and its groups' byte ranges.
+    pub fn close(mut self) -> Result<(PathBuf, Vec<std::ops::Range<u64>>), JobError> {
+        self.mark()?;
+        self.w
+            .flush()
+            .at(format_args!("writing spool file {}", self.path.display()))?;
+        Ok((self.path, self.segments))
+    }
+}
+
+impl Sink for EncodedSpool {
+    fn append(&mut self, h: &SeriesHeader<'_>, e: tsf::EncodedSeries) -> Result<(), JobError> {
+        let mut rec = Vec::with_capacity(40 + h.metadata.len() + e.blocks.len() * 32);
+        rec.extend_from_slice(&h.org_id.to_le_bytes());
+        rec.extend_from_slice(&h.metric_id.to_le_bytes());
+        rec.push(h.kind);
+        rec.extend_from_slice(&h.interval_s.to_le_bytes());
+        rec.extend_from_slice(&(h.metadata.len() as u32).to_le_bytes());
+        rec.extend_from_slice(h.metadata.as_bytes());
+        rec.extend_from_slice(&e.points.to_le_bytes());
+        rec.extend_from_slice(&(e.blocks.len() as u32).to_le_bytes());
+        let what = format_args!("writing spool file {}", self.path.display());
+        self.w.write_all(&rec).at(what)?;
+        self.bytes += rec.len() as u64;
+        for b in &e.blocks {
+            let mut head = [0u8; 25];
+            head[0] = b.codec;
+            head[1..5].copy_from_slice(&b.n_points.to_le_bytes());
+            head[5..13].copy_from_slice(&b.min_ts.to_le_bytes());
+            head[13..21].copy_from_slice(&b.max_ts.to_le_bytes());
+            head[21..25].copy_from_slice(&(b.bytes.len() as u32).to_le_bytes());
+            self.w.write_all(&head).at(what)?;
+            self.w.write_all(&b.bytes).at(what)?;
+            self.bytes += 25 + b.bytes.len() as u64;
+        }
+        self.series += 1;
+        Ok(())
+    }
+
+    fn mark(&mut self) -> Result<(), JobError> {
+        if self.bytes > self.start {
+            self.segments.push(self.start..self.bytes);
+            self.start = self.bytes;
+        }
+        Ok(())
+    }
+}
+
+/// One series read back from an encoded spool.
+struct SpooledSeries {
+    org_id: u64,
+    metric_id: u64,
+    kind: u8,
+    interval_s: u32,
+    metadata: String,
+    encoded: tsf::EncodedSeries,
+}
+
+/// Reads an encoded spool's series in order.
+struct SpoolReader {
+    path: PathBuf,
+    r: std::io::BufReader<std::io::Take<std::fs::File>>,
+    block_points: usize,
+}
+
+impl SpoolReader {
+    fn open(
+        path: &std::path::Path,
+        segment: std::ops::Range<u64>,
+        buffer: usize,
+        block_points: usize,
+    ) -> Result<Self, JobError> {
+        use std::io::{Read, Seek};
+        let what = format_args!("reading spool file {}", path.display());
+        let mut f = std::fs::File::open(path).at(what)?;
+        f.seek(std::io::SeekFrom::Start(segment.start)).at(what)?;
+        Ok(Self {
+            r: std::io::BufReader::with_capacity(
+                buffer.max(4096),
+                f.take(segment.end - segment.start),
+            ),
+            path: path.to_path_buf(),
+            block_points,
+        })
+    }
+
+    fn next(&mut self) -> Result<Option<SpooledSeries>, JobError> {
+        use std::io::Read;
+        let what = format_args!("reading spool file {}", self.path.display());
+        let mut head = [0u8; 25];
+        // The end of the file, or a whole record.
+        match self.r.read(&mut head[..1]).at(what)? {
+            0 => return Ok(None),
+            _ => self.r.read_exact(&mut head[1..25]).at(what)?,
+        }
+        let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
+        let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8"));
+        let (org_id, metric_id, kind) = (u64_at(&head, 0), u64_at(&head, 8), head[16]);
+        let interval_s = u32_at(&head, 17);
+        let meta_len = u32_at(&head, 21) as usize;
+        let mut meta = vec![0u8; meta_len];
+        self.r.read_exact(&mut meta).at(what)?;
+        let metadata = String::from_utf8(meta).map_err(|_| {
+            JobError::Internal(format!(
+                "spool file {}: metadata not UTF-8",
+                self.path.display()
+            ))
+        })?;
+        let mut tail = [0u8; 12];
+        self.r.read_exact(&mut tail).at(what)?;
+        let points = u64_at(&tail, 0);
+        let n_blocks = u32_at(&tail, 8) as usize;
+        let mut blocks = Vec::with_capacity(n_blocks);
+        for _ in 0..n_blocks {
+            let mut b = [0u8; 25];
+            self.r.read_exact(&mut b).at(what)?;
+            let mut bytes = vec![0u8; u32_at(&b, 21) as usize];
+            self.r.read_exact(&mut bytes).at(what)?;
+            blocks.push(tsf::EncodedBlock {
+                codec: b[0],
+                n_points: u32_at(&b, 1),
+                min_ts: u64_at(&b, 5) as i64,
+                max_ts: u64_at(&b, 13) as i64,
+                bytes,
+            });
+        }
+        Ok(Some(SpooledSeries {
+            org_id,
+            metric_id,
+            kind,
+            interval_s,
+            metadata,
+            encoded: tsf::EncodedSeries {
+                block_points: self.block_points,
+                points,
+                blocks,
+            },
+        }))
+    }
+}
+
+/// Appends the series of every group of an encoded spool to `files`, in
+/// key order (a k-way merge; the groups hold disjoint series, each in key
+/// order).
+pub fn merge_spool(
+    path: &std::path::Path,
+    segments: &[std::ops::Range<u64>],
+    buffer: usize,
+    files: &mut Files,
+) -> Result<(), JobError> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let block_points = files.opts.writer.block_points;
+    let mut readers = segments
+        .iter()
+        .map(|s| SpoolReader::open(path, s.clone(), buffer, block_points))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut heads: Vec<Option<SpooledSeries>> = Vec::with_capacity(readers.len());
+    let mut heap = BinaryHeap::new();
+    for (i, r) in readers.iter_mut().enumerate() {
+        let s = r.next()?;
+        if let Some(s) = &s {
+            heap.push(Reverse(((s.org_id, s.metric_id), i)));
+        }
+        heads.push(s);
+    }
+    let mut last: Option<(u64, u64)> = None;
+    while let Some(Reverse((key, i))) = heap.pop() {
+        if last.is_some_and(|l| l >= key) {
+            return Err(JobError::Internal(format!(
+                "series {}/{} is in two spooled groups, or out of order",
+                key.0, key.1
+            )));
+        }
+        last = Some(key);
+        let s = heads[i].take().expect("a head for every heap entry");
+        files.append(
+            &SeriesHeader {
+                org_id: s.org_id,
+                metric_id: s.metric_id,
+                kind: s.kind,
+                interval_s: s.interval_s,
+                metadata: &s.metadata,
+            },
+            s.encoded,
+        )?;
+        let next = readers[i].next()?;
+        if let Some(n) = &next {
+            heap.push(Reverse(((n.org_id, n.metric_id), i)));
+        }
+        heads[i] = next;
+    }
+    Ok(())
 }
 
 /// A writer error while staging `path`: I/O (a full or failing staging

@@ -64,6 +64,21 @@ pub fn fail_point(name: &str) -> Result<(), JobError> {
     }
 }
 
+/// Test hook: `TAILOR_DECODED_ESTIMATE=<bytes>` makes the job plan its
+/// buckets for that decoded size instead of its estimate (a short one
+/// makes the scan demote its resident buckets, or leaves spooled buckets
+/// to be split). Debug builds only.
+#[cfg(debug_assertions)]
+pub fn decoded_estimate() -> Option<u64> {
+    std::env::var("TAILOR_DECODED_ESTIMATE").ok()?.parse().ok()
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn decoded_estimate() -> Option<u64> {
+    None
+}
+
 /// Release builds have no fail points.
 #[cfg(not(debug_assertions))]
 #[inline(always)]

@@ -6,10 +6,7 @@
 //! wins; kind, interval and metadata of the last payload) and counts what
 //! it dropped.
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{UInt8Type, UInt32Type, UInt64Type};
-
-use crate::job::error::JobError;
+use datafusion::arrow::buffer::ScalarBuffer;
 
 /// One series, merged: sorted, deduplicated, with its last payload's metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +30,15 @@ pub struct MergeCounts {
     pub conflicting_duplicates: u64,
 }
 
+/// A run of one payload's points, in place in a decode buffer (the
+/// buffers are reference-counted: the chunk keeps its slab alive).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointChunk {
+    pub ts: ScalarBuffer<i64>,
+    /// Value bits.
+    pub vals: ScalarBuffer<u64>,
+}
+
 /// One series' points as they arrived, in input order, with the metadata
 /// of its last payload: what [`SeriesInput::merge`] turns into a
 /// [`MergedSeries`].
@@ -43,25 +49,75 @@ pub struct SeriesInput {
     pub kind: u8,
     pub interval_s: u32,
     pub metadata: String,
+    /// Payload chunks in input order, still in their decode buffers (the
+    /// job's grouping); their points come before `points`.
+    pub chunks: Vec<PointChunk>,
     /// (timestamp, value bits) in input order.
     pub points: Vec<(i64, u64)>,
+}
+
+/// Buffers a thread reuses from series to series while merging (so that
+/// merging allocates nothing in the steady state).
+#[derive(Debug, Default)]
+pub struct MergeBuffers {
+    points: Vec<(i64, u64)>,
+    /// The merged series' timestamps and value bits.
+    pub timestamps: Vec<i64>,
+    pub values: Vec<u64>,
 }
 
 impl SeriesInput {
     /// Applies the spec's rules: points sorted by timestamp, one point per
     /// timestamp, the last in input order wins. A pure function of the
     /// series, so series merge on any thread.
-    pub fn merge(mut self) -> (MergedSeries, MergeCounts) {
+    pub fn merge(self) -> (MergedSeries, MergeCounts) {
+        let mut bufs = MergeBuffers::default();
+        let (mut merged, counts) = self.merge_into(&mut bufs);
+        merged.timestamps = bufs.timestamps;
+        merged.values = bufs.values;
+        (merged, counts)
+    }
+
+    /// [`Self::merge`] into `bufs.timestamps` and `bufs.values` (replaced);
+    /// the series returned has the attributes and no points.
+    pub fn merge_into(mut self, bufs: &mut MergeBuffers) -> (MergedSeries, MergeCounts) {
         let mut counts = MergeCounts {
-            input_points: self.points.len() as u64,
+            input_points: self.n_points() as u64,
             ..Default::default()
         };
+        let merged = MergedSeries {
+            org_id: self.org_id,
+            metric_id: self.metric_id,
+            kind: self.kind,
+            interval_s: self.interval_s,
+            metadata: std::mem::take(&mut self.metadata),
+            timestamps: Vec::new(),
+            values: Vec::new(),
+        };
+        let (timestamps, values) = (&mut bufs.timestamps, &mut bufs.values);
+        timestamps.clear();
+        values.clear();
+        // The usual case: the chunks' timestamps, one after the other,
+        // already increase strictly (each payload in order, payloads in time
+        // order, no point repeated). Then the merge is their concatenation,
+        // with nothing to sort and nothing dropped.
+        if self.points.is_empty() && strictly_increasing(&self.chunks) {
+            for c in &self.chunks {
+                timestamps.extend_from_slice(&c.ts);
+                values.extend_from_slice(&c.vals);
+            }
+            return (merged, counts);
+        }
+        let points = &mut bufs.points;
+        points.clear();
+        for c in &self.chunks {
+            points.extend(c.ts.iter().copied().zip(c.vals.iter().copied()));
+        }
+        points.extend_from_slice(&self.points);
         // Stable: among equal timestamps, input order is kept, so the last
         // of each run is the last in input order.
-        self.points.sort_by_key(|p| p.0);
-        let mut timestamps = Vec::with_capacity(self.points.len());
-        let mut values: Vec<u64> = Vec::with_capacity(self.points.len());
-        for run in self.points.chunk_by(|a, b| a.0 == b.0) {
+        points.sort_by_key(|p| p.0);
+        for run in points.chunk_by(|a, b| a.0 == b.0) {
             let (t, winner) = run[run.len() - 1];
             timestamps.push(t);
             values.push(winner);
@@ -70,17 +126,35 @@ impl SeriesInput {
             counts.conflicting_duplicates +=
                 dropped.iter().filter(|p| p.1 != winner).count() as u64;
         }
-        let merged = MergedSeries {
-            org_id: self.org_id,
-            metric_id: self.metric_id,
-            kind: self.kind,
-            interval_s: self.interval_s,
-            metadata: self.metadata,
-            timestamps,
-            values,
-        };
         (merged, counts)
     }
+}
+
+impl SeriesInput {
+    /// The points of the series, before merging.
+    pub fn n_points(&self) -> usize {
+        self.points.len() + self.chunks.iter().map(|c| c.ts.len()).sum::<usize>()
+    }
+}
+
+/// Whether the chunks' timestamps, concatenated, increase strictly.
+fn strictly_increasing(chunks: &[PointChunk]) -> bool {
+    let mut last: Option<i64> = None;
+    for c in chunks {
+        let ts: &[i64] = &c.ts;
+        if let (Some(l), Some(f)) = (last, ts.first())
+            && *f <= l
+        {
+            return false;
+        }
+        if ts.windows(2).any(|w| w[1] <= w[0]) {
+            return false;
+        }
+        if let Some(l) = ts.last() {
+            last = Some(*l);
+        }
+    }
+    true
 }
 
 impl MergeCounts {
@@ -90,125 +164,6 @@ impl MergeCounts {
         self.conflicting_duplicates += o.conflicting_duplicates;
     }
 }
-
-/// Gathers the payload rows of one series (they arrive together, in input
-/// order) into a [`SeriesInput`].
-#[derive(Default)]
-pub struct SeriesMerger {
-    current: Option<SeriesInput>,
-}
-
-impl SeriesMerger {
-    pub fn current(&self) -> Option<(u64, u64)> {
-        self.current.as_ref().map(|s| (s.org_id, s.metric_id))
-    }
-
-    /// Adds one payload row of series `key` (must be the current series or
-    /// a new one after [`Self::take`]).
-    pub fn push(
-        &mut self,
-        key: (u64, u64),
-        kind: u8,
-        interval_s: u32,
-        metadata: &str,
-        ts: &[i64],
-        vals: &[u64],
-    ) {
-        let s = self.current.get_or_insert_with(|| SeriesInput {
-            org_id: key.0,
-            metric_id: key.1,
-            ..Default::default()
-        });
-        debug_assert_eq!((s.org_id, s.metric_id), key);
-        s.kind = kind;
-        s.interval_s = interval_s;
-        if s.metadata != metadata {
-            s.metadata.clear();
-            s.metadata.push_str(metadata);
-        }
-        s.points
-            .extend(ts.iter().copied().zip(vals.iter().copied()));
-    }
-
-    /// Like [`Self::push`], with the points as `raw_points` gives them:
-    /// `n` timestamps then `n` value bits, 8 bytes each, little-endian.
-    pub fn push_raw(
-        &mut self,
-        key: (u64, u64),
-        kind: u8,
-        interval_s: u32,
-        metadata: &str,
-        raw: &[u8],
-    ) -> Result<(), JobError> {
-        if !raw.len().is_multiple_of(16) {
-            return Err(JobError::Internal(format!(
-                "series ({}, {}): a payload row has {} point bytes, not a multiple of 16",
-                key.0,
-                key.1,
-                raw.len()
-            )));
-        }
-        self.push(key, kind, interval_s, metadata, &[], &[]);
-        let s = self.current.as_mut().expect("pushed above");
-        let (ts, vals) = raw.split_at(raw.len() / 2);
-        let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8 bytes"));
-        s.points.extend(
-            ts.chunks_exact(8)
-                .zip(vals.chunks_exact(8))
-                .map(|(t, v)| (word(t) as i64, word(v))),
-        );
-        Ok(())
-    }
-
-    /// Finishes the current series.
-    pub fn take(&mut self) -> Option<SeriesInput> {
-        self.current.take()
-    }
-}
-
-impl SeriesMerger {
-    /// Feeds one batch of the grouping sort's output (columns as
-    /// [`GROUP_SQL`] selects them) into the merger, handing each finished
-    /// series to `done`.
-    pub fn feed(
-        &mut self,
-        batch: &RecordBatch,
-        mut done: impl FnMut(SeriesInput) -> Result<(), JobError>,
-    ) -> Result<(), JobError> {
-        let org = batch.column(0).as_primitive::<UInt64Type>();
-        let metric = batch.column(1).as_primitive::<UInt64Type>();
-        let kind = batch.column(2).as_primitive::<UInt8Type>();
-        let interval = batch.column(3).as_primitive::<UInt32Type>();
-        let meta = batch.column(4).as_string::<i32>();
-        let points = batch.column(5).as_binary_view();
-        for i in 0..batch.num_rows() {
-            let key = (org.value(i), metric.value(i));
-            if self.current().is_some_and(|k| k != key)
-                && let Some(s) = self.take()
-            {
-                done(s)?;
-            }
-            self.push_raw(
-                key,
-                kind.value(i),
-                interval.value(i),
-                meta.value(i),
-                points.value(i),
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// The SQL of the group step: payload rows in series order, each series'
-/// rows in input order (object key, frame offset, and the first point of
-/// a payload split into rows). Metadata is copied out of the slab (it is
-/// small) so that the points are the rows' only view into it: the sort
-/// counts a slab once per view column.
-pub const GROUP_SQL: &str = "SELECT org_id, metric_id, kind, interval_s, arrow_cast(metadata, 'Utf8') AS metadata, \
-     raw_points(timestamps, \"values\") AS points \
-     FROM payloads WHERE NOT misrouted \
-     ORDER BY org_id, metric_id, object_key, frame_offset, first_point";
 
 #[cfg(test)]
 mod tests {
@@ -248,27 +203,44 @@ mod tests {
         assert_eq!((c.duplicates_dropped, c.conflicting_duplicates), (1, 0));
     }
 
-    #[test]
-    fn point_bytes_that_are_not_whole_points_are_an_error() {
-        let mut g = SeriesMerger::default();
-        let raw: Vec<u8> = [1i64, 2, 10, 20]
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect();
-        g.push_raw((1, 2), 0, 10, "m", &raw).unwrap();
-        let e = g.push_raw((1, 2), 0, 10, "m", &raw[..24]).unwrap_err();
-        assert!(e.to_string().contains("24 point bytes"), "{e}");
-        assert_eq!(g.take().unwrap().points, vec![(1, 10), (2, 20)]);
+    fn chunk(ts: &[i64], vals: &[u64]) -> PointChunk {
+        PointChunk {
+            ts: ScalarBuffer::from(ts.to_vec()),
+            vals: ScalarBuffer::from(vals.to_vec()),
+        }
     }
 
     #[test]
-    fn the_gatherer_keeps_the_last_payloads_metadata() {
-        let mut g = SeriesMerger::default();
-        g.push((1, 2), 0, 10, "a:1", &[1, 2], &[5, 6]);
-        g.push((1, 2), 2, 60, "b:2", &[2], &[7]);
-        let s = g.take().unwrap();
-        assert_eq!((s.kind, s.interval_s, s.metadata.as_str()), (2, 60, "b:2"));
-        assert_eq!(s.points, vec![(1, 5), (2, 6), (2, 7)]);
-        assert!(g.take().is_none());
+    fn chunks_in_place_merge_as_the_same_points_copied() {
+        let nan = f64::NAN.to_bits();
+        let cases: Vec<Vec<(Vec<i64>, Vec<u64>)>> = vec![
+            // In order: concatenated as they are.
+            vec![(vec![1, 2, 3], vec![1, 2, 3]), (vec![4, 9], vec![4, 9])],
+            // Touching at a timestamp: a duplicate, the later wins.
+            vec![(vec![1, 2, 3], vec![1, 2, 3]), (vec![3, 4], vec![30, 4])],
+            // Out of order inside a payload, and across payloads.
+            vec![(vec![5, 1], vec![5, 1]), (vec![2, 2, 0], vec![nan, 7, 0])],
+            vec![(vec![10], vec![1]), (vec![5], vec![2]), (vec![10], vec![3])],
+            vec![(vec![], vec![]), (vec![7], vec![7])],
+        ];
+        for c in cases {
+            let chunks: Vec<PointChunk> = c.iter().map(|(t, v)| chunk(t, v)).collect();
+            let points: Vec<(i64, u64)> = c
+                .iter()
+                .flat_map(|(t, v)| t.iter().copied().zip(v.iter().copied()))
+                .collect();
+            let from_chunks = SeriesInput {
+                metadata: "m".into(),
+                chunks,
+                ..Default::default()
+            };
+            assert_eq!(from_chunks.n_points(), points.len());
+            let copied = SeriesInput {
+                metadata: "m".into(),
+                points,
+                ..Default::default()
+            };
+            assert_eq!(from_chunks.merge(), copied.merge(), "{c:?}");
+        }
     }
 }

@@ -8,8 +8,10 @@
 //! migration per-org cutovers, roles (new/old/shadow)      -> textfile, error
 //! config    job file + flags -> RunConfig; MemoryBudget -> textfile, migration
 //! measure   phase timing, process CPU / RSS, spill and operator figures
-//! merge     SeriesMerger, SeriesInput::merge           -> error
+//! merge     SeriesInput::merge (rules of the spec)      -> error
+//! group     rows filed by series, spooled buckets decoded -> merge, error
 //! encode    the writer thread: series -> staged files  -> merge, measure, migration
+//! buckets   spooled buckets decoded, groups merged      -> group, encode, config
 //! manifest  the commit record, its checks, run_id      -> encode
 //! commit    upload, the manifest put, cleanup          -> manifest, faults
 //! plan      which windows must (re)run, and why        -> manifest, config, migration
@@ -27,6 +29,7 @@
 //! dashboard tailor report: history + plan -> HTML, JSON  -> history, plan
 //! ```
 
+pub mod buckets;
 pub mod commit;
 pub mod config;
 pub mod dashboard;
@@ -37,6 +40,7 @@ pub mod export;
 pub mod faults;
 pub mod floor;
 pub mod generate;
+pub mod group;
 pub mod handover;
 pub mod history;
 pub mod manifest;

@@ -2,30 +2,33 @@
 //!
 //! ```text
 //! list       input objects of the shard and window (sizes, ETags)    datasource/listing.rs
-//! scan       DataSourceExec(PayloadSource): frames -> payload rows    datasource/
-//!            (misrouted rows filtered in the scan, counted in ScanLog)
-//! group      raw_points(list views): points as binary views into the
-//!            decode slabs, never copied -> CoalescePartitions -> one
-//!            SortExec (spills under the memory pool), by
-//!            (org_id, metric_id, object_key, frame_offset,
-//!            first_point): every series' payloads (one decoding to
-//!            over ~80 KiB in rows of 1024 points) arrive together, in
-//!            input order; they are gathered per series                merge.rs SeriesMerger
-//! merge      per series, on all cores: stable sort of its points by
-//!            timestamp, the last in input order wins; kind/interval/
-//!            metadata of the last payload                             merge.rs SeriesInput::merge
+//! plan       under a memory limit: the decoded size estimated from
+//!            the first frames' zstd headers -> hash buckets of
+//!            series, those that fit resident                         config.rs MemoryBudget
+//! scan       DataSourceExec(PayloadSource): frames -> payload rows;
+//!            a payload of a bucket that does not fit is spooled
+//!            (its compressed frame, with its input position)         datasource/, route.rs
+//! group      rows filed by series in a hash map, points left in
+//!            their decode slabs; each series' rows in input order
+//!            (object, frame offset, first point)                      group.rs
+//! merge      per series, on all cores: its points by timestamp, the
+//!            last in input order wins (concatenated when already in
+//!            order); kind/interval/metadata of the last payload      merge.rs
 //! encode     series -> TSF blocks on all cores, appended in key order
 //!            on a writer thread, files rolled at the size cap, staged
-//!            locally                                                  encode.rs, format/tsf/
+//!            locally; with spooled buckets, each group (resident
+//!            buckets, then each spooled bucket decoded again) is
+//!            encoded apart and the groups merged by key              buckets.rs, encode.rs, format/tsf/
 //! manifest   what was read and written, the run id                    manifest.rs
 //! write      staged files -> <out>/<shard>/<window>/data/<run>/       commit.rs
 //! commit     _manifest.json, written last, is the commit              commit.rs
 //! ```
 //!
-//! Every step is deterministic: the sort key is a total order that does not
-//! depend on how the input was split or scheduled, so the same input gives
-//! the same bytes whatever `--target-partitions`, the range size or thread
-//! timing.
+//! Every step is deterministic: series are written in key order and each
+//! series' rows are taken in input order, which do not depend on how the
+//! input was split or scheduled or which bucket a series fell in, so the
+//! same input gives the same bytes whatever `--target-partitions`, the
+//! range size, the memory limit or thread timing.
 //!
 //! A run returns what it did ([`RunStats`]) beside its result, whether it
 //! succeeded or not; `report.rs` turns both into the run's report.
@@ -33,33 +36,37 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::error::DataFusionError;
-use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use std::collections::HashMap;
+
+use datafusion::arrow::array::AsArray;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::datasource::compact::RawPoints;
 use crate::datasource::listing::{Ignored, InputObject, Listing, Window, list_inputs};
 use crate::datasource::options::{PayloadOptions, ROW_POINTS};
+use crate::datasource::route::{Router, estimate_decoded};
 use crate::datasource::scan_log::{CorruptRecord, MisroutedRecord, ScanLog, ScanTotals};
+use crate::datasource::schema::OBJECT_KEY;
 use crate::datasource::source::frame_error;
 use crate::datasource::store::{StoreOptions, StoreRoot};
 use crate::datasource::table::PayloadTable;
+use crate::job::buckets::{SpoolSummary, encode_all};
 use crate::job::commit::{self, Base};
 use crate::job::config::{MemoryBudget, RunConfig};
-use crate::job::encode::{FileOptions, OutputWriter, Staged};
+use crate::job::encode::{FileOptions, Files, Staged};
 use crate::job::error::JobError;
 use crate::job::faults::fail_point;
+use crate::job::group::{Grouper, Objects};
 use crate::job::manifest::{
     Dropped, Manifest, ManifestFile, ManifestInput, OutputSettings, window_dir,
 };
 use crate::job::measure::{
     self, Phase, SpillSummary, cpu_time, current_rss_bytes, peak_rss_bytes, secs,
 };
-use crate::job::merge::{GROUP_SQL, MergeCounts, SeriesMerger};
+use crate::job::merge::MergeCounts;
 use crate::job::migration::{Applied, Role};
 use crate::job::scratch::{self, ScratchDir};
 use std::collections::BTreeMap;
@@ -107,6 +114,9 @@ pub struct RunStats {
     /// Problems that did not fail the run (e.g. a cleanup after the commit).
     pub warnings: Vec<String>,
     pub spill: SpillSummary,
+    /// How series were grouped under the memory limit: the bucket plan,
+    /// what was spooled, groups merged.
+    pub spool: SpoolSummary,
     pub peak_rss_bytes: u64,
     #[serde(with = "secs")]
     pub wall: Duration,
@@ -121,24 +131,11 @@ pub struct RunStats {
     pub skipped: Option<String>,
 }
 
-/// Builds the session: memory pool, spill directory, partitions.
-pub fn session(
-    cfg: &RunConfig,
-    spill_dir: &std::path::Path,
-    budget: &MemoryBudget,
-) -> Result<SessionContext, JobError> {
-    // A bounded merge fan-in keeps the read-back of many spill files (one
-    // batch each) inside the pool; more runs are merged in several passes.
-    let mut rt = RuntimeEnvBuilder::new()
-        .with_temp_file_path(spill_dir)
-        .with_max_spill_merge_fan_in(16);
-    if let Some((pool, _)) = budget.pool_sizes() {
-        rt = rt.with_memory_pool(Arc::new(TrackConsumersPool::new(
-            FairSpillPool::new(pool),
-            std::num::NonZeroUsize::new(8).expect("non-zero"),
-        )));
-    }
-    let runtime = rt.build_arc()?;
+/// Builds the session of the scan: partitions and batch size. (Memory is
+/// the job's own to manage: DataFusion's pool is not used, see
+/// `MemoryBudget`.)
+pub fn session(cfg: &RunConfig, budget: &MemoryBudget) -> Result<SessionContext, JobError> {
+    let runtime = RuntimeEnvBuilder::new().build_arc()?;
     let partitions = cfg.target_partitions.max(1);
     let mut sc = SessionConfig::new()
         .with_target_partitions(partitions)
@@ -146,36 +143,12 @@ pub fn session(
         .with_repartition_file_scans(true)
         .with_repartition_file_min_size(cfg.range_bytes.min(usize::MAX as u64) as usize)
         .with_information_schema(false);
-    let opts = sc.options_mut();
-    // The scan stays parallel, but one sort takes all partitions' rows
-    // (CoalescePartitions -> SortExec) and its output goes straight to the
-    // series merge. Rows are payloads whose points are views into decode
-    // slabs (`raw_points`), so sorting them is cheap next to decoding; and a
-    // final SortPreservingMerge over per-partition sorts would account every
-    // merged batch at the size of all the slabs its rows view, which
-    // exhausts the pool although the memory is shared.
-    opts.optimizer.repartition_sorts = false;
-    // Nor a round-robin repartition when there are fewer scan ranges than
+    // No round-robin repartition when there are fewer scan ranges than
     // partitions (a small shard, or one file): the scan decodes, and the
-    // projection after it is cheap, so it would only hold one batch per
-    // partition in its channels, each accounted at the size of its decode
-    // slab (up to 16 MiB for one payload of the spec's maximum size).
-    opts.optimizer.enable_round_robin_repartition = false;
-    if let (Some((_, merge)), Some(in_place)) =
-        (budget.pool_sizes(), budget.sort_in_place_threshold())
-    {
-        // The sort reserves, up front and unspillable, room to merge what it
-        // buffered before it spills.
-        opts.execution.sort_spill_reservation_bytes = merge;
-        opts.execution.sort_in_place_threshold_bytes = in_place;
-        // Spills stay uncompressed (DataFusion's default): lz4_frame halved
-        // the spilled bytes but doubled the job's wall time at a limit of
-        // 1/10 of the input (256 MiB input: 7.1 s -> 15.5 s), the spill
-        // files being read back from the page cache anyway.
-    }
-    let ctx = SessionContext::new_with_config_rt(sc, runtime);
-    ctx.register_udf(RawPoints::udf());
-    Ok(ctx)
+    // grouping after it is cheap, so it would only hold one more batch per
+    // partition in its channels.
+    sc.options_mut().optimizer.enable_round_robin_repartition = false;
+    Ok(SessionContext::new_with_config_rt(sc, runtime))
 }
 
 /// Runs one shard job end to end on the stores its config names. Returns
@@ -376,7 +349,7 @@ async fn scan_group_encode(
     budget: &MemoryBudget,
     stats: &mut RunStats,
 ) -> Result<(Staged, ScanTotals), JobError> {
-    let ctx = session(cfg, spill, budget)?;
+    let ctx = session(cfg, budget)?;
     let mut options = PayloadOptions::new(Arc::clone(&cfg.shard_map));
     options.on_corrupt = cfg.on_corrupt;
     options.range_bytes = cfg.range_bytes;
@@ -384,32 +357,61 @@ async fn scan_group_encode(
     if let Some(slab) = budget.slab_bytes() {
         options.slab_bytes = slab;
     }
+    let slab_bytes = options.slab_bytes;
+    // Under a limit, series are routed to hash buckets, and those that the
+    // estimated decoded input leaves no room for are spooled (see
+    // `datasource/route.rs`, `buckets.rs`).
+    let keys: Vec<String> = listing
+        .objects
+        .iter()
+        .map(|o| o.meta.location.to_string())
+        .collect();
+    let index: HashMap<&str, u32> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i as u32))
+        .collect();
+    let mut summary = SpoolSummary::default();
+    if budget.budget().is_some() {
+        let metas: Vec<_> = listing.objects.iter().map(|o| o.meta.clone()).collect();
+        let estimate = match crate::job::faults::decoded_estimate() {
+            Some(e) => e,
+            None => estimate_decoded(&input.store, &metas, 8, 1 << 20).await?,
+        };
+        summary.plan = budget.bucket_plan(estimate);
+    }
+    let router = summary.plan.map(|p| {
+        let spooled = p.buckets - p.resident;
+        Arc::new(Router::new(
+            p.buckets,
+            p.resident,
+            &keys,
+            spill,
+            budget.spool_buffer(spooled.max(1)),
+        ))
+    });
+    options.router = router.clone();
     let log = PayloadTable::new(input, listing.objects.clone(), options, ScanLog::new())
         .register(&ctx, input, "payloads")?;
 
-    // scan + decode, group and encode run as one pipeline: their wall times
-    // overlap; the CPU of each is measured where it is spent.
+    // scan + decode and the grouping run as one pipeline (their wall times
+    // overlap; the CPU of each is measured where it is spent); merging and
+    // encoding follow, on all cores.
     let t_pipeline = Phase::start("pipeline");
-    let df = ctx.sql(GROUP_SQL).await?;
+    let df = ctx.sql("SELECT * FROM payloads").await?;
     let plan: Arc<dyn ExecutionPlan> = df.create_physical_plan().await?;
     let mut stream = execute_stream(Arc::clone(&plan), ctx.task_ctx())?;
-
-    let file_options = FileOptions {
-        max_file_bytes: cfg.max_file_bytes,
-        writer: cfg.writer_options(),
-        round_points: budget.round_points(),
-        keep: match (&cfg.migration, cfg.role) {
-            (_, Role::Shadow) | (None, _) => None,
-            (Some(m), role) => Some((role, Arc::clone(m))),
-        },
-    };
-    let mut writer = OutputWriter::spawn(stage.to_path_buf(), file_options);
     let progress = measure::progress(cfg.progress, listing.total_bytes(), Arc::clone(&log));
-    let mut merger = SeriesMerger::default();
+    let mut grouper = Grouper::new();
+    let resident_cap = budget.resident_cap();
     let mut scan_error = None;
-    // The consuming thread drives the final merge of sorted runs and merges
-    // each series' points: its CPU time (not its waits) is part of "group".
-    let pipeline_cpu0 = cpu_time();
+    let object_of = |k: &str| {
+        index.get(k).copied().ok_or_else(|| {
+            JobError::Internal(format!(
+                "the scan read {k}, which is not among the listed objects"
+            ))
+        })
+    };
     while let Some(batch) = stream.next().await {
         let batch = match batch {
             Ok(b) => b,
@@ -418,20 +420,38 @@ async fn scan_group_encode(
                 break;
             }
         };
-        merger.feed(&batch, |s| writer.send(s))?;
+        let n = batch.num_rows();
+        if n == 0 {
+            continue;
+        }
+        // A scan batch is one range's, so one object's (checked).
+        let key = batch.column(OBJECT_KEY).as_string_view();
+        let objects = if key.value(0) == key.value(n - 1) {
+            Objects::One(object_of(key.value(0))?)
+        } else {
+            Objects::PerRow(
+                (0..n)
+                    .map(|i| object_of(key.value(i)))
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+        grouper.push(batch, objects)?;
+        // Rows over their share of memory (the estimate was short): every
+        // later payload is spooled.
+        if let (Some(r), Some(cap)) = (&router, resident_cap)
+            && grouper.bytes() > cap
+            && r.resident() > 0
+        {
+            r.demote_all();
+        }
         fail_point("scan.batch")?;
-    }
-    if let Some(last) = merger.take() {
-        writer.send(last)?;
     }
     drop(stream);
     drop(progress);
     let pipeline = t_pipeline.stop();
-    let pipeline_cpu = cpu_time().saturating_sub(pipeline_cpu0);
     stats.scan = log.totals();
     stats.corrupt = log.corrupt();
     stats.misrouted = log.misrouted();
-    stats.spill = measure::spill_metrics(&plan);
     let ops = measure::operator_times(&plan);
     let op_cpu = |names: &[&str]| {
         Duration::from_secs_f64(
@@ -442,72 +462,68 @@ async fn scan_group_encode(
         )
     };
     let began = pipeline.began.unwrap_or_else(Instant::now);
-    let mut scan_phase = Phase::measured_from(
-        "scan+decode",
-        began,
-        pipeline.wall,
-        op_cpu(&["DataSourceExec"]),
-    );
+    let decode_cpu = op_cpu(&["DataSourceExec"]);
+    let mut scan_phase = Phase::measured_from("scan+decode", began, pipeline.wall, decode_cpu);
     scan_phase.detail = ops.clone();
     stats.phases.push(scan_phase);
-    let decode_cpu = op_cpu(&["DataSourceExec"]);
-
-    let written = writer.finish();
+    stats.phases.push(Phase::measured_from(
+        "group",
+        began,
+        pipeline.wall,
+        pipeline.cpu.saturating_sub(decode_cpu),
+    ));
     if let Some(e) = scan_error {
-        if let (Some(limit), Some((pool, _))) = (cfg.memory_limit, budget.pool_sizes())
-            && let Some(msg) = memory_limit_error(limit, pool, &e)
-        {
-            return Err(JobError::MemoryLimit(msg));
-        }
-        if let Some(io) = spill_io_error(&e) {
-            return Err(JobError::io(
-                format_args!("spilling the grouping sort into {}", spill.display()),
-                io,
-            ));
-        }
         return Err(match frame_error(&e) {
             Some(fe) => JobError::Corrupt(Box::new(fe.clone())),
             None => JobError::DataFusion(e),
         });
     }
-    let staged = written?;
-    stats.merge = staged.merge;
-    stats.left_to_other = staged.left_to_other.clone();
-    // Grouping (DataFusion's sorts and merges, each series' merge) is what
-    // the pipeline spent besides decoding and encoding.
-    stats.phases.push(Phase::measured_from(
-        "group",
-        began,
-        pipeline.wall,
-        pipeline_cpu.saturating_sub(decode_cpu + staged.encode_phase.cpu),
-    ));
-    let mut encode = staged.encode_phase.clone();
-    encode.began = Some(began);
-    stats.phases.push(encode);
+    if let Some(r) = &router {
+        r.finish()
+            .map_err(|e| JobError::io("spooling the scan's payloads", e))?;
+    }
     log.settle(cfg.on_corrupt)
         .map_err(|e| JobError::Corrupt(Box::new(e)))?;
     stats.scan = log.totals();
     stats.corrupt = log.corrupt();
-
     if !stats.misrouted.is_empty() && cfg.fail_on_misrouted {
         return Err(JobError::Misrouted(stats.misrouted.len()));
     }
-    Ok((staged, stats.scan.clone()))
-}
 
-/// The I/O error of a spill file, if `e` is one: inside DataFusion's plan
-/// only the sort's spill files are written and read through arrow's IPC
-/// (the scan's own I/O errors come out as store or mmap errors).
-fn spill_io_error(e: &DataFusionError) -> Option<std::io::Error> {
-    match e.find_root() {
-        DataFusionError::ArrowError(a, _) => match a.as_ref() {
-            datafusion::arrow::error::ArrowError::IoError(msg, io) => {
-                Some(std::io::Error::new(io.kind(), msg.clone()))
-            }
-            _ => None,
+    // merge + encode: one stream of series, or groups merged (buckets.rs).
+    let file_options = FileOptions {
+        max_file_bytes: cfg.max_file_bytes,
+        writer: cfg.writer_options(),
+        round_points: budget.round_points(),
+        keep: match (&cfg.migration, cfg.role) {
+            (_, Role::Shadow) | (None, _) => None,
+            (Some(m), role) => Some((role, Arc::clone(m))),
         },
-        _ => None,
-    }
+    };
+    let t_encode = Phase::start("encode");
+    let files = Files::new(stage.to_path_buf(), file_options.clone());
+    let (files, totals) = encode_all(
+        grouper,
+        router.as_deref(),
+        &file_options,
+        files,
+        spill,
+        budget,
+        slab_bytes,
+        &mut summary,
+    )?;
+    let encode = t_encode.stop();
+    stats.spill = SpillSummary {
+        spill_count: summary.groups,
+        spilled_bytes: summary.spooled_bytes + summary.encoded_spool_bytes,
+        spilled_rows: summary.spooled_frames,
+    };
+    stats.spool = summary;
+    let staged = files.finish(totals, encode)?;
+    stats.merge = staged.merge;
+    stats.left_to_other = staged.left_to_other.clone();
+    stats.phases.push(staged.encode_phase.clone());
+    Ok((staged, stats.scan.clone()))
 }
 
 /// Why the window at `location` needs no run, if it does not: its commit
@@ -553,22 +569,6 @@ async fn up_to_date(
     )
 }
 
-/// What to tell the user when DataFusion's pool (of `pool` bytes, for
-/// `--memory-limit` `limit`) ran out: `None` for other errors.
-fn memory_limit_error(limit: u64, pool: usize, e: &DataFusionError) -> Option<String> {
-    let DataFusionError::ResourcesExhausted(what) = e.find_root() else {
-        return None;
-    };
-    Some(format!(
-        "--memory-limit {:.1} MiB is too small for this shard: the grouping sort's pool of \
-         {:.1} MiB could not take what it had to hold or merge ({}); run the job again with \
-         a larger --memory-limit",
-        limit as f64 / (1 << 20) as f64,
-        pool as f64 / (1 << 20) as f64,
-        what.lines().next().unwrap_or_default().trim()
-    ))
-}
-
 /// The window the job covers: the flags, or every hour present.
 fn resolve_window(w: &Window, listing: &Listing) -> Result<Window, JobError> {
     let hours = listing.hours();
@@ -585,28 +585,5 @@ fn resolve_window(w: &Window, listing: &Listing) -> Result<Window, JobError> {
         _ => Err(JobError::Config(
             "no input hours found and no --from/--to given: nothing to do".into(),
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_pool_that_ran_out_is_reported_as_the_memory_limit_with_what_ran_out() {
-        let inner = DataFusionError::ResourcesExhausted(
-            "Additional allocation failed for ExternalSorterMerge[0] with top memory consumers:\n  a\n  b".into(),
-        );
-        let e = DataFusionError::Context("sorting".into(), Box::new(inner));
-        let msg = memory_limit_error(128 << 20, 45 << 20, &e).unwrap();
-        assert!(
-            msg.starts_with("--memory-limit 128.0 MiB is too small for this shard")
-                && msg.contains("pool of 45.0 MiB")
-                && msg.contains("(Additional allocation failed for ExternalSorterMerge[0] with top memory consumers:)")
-                && msg.ends_with("larger --memory-limit"),
-            "{msg}"
-        );
-        let other = DataFusionError::Execution("x".into());
-        assert_eq!(memory_limit_error(1, 1, &other), None);
     }
 }

@@ -441,14 +441,17 @@ fn a_full_staging_disk_or_spill_directory_fails_with_74_naming_it() {
     assert!(manifest_of(&out).is_none(), "nothing committed");
 
     let spill = t.dir.join("spill");
+    // A limit that leaves no room: every payload is spooled (compressed)
+    // under the spill directory, past the 32 KiB a file may grow to.
     let o = run_capped(&format!(
-        "--spill-dir {} --memory-limit 80MiB --max-file-bytes 32KiB",
+        "--spill-dir {} --memory-limit 70MiB --max-file-bytes 32KiB",
         p(&spill)
     ));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(74), "{err}");
     assert!(
-        err.contains(&format!("{}/tailor-spill-", spill.display())),
+        err.contains(&format!("spool file {}/tailor-spill-", spill.display()))
+            && err.contains("File too large"),
         "{err}"
     );
     assert!(manifest_of(&out).is_none(), "nothing committed");

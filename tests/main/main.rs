@@ -15,4 +15,5 @@ mod plan;
 mod ranges;
 mod retries;
 mod scan;
+mod spool;
 mod stores;

@@ -1,0 +1,261 @@
+//! Buckets: how the grouped series reach the data files when the decoded
+//! input does not fit in memory (see `datasource/route.rs` for the
+//! routing and the spool).
+//!
+//! Without spooling, every series is in the [`Grouper`] after the scan:
+//! they go to the data files in key order, one stream. Otherwise each group
+//! of series is encoded apart into an *encoded spool* (key order inside it),
+//! and the groups are merged into the data files at the end:
+//!
+//! 1. the resident buckets' series, complete in memory (unless the scan
+//!    demoted them: then they are completed bucket by bucket below);
+//! 2. each spooled bucket: its frames read back and decoded on all cores,
+//!    grouped together with the rows the scan kept of it (if it was
+//!    demoted), encoded. A bucket whose spooled frames decode to more than
+//!    its share of memory is first split by another hash of the series
+//!    (up to [`MAX_SPLITS`] times: a single series bigger than that is
+//!    decoded whole);
+//! 3. a k-way merge of the groups by series key into the files.
+//!
+//! The groups are one pipeline: a loader thread reads and decodes the next
+//! bucket (on all cores) while this thread groups the current one and the
+//! encoder thread merges and encodes it (on all cores) into one encoded
+//! spool, a group after another. Two buckets are in memory at once: each
+//! bucket's share is half of what the budget leaves beside the rows the
+//! scan kept.
+//!
+//! Every series is in exactly one group and each series' rows keep input
+//! order, so the files hold the same bytes whatever the grouping.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::datasource::batch::SlabPool;
+use crate::datasource::route::{Router, SpoolStats, bucket_of, read_spool_into, split_spool};
+use crate::job::config::{BucketPlan, MemoryBudget};
+use crate::job::encode::{
+    EncodeTotals, EncodedSpool, FileOptions, Files, OutputWriter, merge_spool,
+};
+use crate::job::error::JobError;
+use crate::job::group::{Grouper, Objects, decode_spooled};
+
+/// Times a bucket is split again at most.
+pub const MAX_SPLITS: u32 = 3;
+
+/// What the job spooled and how it grouped (the report's `spool`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SpoolSummary {
+    /// The plan made before the scan (absent without a memory limit).
+    pub plan: Option<BucketPlan>,
+    /// The scan stopped keeping rows: its resident rows went over their share.
+    pub demoted: bool,
+    /// Frames spooled (still compressed) and their compressed and decoded bytes.
+    pub spooled_frames: u64,
+    pub spooled_bytes: u64,
+    pub spooled_decoded_bytes: u64,
+    /// Groups encoded apart and merged into the files (0: one stream).
+    pub groups: u64,
+    /// Buckets split again because they decoded to more than a bucket's share.
+    pub splits: u64,
+    /// Bytes of encoded series written to spools and merged.
+    pub encoded_spool_bytes: u64,
+}
+
+/// Which series a group takes: those of one bucket and, after splits, of
+/// one part at each level.
+#[derive(Debug, Clone)]
+struct Pick {
+    bucket: u32,
+    parts: Vec<(u32, u32, u32)>, // (level, parts, index)
+}
+
+impl Pick {
+    fn matches(&self, router: &Router, org: u64, metric: u64) -> bool {
+        router.bucket(org, metric) == self.bucket
+            && self
+                .parts
+                .iter()
+                .all(|&(level, n, i)| bucket_of(org, metric, n, level) == i)
+    }
+}
+
+/// A bucket (or part of one) the loader decoded.
+type Loaded = (Pick, Vec<(datafusion::arrow::array::RecordBatch, Objects)>);
+
+/// Encodes every series the grouper holds, and those of every spooled
+/// bucket, into `files`; returns them with the encoding's totals.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_all(
+    mut grouper: Grouper,
+    router: Option<&Router>,
+    opts: &FileOptions,
+    mut files: Files,
+    spill_dir: &Path,
+    budget: &MemoryBudget,
+    slab_bytes: usize,
+    summary: &mut SpoolSummary,
+) -> Result<(Files, EncodeTotals), JobError> {
+    let spooled = |r: &Router| (0..r.buckets()).any(|b| r.stats(b).frames > 0);
+    let Some(router) = router.filter(|r| r.demoted() || spooled(r)) else {
+        // Everything is in memory: one stream of series in key order.
+        let mut w = OutputWriter::spawn(files, opts.clone());
+        for key in grouper.keys(|_, _| true) {
+            if let Some(s) = grouper.take(key) {
+                w.send(s)?;
+            }
+        }
+        return w.finish();
+    };
+    summary.demoted = router.demoted();
+    for b in 0..router.buckets() {
+        let s = router.stats(b);
+        summary.spooled_frames += s.frames;
+        summary.spooled_bytes += s.bytes;
+        summary.spooled_decoded_bytes += s.decoded;
+    }
+    let buffer = budget.spool_buffer(2);
+    let mut w = OutputWriter::spawn(
+        EncodedSpool::create(spill_dir.join("groups.enc"), buffer)?,
+        opts.clone(),
+    );
+    // The resident buckets' series, complete unless the scan demoted them.
+    if !router.demoted() {
+        let resident = router.resident();
+        for key in grouper.keys(|o, m| router.bucket(o, m) < resident) {
+            if let Some(s) = grouper.take(key) {
+                w.send(s)?;
+            }
+        }
+        w.mark()?;
+    }
+    // Each spooled bucket: the loader reads and decodes the next while this
+    // thread groups the current one and the encoder encodes it. Two buckets
+    // share what the budget leaves beside the rows the scan kept (those of
+    // demoted buckets stay until their bucket's turn).
+    let cap = budget
+        .bucket_cap_beside(grouper.bytes())
+        .unwrap_or(u64::MAX);
+    let buckets: Vec<(u32, Option<(PathBuf, SpoolStats)>)> = (0..router.buckets())
+        .filter_map(|b| {
+            let stats = router.stats(b);
+            let spool = (stats.frames > 0).then(|| (router.path(b), stats));
+            (spool.is_some() || router.demoted()).then_some((b, spool))
+        })
+        .collect();
+    let splits = std::sync::atomic::AtomicU64::new(0);
+    // Slabs come back as series are encoded and go to the next bucket.
+    let pool = SlabPool::keeping(
+        slab_bytes,
+        (cap / 2 / slab_bytes.max(1) as u64).min(1 << 16) as usize,
+    );
+    let loaded = std::thread::scope(|scope| -> Result<(), JobError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Loaded, JobError>>(0);
+        let splits = &splits;
+        let pool = &pool;
+        let loader = scope.spawn(move || {
+            let mut bytes = Vec::new();
+            for (b, spool) in buckets {
+                let pick = Pick {
+                    bucket: b,
+                    parts: Vec::new(),
+                };
+                let mut load = Load {
+                    cap,
+                    pool,
+                    splits,
+                    tx: &tx,
+                    bytes: &mut bytes,
+                };
+                if let Err(e) = load.load(spool, pick) {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        });
+        for item in rx {
+            let (pick, batches) = item?;
+            for (batch, objects) in batches {
+                grouper.push(batch, objects)?;
+            }
+            for key in grouper.keys(|o, m| pick.matches(router, o, m)) {
+                if let Some(s) = grouper.take(key) {
+                    w.send(s)?;
+                }
+            }
+            w.mark()?;
+        }
+        loader
+            .join()
+            .map_err(|_| JobError::Internal("the bucket loader panicked".into()))
+    });
+    // An error of this thread or the loader's; the encoder's, if it stopped.
+    loaded?;
+    summary.splits = splits.load(std::sync::atomic::Ordering::Relaxed);
+    if !grouper.is_empty() {
+        return Err(JobError::Internal(
+            "series left in no group after the buckets".into(),
+        ));
+    }
+    let (spool, totals) = w.finish()?;
+    summary.encoded_spool_bytes = spool.bytes;
+    let (path, segments) = spool.close()?;
+    summary.groups = segments.len() as u64;
+    let read_buffer = budget.spool_buffer(segments.len() as u32 + 1).min(buffer);
+    merge_spool(&path, &segments, read_buffer, &mut files)?;
+    let _ = std::fs::remove_file(&path);
+    Ok((files, totals))
+}
+
+/// The loader: reads and decodes spooled buckets for the grouping thread.
+struct Load<'a> {
+    cap: u64,
+    pool: &'a std::sync::Arc<SlabPool>,
+    splits: &'a std::sync::atomic::AtomicU64,
+    tx: &'a std::sync::mpsc::SyncSender<Result<Loaded, JobError>>,
+    /// The compressed frames of the bucket being read (reused).
+    bytes: &'a mut Vec<u8>,
+}
+
+impl Load<'_> {
+    /// Reads and decodes one spooled bucket (or part of one), first
+    /// splitting it by another hash of the series while it decodes to more
+    /// than `cap`; a part without a spool (the scan demoted the bucket, and
+    /// its rows are all in memory) is sent with no batches.
+    fn load(&mut self, spool: Option<(PathBuf, SpoolStats)>, pick: Pick) -> Result<(), JobError> {
+        let level = pick.parts.len() as u32;
+        if let Some((path, stats)) = &spool
+            && stats.decoded > self.cap
+            && level < MAX_SPLITS
+        {
+            let parts = (stats.decoded.div_ceil(self.cap) + 1).min(1 << 12) as u32;
+            let subs = split_spool(path, parts, level + 1)
+                .map_err(|e| JobError::io("splitting a spooled bucket", e))?;
+            let _ = std::fs::remove_file(path);
+            self.splits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut subs = subs.into_iter().peekable();
+            for p in 0..parts {
+                let sub = subs
+                    .next_if(|(i, _, _)| *i == p)
+                    .map(|(_, path, stats)| (path, stats));
+                let mut pick = pick.clone();
+                pick.parts.push((level + 1, parts, p));
+                self.load(sub, pick)?;
+            }
+            return Ok(());
+        }
+        let batches = match &spool {
+            Some((path, _)) => {
+                let frames = read_spool_into(path, self.bytes)
+                    .map_err(|e| JobError::io("reading back a spooled bucket", e))?;
+                let _ = std::fs::remove_file(path);
+                decode_spooled(self.bytes, &frames, self.pool)?
+            }
+            None => Vec::new(),
+        };
+        // The grouping thread gone (it failed): nothing more to load.
+        let _ = self.tx.send(Ok((pick, batches)));
+        Ok(())
+    }
+}

@@ -1,0 +1,262 @@
+//! Memory that does not grow with the input: under a memory limit the job
+//! keeps the hash buckets of series it has room for and spools the others
+//! (their compressed frames), decoding each again on its own; every layout
+//! the bucket plan can take gives the bytes of a run without a limit. Run
+//! through the binary, whose resident set at the start (and so the budget
+//! a limit leaves) does not depend on other tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tailor::datasource::store::StoreRoot;
+use tailor::job::generate::{GenerateOptions, generate};
+
+use crate::common::{files_under, rt, tempdir};
+
+const MIB: u64 = 1 << 20;
+/// The footprint the budget starts after (`config.rs` BASE_FOOTPRINT).
+const BASE: u64 = 70 * MIB;
+
+struct Tree {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    input: PathBuf,
+    map: PathBuf,
+}
+
+/// One shard (org-mod-0: modulus 1) of about `size` compressed bytes.
+fn tree(seed: u64, size: u64) -> Tree {
+    let tmp = tempdir();
+    let dir = tmp.path().to_path_buf();
+    let input = dir.join("in");
+    let map = dir.join("one.toml");
+    std::fs::write(&map, "modulus = 1\ndedicated = []\n").unwrap();
+    rt().block_on(async {
+        let root = StoreRoot::open(input.to_str().unwrap()).unwrap();
+        let m = tailor::format::shard::ShardMap::parse("modulus = 1\ndedicated = []\n").unwrap();
+        generate(
+            &root,
+            &m,
+            &GenerateOptions {
+                seed,
+                target_bytes: size,
+                orgs: 30,
+                hours: 1,
+                partitions: 3,
+                dup_rate: 0.05,
+                conflict_rate: 0.05,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    });
+    Tree {
+        _tmp: tmp,
+        dir,
+        input,
+        map,
+    }
+}
+
+impl Tree {
+    fn cmd(&self, out: &str, extra: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tailor"));
+        c.arg("run")
+            .arg("--input")
+            .arg(&self.input)
+            .arg("--output")
+            .arg(self.dir.join(out))
+            .args(["--shard", "org-mod-0", "--shard-map"])
+            .arg(&self.map)
+            .arg("--report")
+            .arg(self.dir.join(format!("{out}.json")))
+            .args(["--history-keep", "0"])
+            .args(extra);
+        if !extra.contains(&"--target-partitions") {
+            c.args(["--target-partitions", "2"]);
+        }
+        c
+    }
+
+    /// Runs the job into `out`; its report's `spool` section.
+    fn run(&self, out: &str, extra: &[&str], estimate: Option<u64>) -> serde_json::Value {
+        let mut c = self.cmd(out, extra);
+        if let Some(e) = estimate {
+            c.env("TAILOR_DECODED_ESTIMATE", e.to_string());
+        }
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{out}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.dir.join(format!("{out}.json"))).unwrap())
+                .unwrap();
+        report["spool"].clone()
+    }
+
+    /// The committed files of `out`, by relative path.
+    fn bytes(&self, out: &str) -> Vec<(String, Vec<u8>)> {
+        let root = self.dir.join(out);
+        files_under(&root)
+            .into_iter()
+            .map(|p| {
+                let rel = p
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                (rel, std::fs::read(&p).unwrap())
+            })
+            .collect()
+    }
+}
+
+fn limit(budget: u64) -> String {
+    format!("{}", BASE + budget)
+}
+
+#[test]
+fn every_bucket_layout_gives_the_bytes_of_a_run_without_a_limit() {
+    // About 6 MiB compressed, 20 MB decoded.
+    let t = tree(31, 6 * MIB);
+    t.run("free", &["--memory-limit", "100GiB"], None);
+    let want = t.bytes("free");
+    assert!(want.len() >= 2);
+    let plan = |s: &serde_json::Value| {
+        (
+            s["plan"]["buckets"].as_u64().unwrap(),
+            s["plan"]["resident"].as_u64().unwrap(),
+        )
+    };
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap();
+
+    // Everything fits: every bucket resident, one stream, nothing spooled.
+    let s = t.run("resident", &["--memory-limit", &limit(512 * MIB)], None);
+    let (buckets, resident) = plan(&s);
+    assert_eq!(resident, buckets, "{s}");
+    assert_eq!((n(&s, "groups"), n(&s, "spooled_frames")), (0, 0), "{s}");
+    assert!(t.bytes("resident") == want);
+
+    // Some buckets resident, the others spooled and decoded again.
+    let s = t.run("hybrid", &["--memory-limit", &limit(24 * MIB)], None);
+    let (buckets, resident) = plan(&s);
+    assert!(resident > 0 && resident < buckets, "{s}");
+    assert!(n(&s, "groups") > 1 && n(&s, "spooled_frames") > 0, "{s}");
+    assert!(!s["demoted"].as_bool().unwrap());
+    assert!(t.bytes("hybrid") == want);
+
+    // The same on one partition, and on eight of 64 KiB ranges.
+    t.run(
+        "one",
+        &[
+            "--memory-limit",
+            &limit(24 * MIB),
+            "--target-partitions",
+            "1",
+        ],
+        None,
+    );
+    assert!(t.bytes("one") == want);
+    t.run(
+        "eight",
+        &[
+            "--memory-limit",
+            &limit(24 * MIB),
+            "--target-partitions",
+            "8",
+            "--range-bytes",
+            "64KiB",
+        ],
+        None,
+    );
+    assert!(t.bytes("eight") == want);
+
+    // Nothing resident: every frame spooled, in buckets of about a MiB.
+    let s = t.run("spooled", &["--memory-limit", &limit(0)], None);
+    assert_eq!(plan(&s).1, 0, "{s}");
+    assert!(n(&s, "groups") > 8, "{s}");
+    assert!(t.bytes("spooled") == want);
+
+    // An estimate far short of the input: the plan keeps every bucket,
+    // the scan's rows outgrow their share and it demotes them all; the
+    // spooled buckets, four times a bucket's share, are split again.
+    let s = t.run("demoted", &["--memory-limit", &limit(8 * MIB)], Some(MIB));
+    let (buckets, resident) = plan(&s);
+    assert_eq!((buckets, resident), (4, 4), "{s}");
+    assert!(s["demoted"].as_bool().unwrap(), "{s}");
+    assert!(n(&s, "splits") > 0, "{s}");
+    assert!(t.bytes("demoted") == want);
+}
+
+#[test]
+fn a_spool_lost_from_disk_fails_the_run_with_an_io_error_naming_it() {
+    let t = tree(37, 4 * MIB);
+    let spill = t.dir.join("spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let go = t.dir.join("go");
+    let mut c = t.cmd(
+        "out",
+        &[
+            "--memory-limit",
+            &limit(12 * MIB),
+            "--spill-dir",
+            spill.to_str().unwrap(),
+        ],
+    );
+    c.env(
+        "TAILOR_FAIL_POINTS",
+        format!("scan.batch=wait-for:{}", go.display()),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    // The scan's first batch: spool files are being written below `spill`.
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(l) if l == "tailor: fail point scan.batch reached" => break,
+            Ok(l) => seen.push(l),
+            Err(e) => panic!("fail point not reached ({e}): {}", seen.join("\n")),
+        }
+    }
+    // A cleaner removes the job's scratch space under it.
+    for e in std::fs::read_dir(&spill).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    std::fs::write(&go, "").unwrap();
+    let status = child.wait().unwrap();
+    let err: Vec<String> = rx.iter().collect();
+    let err = err.join("\n");
+    assert_eq!(status.code(), Some(74), "{err}");
+    assert!(
+        err.contains("spool file") && err.contains(spill.to_str().unwrap()),
+        "{err}"
+    );
+    // Nothing was committed.
+    assert!(!has_manifest(&t.dir.join("out")), "{err}");
+}
+
+fn has_manifest(root: &Path) -> bool {
+    files_under(root)
+        .iter()
+        .any(|p| p.file_name().is_some_and(|n| n == "_manifest.json"))
+}
