@@ -15,11 +15,15 @@ Python 3.11, stdlib only plus the `zstandard` package for zstd sections.
   tsf_reader.py series <data file> <org_id> <metric_id>
       Binary-search the footer index and decode only that series' blocks
       (seek/read, never the whole file); prints CSV rows like export.
+  tsf_reader.py find <window directory> <org_id> <metric_id>
+      The same in a committed window: the series' part (windows written in
+      parts), then the file of that part whose series range holds it.
 
 Every error listed in output-format.md section 8.2 is raised as a TsfError
 subclass with a message.
 """
 import bisect
+import heapq
 import io
 import json
 import math
@@ -520,17 +524,38 @@ def committed_windows(root, shard):
     return windows
 
 
+M64 = (1 << 64) - 1
+
+
+def mix(z):
+    """splitmix64's finaliser (docs/output-layout.md: series parts)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def part_of(org_id, metric_id, parts):
+    return 0 if parts <= 1 else mix(org_id ^ mix(metric_id)) % parts
+
+
 def dump(root, shard, csv_like, out):
     windows = committed_windows(root, shard)
     if csv_like:
         out.write(CSV_HEADER + "\n")
     for _, _, wdir, manifest in windows:
         n_series = n_points = 0
-        prev_last = None
+        parts = manifest.get("settings", {}).get("parts", 1)
+        prev_last = {}
+        # Each part's series in key order (file after file), then merged by key.
+        by_part = {}
         for entry in manifest["files"]:
             rel = entry["path"]
             if rel.startswith("/") or ".." in rel.split("/"):
                 raise ManifestError(f"file path escapes the window: {rel}")
+            part = entry.get("part")
+            if (parts == 1) != (part is None) or (part is not None and not 0 <= part < parts):
+                raise ManifestError(f"{rel}: part {part} in a window of {parts} parts")
+            part = part or 0
             with open(os.path.join(wdir, rel), "rb") as fh:
                 data = fh.read()
             if len(data) != entry["bytes"]:
@@ -545,15 +570,32 @@ def dump(root, shard, csv_like, out):
                     or sum(b["n_points"] for s in series for b in s["blocks"]) != entry["points"]
                     or list(keys[0]) != entry["first_series"]
                     or list(keys[-1]) != entry["last_series"]
-                    or (prev_last is not None and keys[0] <= prev_last)):
-                raise ManifestError(f"{rel}: series/points/range disagree with the manifest")
-            prev_last = keys[-1]
+                    or (part in prev_last and keys[0] <= prev_last[part])
+                    or any(part_of(o, m, parts) != part for o, m in keys)):
+                raise ManifestError(f"{rel}: series/points/range/part disagree with the manifest")
+            prev_last[part] = keys[-1]
             n_series += len(series)
             n_points += entry["points"]
-            for s in series:
-                emit(s, series_points(s, data, 0), csv_like, out)
+            by_part.setdefault(part, []).extend((s, data) for s in series)
+        merged = heapq.merge(*by_part.values(), key=lambda sd: (sd[0]["org_id"], sd[0]["metric_id"]))
+        for s, data in merged:
+            emit(s, series_points(s, data, 0), csv_like, out)
         if n_series != manifest["series"] or n_points != manifest["points"]:
             raise ManifestError(f"{wdir}: file totals disagree with the manifest")
+
+
+def find(wdir, org_id, metric_id, out):
+    """One series of a committed window: hash it to its part, take the file
+    of that part whose series range holds it, and look it up there."""
+    with open(os.path.join(wdir, "_manifest.json"), "rb") as fh:
+        manifest = json.loads(fh.read().decode("utf-8"))
+    parts = manifest.get("settings", {}).get("parts", 1)
+    part = part_of(org_id, metric_id, parts)
+    key = [org_id, metric_id]
+    for entry in manifest["files"]:
+        if (entry.get("part") or 0) == part and entry["first_series"] <= key <= entry["last_series"]:
+            return lookup(os.path.join(wdir, entry["path"]), org_id, metric_id, out)
+    raise TsfError(f"series ({org_id}, {metric_id}) not in {wdir} (part {part} of {parts})")
 
 
 def lookup(path, org_id, metric_id, out):
@@ -587,6 +629,8 @@ def main(argv):
             dump(argv[1], argv[2], len(argv) == 4, out)
         elif len(argv) == 4 and argv[0] == "series":
             lookup(argv[1], int(argv[2]), int(argv[3]), out)
+        elif len(argv) == 4 and argv[0] == "find":
+            find(argv[1], int(argv[2]), int(argv[3]), out)
         else:
             sys.stderr.write(__doc__)
             return 2

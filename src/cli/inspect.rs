@@ -65,11 +65,14 @@ pub async fn main(a: InspectArgs) -> Result<ExitCode, JobError> {
         };
         // The one file whose series range holds it, next to the manifest.
         let key = parse_series(sel)?;
+        // In a window of parts, only its part's files can hold it.
+        let part = crate::format::part::part_of(key.0, key.1, m.settings.parts);
         let f = m
             .files
             .iter()
             .find(|f| {
-                (f.first_series[0], f.first_series[1]) <= key
+                f.part.is_none_or(|p| p == part)
+                    && (f.first_series[0], f.first_series[1]) <= key
                     && key <= (f.last_series[0], f.last_series[1])
             })
             .ok_or_else(|| not_in(key, &a.path))?;

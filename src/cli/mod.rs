@@ -7,6 +7,7 @@
 //! (worth a retry); 70 internal error. `tailor diff` uses 0 (identical),
 //! 1 (differences) and 2 (error).
 
+pub mod cluster;
 pub mod diff;
 pub mod export;
 pub mod generate;
@@ -57,6 +58,10 @@ pub enum Command {
     Diff(diff::DiffArgs),
     /// Benchmark floor: zstd-decompress every input frame, nothing else.
     Floor(FloorArgs),
+    /// Run a Ballista scheduler for `run --engine ballista`.
+    Scheduler(cluster::SchedulerArgs),
+    /// Run a Ballista executor for `run --engine ballista`.
+    Executor(cluster::ExecutorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,6 +177,8 @@ pub fn main_with(cli: Cli) -> ExitCode {
             Command::Plan(a) => plan::main(a).await,
             Command::Report(a) => report::main(a).await,
             Command::Floor(a) => floor_main(a).await,
+            Command::Scheduler(a) => cluster::scheduler_main(a).await,
+            Command::Executor(a) => cluster::executor_main(a).await,
         }
     });
     match result {

@@ -29,6 +29,22 @@ impl From<RoleArg> for crate::job::migration::Role {
     }
 }
 
+/// `--engine`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EngineArg {
+    Local,
+    Ballista,
+}
+
+impl From<EngineArg> for crate::job::config::Engine {
+    fn from(e: EngineArg) -> Self {
+        match e {
+            EngineArg::Local => Self::Local,
+            EngineArg::Ballista => Self::Ballista,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// A job file (TOML, see jobs/); flags override its settings.
@@ -119,6 +135,24 @@ pub struct RunArgs {
     /// migrated org's from its cutover on (new), or the others (old).
     #[arg(long, value_enum)]
     pub role: Option<RoleArg>,
+    /// Write the window in this many series parts (1, the default: one
+    /// part, as before): each series goes to part
+    /// `mix(org_id ^ mix(metric_id)) mod K` (docs/output-layout.md), and each
+    /// part's files are merged, encoded and written apart.
+    #[arg(long)]
+    pub parts: Option<u32>,
+    /// Where scan, grouping and encoding run: here (local, the default) or
+    /// on an Apache DataFusion Ballista cluster (ballista, with
+    /// --scheduler; docs/distributed.md). Same bytes either way.
+    #[arg(long, value_enum, env = "TAILOR_ENGINE")]
+    pub engine: Option<EngineArg>,
+    /// The Ballista scheduler, host:port (tailor scheduler).
+    #[arg(long, env = "TAILOR_SCHEDULER")]
+    pub scheduler: Option<String>,
+    /// Read every shuffle partition over the network, even one on the
+    /// executor's own disk (tests the path a real cluster takes).
+    #[arg(long)]
+    pub shuffle_over_network: bool,
     /// Print the JSON report on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -171,6 +205,10 @@ impl RunArgs {
             history_days: self.history_days,
             migration: self.migration.clone(),
             role: self.role.map(Into::into),
+            parts: self.parts,
+            engine: self.engine.map(Into::into),
+            scheduler: self.scheduler.clone(),
+            shuffle_over_network: self.shuffle_over_network.then_some(true),
         }
     }
 

@@ -29,6 +29,47 @@ pub const DEFAULT_SLAB_BYTES: usize = 2 << 20;
 /// come back.
 const POOL_KEEP: usize = 2;
 
+/// The `shard` of a log row (see
+/// [`PayloadOptions::emit_log`](crate::datasource::options::PayloadOptions::emit_log)):
+/// no shard is named so. A log row is also `misrouted`, so that a consumer
+/// that does not look for log rows skips it with the misrouted ones; its
+/// `metadata` is the range's log, its `object_key` the range's object.
+pub const LOG_ROW_SHARD: &str = "\u{1}tailor-scan-log";
+
+/// A batch of one log row of the payload schema.
+pub fn log_row_batch(key: &str, log: &str) -> Result<RecordBatch, ArrowError> {
+    let empty = |item| -> ArrayRef {
+        let child: ArrayRef = match item {
+            0 => Arc::new(Int64Array::from(Vec::<i64>::new())),
+            _ => Arc::new(Float64Array::from(Vec::<f64>::new())),
+        };
+        Arc::new(ListViewArray::new(
+            if item == 0 { ts_item() } else { value_item() },
+            ScalarBuffer::from(vec![0i32]),
+            ScalarBuffer::from(vec![0i32]),
+            child,
+            None,
+        ))
+    };
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from(vec![0u64])),
+        Arc::new(UInt64Array::from(vec![0u64])),
+        Arc::new(UInt8Array::from(vec![0u8])),
+        Arc::new(UInt32Array::from(vec![0u32])),
+        Arc::new(StringViewArray::from(vec![log])),
+        empty(0),
+        empty(1),
+        Arc::new(UInt32Array::from(vec![0u32])),
+        Arc::new(UInt8Array::from(vec![0u8])),
+        Arc::new(StringViewArray::from(vec![key])),
+        Arc::new(UInt64Array::from(vec![u64::MAX])),
+        Arc::new(StringViewArray::from(vec![LOG_ROW_SHARD])),
+        Arc::new(BooleanArray::from(vec![true])),
+        Arc::new(UInt32Array::from(vec![0u32])),
+    ];
+    RecordBatch::try_new(payload_schema(), cols)
+}
+
 /// A pool of aligned decode buffers shared by the batches of a scan.
 #[derive(Debug)]
 pub struct SlabPool {

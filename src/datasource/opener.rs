@@ -119,6 +119,9 @@ struct RangeScan {
     /// CPU spent decoding (frame checks, zstd, validation, batch building).
     decode_time: Time,
     done: bool,
+    /// The range's log row, once the range is read (`emit_log`).
+    log_row: Option<RecordBatch>,
+    log_error: Option<String>,
 }
 
 impl RangeScan {
@@ -164,6 +167,8 @@ impl RangeScan {
             counters,
             decode_time,
             done: false,
+            log_row: None,
+            log_error: None,
             source,
         }
     }
@@ -381,7 +386,14 @@ impl RangeScan {
                 continue;
             }
             if self.done {
-                return Ok(None);
+                if let Some(e) = self.log_error.take() {
+                    return Err(DataFusionError::Internal(format!(
+                        "the scan log of {}: {e}",
+                        self.key
+                    )));
+                }
+                // Not filtered nor projected: a log row goes out whole.
+                return Ok(self.log_row.take());
             }
             let step = match self.cursor.next().await {
                 Ok(s) => s,
@@ -439,7 +451,16 @@ impl RangeScan {
             bytes_fetched: fetched,
             rejected: self.cursor.rejected().to_vec(),
         });
-        self.source.log.merge(std::mem::take(&mut self.local));
+        let local = std::mem::take(&mut self.local);
+        if self.source.options.emit_log {
+            // The rows before it first: the log is the range's last row.
+            match crate::datasource::batch::log_row_batch(&self.key, &local.to_wire()) {
+                Ok(b) => self.log_row = Some(b),
+                Err(e) => self.log_error = Some(e.to_string()),
+            }
+            return;
+        }
+        self.source.log.merge(local);
     }
 
     fn filter_and_project(&self, batch: RecordBatch) -> Result<Option<RecordBatch>> {

@@ -49,6 +49,12 @@ pub struct PayloadOptions {
     /// keep are spooled (compressed, as read) instead of emitted as rows.
     /// `None`: every payload is a row.
     pub router: Option<Arc<crate::datasource::route::Router>>,
+    /// Emit each range's log (totals, corrupt and misrouted records, where
+    /// the range read) as a row of its own at the range's end, instead of
+    /// adding it to the scan's [`ScanLog`](crate::datasource::scan_log::ScanLog):
+    /// a scan on other machines sends it along with its rows
+    /// (see [`LOG_ROW_SHARD`](crate::datasource::batch::LOG_ROW_SHARD)).
+    pub emit_log: bool,
 }
 
 /// The most points of a row when the job splits big payloads: a payload
@@ -72,6 +78,7 @@ impl PayloadOptions {
             fetch_chunk: crate::datasource::reader::DEFAULT_CHUNK,
             max_row_points: None,
             router: None,
+            emit_log: false,
         }
     }
 }

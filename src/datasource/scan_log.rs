@@ -4,13 +4,13 @@
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::datasource::options::CorruptPolicy;
 use crate::format::payload::{ErrorKind, FormatError, FrameError, Rejected};
 
 /// A corrupt frame skipped under [`CorruptPolicy::Skip`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CorruptRecord {
     pub key: String,
     pub offset: u64,
@@ -25,7 +25,7 @@ pub struct CorruptRecord {
 }
 
 /// A payload found under a shard its org does not belong to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MisroutedRecord {
     pub key: String,
     pub offset: u64,
@@ -39,7 +39,7 @@ pub struct MisroutedRecord {
 /// One range read to its end: where its frames began, where it stopped and
 /// where it handed the frame chain over to the next range. (A range whose
 /// stream was dropped early, as under `LIMIT`, is not recorded.)
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeRecord {
     pub key: String,
     pub start: u64,
@@ -73,7 +73,7 @@ fn region_end(ranges: &[RangeRecord], key: &str, mut reach: u64) -> u64 {
 }
 
 /// Totals of a scan.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScanTotals {
     pub frames: u64,
     pub payloads: u64,
@@ -319,4 +319,54 @@ pub(super) struct LocalLog {
     pub(super) corrupt: Vec<CorruptRecord>,
     pub(super) misrouted: Vec<MisroutedRecord>,
     pub(super) range: Option<RangeRecord>,
+}
+
+/// A range's log as it travels from a scan on one machine to the job's
+/// client on another (`PayloadOptions::emit_log`): every field, those the
+/// report leaves out included.
+#[derive(Serialize, Deserialize)]
+struct WireLog {
+    totals: ScanTotals,
+    corrupt: Vec<(CorruptRecord, bool)>,
+    misrouted: Vec<MisroutedRecord>,
+    range: Option<(RangeRecord, Vec<Rejected>)>,
+}
+
+impl LocalLog {
+    /// The log as JSON, for [`ScanLog::merge_wire`].
+    pub(super) fn to_wire(&self) -> String {
+        serde_json::to_string(&WireLog {
+            totals: self.totals.clone(),
+            corrupt: self.corrupt.iter().map(|c| (c.clone(), c.open)).collect(),
+            misrouted: self.misrouted.clone(),
+            range: self.range.as_ref().map(|r| (r.clone(), r.rejected.clone())),
+        })
+        .expect("a scan log serialises")
+    }
+}
+
+impl ScanLog {
+    /// Merges the log of a range scanned elsewhere, as its scan emitted it
+    /// ([`LocalLog::to_wire`]).
+    pub fn merge_wire(&self, wire: &str) -> Result<(), String> {
+        let w: WireLog = serde_json::from_str(wire)
+            .map_err(|e| format!("a scan log that does not parse: {e}"))?;
+        self.merge(LocalLog {
+            totals: w.totals,
+            corrupt: w
+                .corrupt
+                .into_iter()
+                .map(|(mut c, open)| {
+                    c.open = open;
+                    c
+                })
+                .collect(),
+            misrouted: w.misrouted,
+            range: w.range.map(|(mut r, rejected)| {
+                r.rejected = rejected;
+                r
+            }),
+        });
+        Ok(())
+    }
 }

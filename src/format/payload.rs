@@ -88,7 +88,7 @@ impl Kind {
 
 /// What was wrong with the bytes. Every variant says what was expected and
 /// what was found.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ErrorKind {
     #[error("frame body_len {found} is outside the allowed {MIN_BODY_LEN}..={MAX_BODY_LEN}")]
     BodyLenOutOfRange { found: u32 },
@@ -154,7 +154,7 @@ pub enum ErrorKind {
 
 /// A format error at a known frame offset inside one object. The datasource
 /// layer wraps it with the object key ([`FrameError`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FormatError {
     /// Byte offset of the frame's length prefix in the object.
     pub offset: u64,
@@ -170,7 +170,7 @@ impl fmt::Display for FormatError {
 impl std::error::Error for FormatError {}
 
 /// A [`FormatError`] located in an object: the error every bad input turns into.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("corrupt payload file {key:?}: {error}")]
 pub struct FrameError {
     pub key: String,
@@ -268,7 +268,7 @@ pub enum Sync {
 /// one well-formed zstd frame: [`find_frame_start`] does not take it. It is
 /// either a real frame with a corrupt body or a planted pattern; a reader
 /// that knows the chain reaches `offset` uses `error` to report it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rejected {
     pub offset: u64,
     /// `offset + 4 + body_len`.

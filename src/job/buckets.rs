@@ -98,9 +98,12 @@ pub fn encode_all(
 ) -> Result<(Files, EncodeTotals), JobError> {
     let spooled = |r: &Router| (0..r.buckets()).any(|b| r.stats(b).frames > 0);
     let Some(router) = router.filter(|r| r.demoted() || spooled(r)) else {
-        // Everything is in memory: one stream of series in key order.
+        // Everything is in memory: one stream of series in key order
+        // (part after part).
         let mut w = OutputWriter::spawn(files, opts.clone());
-        for key in grouper.keys(|_, _| true) {
+        let mut keys = grouper.keys(|_, _| true);
+        Files::sort_keys(opts.parts, &mut keys);
+        for key in keys {
             if let Some(s) = grouper.take(key) {
                 w.send(s)?;
             }
@@ -122,7 +125,9 @@ pub fn encode_all(
     // The resident buckets' series, complete unless the scan demoted them.
     if !router.demoted() {
         let resident = router.resident();
-        for key in grouper.keys(|o, m| router.bucket(o, m) < resident) {
+        let mut keys = grouper.keys(|o, m| router.bucket(o, m) < resident);
+        Files::sort_keys(opts.parts, &mut keys);
+        for key in keys {
             if let Some(s) = grouper.take(key) {
                 w.send(s)?;
             }
@@ -178,7 +183,9 @@ pub fn encode_all(
             for (batch, objects) in batches {
                 grouper.push(batch, objects)?;
             }
-            for key in grouper.keys(|o, m| pick.matches(router, o, m)) {
+            let mut keys = grouper.keys(|o, m| pick.matches(router, o, m));
+            Files::sort_keys(opts.parts, &mut keys);
+            for key in keys {
                 if let Some(s) = grouper.take(key) {
                     w.send(s)?;
                 }

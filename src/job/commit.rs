@@ -29,7 +29,7 @@ use crate::job::manifest::{MANIFEST_NAME, Manifest, read_manifest, read_stored};
 /// Uploads one staged file: one put, or a multipart upload that completes
 /// atomically. A failed multipart upload is aborted, so that no incomplete
 /// upload is left to be billed until a lifecycle rule finds it.
-async fn put_file(
+pub(crate) async fn put_file(
     root: &StoreRoot,
     path: &Path,
     local: &std::path::Path,
@@ -113,6 +113,17 @@ pub async fn upload_files(
     for (k, (f, s)) in m.files.iter().zip(&staged.files).enumerate() {
         fail_point(&format!("upload.{k}"))?;
         let path = root.child(&format!("{}/{}", m.location, f.path));
+        if let Some(pending) = &s.remote {
+            // Uploaded by a cluster's executor: moved within the store (a
+            // rename on a filesystem, a server-side copy on S3), atomic
+            // for readers as a put is.
+            let from = root.child(pending);
+            root.store
+                .rename(&from, &path)
+                .await
+                .op("RENAME (copy)", root.display_of(&from))?;
+            continue;
+        }
         if root.local && rename_local(root, &s.local, &path).await {
             continue;
         }

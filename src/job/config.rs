@@ -53,6 +53,33 @@ pub struct JobFile {
     pub history_days: Option<u64>,
     pub migration: Option<PathBuf>,
     pub role: Option<crate::job::migration::Role>,
+    pub parts: Option<u32>,
+    /// `local` (default) or `ballista`.
+    pub engine: Option<Engine>,
+    /// The Ballista scheduler, `host:port` (`--engine ballista`).
+    pub scheduler: Option<String>,
+    /// Shuffle reads always over the network, even from the executor's
+    /// own disk (a test of the network path).
+    pub shuffle_over_network: Option<bool>,
+}
+
+/// Where the job's scan, grouping and encoding run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// In this process (the default).
+    #[default]
+    Local,
+    /// On an Apache DataFusion Ballista cluster (docs/distributed.md).
+    Ballista,
+}
+
+/// A cluster run's settings (`--engine ballista`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterSettings {
+    /// The scheduler's `host:port`.
+    pub scheduler: String,
+    pub shuffle_over_network: bool,
 }
 
 /// The most bytes of a job file: a few dozen settings.
@@ -134,7 +161,11 @@ impl JobFile {
             history_keep,
             history_days,
             migration,
-            role
+            role,
+            parts,
+            engine,
+            scheduler,
+            shuffle_over_network
         )
     }
 }
@@ -420,6 +451,10 @@ pub struct RunConfig {
     /// Which points the run writes (`--role`; `new` and `old` need a
     /// migration file).
     pub role: crate::job::migration::Role,
+    /// The series parts the window is written in (`--parts`).
+    pub parts: u32,
+    /// Run on a Ballista cluster (`--engine ballista`); `None`: here.
+    pub cluster: Option<ClusterSettings>,
     #[serde(skip)]
     pub migration: Option<Arc<crate::job::migration::Migration>>,
     /// Where the migration file came from.
@@ -483,6 +518,8 @@ impl RunConfig {
             pushgateway: None,
             history: Retention::default(),
             role: crate::job::migration::Role::Shadow,
+            parts: 1,
+            cluster: None,
             migration: None,
             migration_source: None,
             progress: false,
@@ -588,6 +625,49 @@ impl RunConfig {
             cfg.migration = Some(Arc::new(m));
         }
         cfg.role = s.role.unwrap_or_default();
+        if let Some(k) = s.parts {
+            if k == 0 || k > crate::format::part::MAX_PARTS {
+                return Err(JobError::Config(format!(
+                    "--parts {k}: from 1 to {}",
+                    crate::format::part::MAX_PARTS
+                )));
+            }
+            cfg.parts = k;
+        }
+        cfg.cluster = match (s.engine.unwrap_or_default(), s.scheduler) {
+            (Engine::Local, None) => None,
+            (Engine::Local, Some(_)) => {
+                return Err(JobError::Config(
+                    "--scheduler is for --engine ballista".into(),
+                ));
+            }
+            (Engine::Ballista, None) => {
+                return Err(JobError::Config(
+                    "--engine ballista needs --scheduler <host:port>".into(),
+                ));
+            }
+            (Engine::Ballista, Some(addr)) => {
+                if addr
+                    .rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+                {
+                    return Err(JobError::Config(format!(
+                        "--scheduler {addr:?}: expected host:port"
+                    )));
+                }
+                if s.role
+                    .is_some_and(|r| r != crate::job::migration::Role::Shadow)
+                {
+                    return Err(JobError::Config(
+                        "--role new|old runs on one machine only (--engine local)".into(),
+                    ));
+                }
+                Some(ClusterSettings {
+                    scheduler: addr,
+                    shuffle_over_network: s.shuffle_over_network.unwrap_or(false),
+                })
+            }
+        };
         if cfg.role != crate::job::migration::Role::Shadow && cfg.migration.is_none() {
             return Err(JobError::Config(format!(
                 "--role {} needs --migration <file> (the cutover of each migrated org)",

@@ -33,6 +33,8 @@ pub struct FileOptions {
     /// Which points are this run's to write (`tailor run --role`):
     /// `None` for every point.
     pub keep: Option<(Role, Arc<Migration>)>,
+    /// The series parts the window is written in (`--parts`; 1: one).
+    pub parts: u32,
 }
 
 /// A data file staged locally, ready to upload.
@@ -40,12 +42,18 @@ pub struct FileOptions {
 pub struct StagedFile {
     pub name: String,
     pub local: PathBuf,
+    /// Where it was uploaded already, not yet committed (a cluster run's
+    /// pending directory, relative to the output root): the commit moves
+    /// it within the store instead of uploading `local`.
+    pub remote: Option<String>,
     pub bytes: u64,
     pub crc32c: u32,
     pub series: u64,
     pub points: u64,
     pub first_series: [u64; 2],
     pub last_series: [u64; 2],
+    /// The series part it holds (when the window is in parts).
+    pub part: Option<u32>,
 }
 
 /// What the writer thread produced.
@@ -219,6 +227,7 @@ impl<S: Sink> Drop for OutputWriter<S> {
 
 struct OpenFile {
     writer: FileWriter<std::io::BufWriter<std::fs::File>>,
+    part: Option<u32>,
     name: String,
     local: PathBuf,
     series: u64,
@@ -353,12 +362,17 @@ fn header(s: &MergedSeries) -> SeriesHeader<'_> {
 }
 
 /// The staged data files: series appended in key order, a file closed at
-/// the first series boundary past the size cap.
+/// the first series boundary past the size cap. A window in parts gets its
+/// series part after part (each part in key order), each part's files
+/// named `p<part>-<n>.tsf`; otherwise they are `part-<n>.tsf`.
 pub struct Files {
     dir: PathBuf,
     opts: FileOptions,
     files: Vec<StagedFile>,
     open: Option<OpenFile>,
+    /// The part being written, and files of it so far.
+    part: u32,
+    in_part: usize,
 }
 
 impl Files {
@@ -369,6 +383,26 @@ impl Files {
             opts,
             files: Vec::new(),
             open: None,
+            part: 0,
+            in_part: 0,
+        }
+    }
+
+    /// The order series must reach the files in: part, then key.
+    pub fn order(parts: u32, org_id: u64, metric_id: u64) -> (u32, u64, u64) {
+        (
+            crate::format::part::part_of(org_id, metric_id, parts),
+            org_id,
+            metric_id,
+        )
+    }
+
+    /// Sorts series keys into the order of [`Self::order`].
+    pub fn sort_keys(parts: u32, keys: &mut [(u64, u64)]) {
+        if parts > 1 {
+            keys.sort_by_cached_key(|k| Self::order(parts, k.0, k.1));
+        } else {
+            keys.sort_unstable();
         }
     }
 
@@ -390,8 +424,29 @@ impl Files {
 
 impl Sink for Files {
     fn append(&mut self, h: &SeriesHeader<'_>, e: tsf::EncodedSeries) -> Result<(), JobError> {
+        let parts = self.opts.parts;
+        let part = crate::format::part::part_of(h.org_id, h.metric_id, parts);
+        if part != self.part {
+            // The next part: its own files.
+            if part < self.part {
+                return Err(JobError::Internal(format!(
+                    "series {}/{} of part {part} reached the files after part {}",
+                    h.org_id, h.metric_id, self.part
+                )));
+            }
+            if let Some(f) = self.open.take() {
+                self.files.push(close(f)?);
+            }
+            self.part = part;
+            self.in_part = 0;
+        }
         if self.open.is_none() {
-            let name = format!("part-{:05}.tsf", self.files.len());
+            let name = if parts > 1 {
+                format!("p{part:04}-{:05}.tsf", self.in_part)
+            } else {
+                format!("part-{:05}.tsf", self.files.len())
+            };
+            self.in_part += 1;
             let local = self.dir.join(&name);
             let f = std::fs::File::create(&local)
                 .at(format_args!("creating staged file {}", local.display()))?;
@@ -401,6 +456,7 @@ impl Sink for Files {
                     self.opts.writer,
                 )
                 .map_err(staging(&local))?,
+                part: (parts > 1).then_some(part),
                 name,
                 local,
                 series: 0,
@@ -615,6 +671,8 @@ pub fn merge_spool(
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     let block_points = files.opts.writer.block_points;
+    let parts = files.opts.parts;
+    let order = |s: &SpooledSeries| Files::order(parts, s.org_id, s.metric_id);
     let mut readers = segments
         .iter()
         .map(|s| SpoolReader::open(path, s.clone(), buffer, block_points))
@@ -624,16 +682,16 @@ pub fn merge_spool(
     for (i, r) in readers.iter_mut().enumerate() {
         let s = r.next()?;
         if let Some(s) = &s {
-            heap.push(Reverse(((s.org_id, s.metric_id), i)));
+            heap.push(Reverse((order(s), i)));
         }
         heads.push(s);
     }
-    let mut last: Option<(u64, u64)> = None;
+    let mut last: Option<(u32, u64, u64)> = None;
     while let Some(Reverse((key, i))) = heap.pop() {
         if last.is_some_and(|l| l >= key) {
             return Err(JobError::Internal(format!(
                 "series {}/{} is in two spooled groups, or out of order",
-                key.0, key.1
+                key.1, key.2
             )));
         }
         last = Some(key);
@@ -650,7 +708,7 @@ pub fn merge_spool(
         )?;
         let next = readers[i].next()?;
         if let Some(n) = &next {
-            heap.push(Reverse(((n.org_id, n.metric_id), i)));
+            heap.push(Reverse((order(n), i)));
         }
         heads[i] = next;
     }
@@ -678,11 +736,13 @@ fn close(f: OpenFile) -> Result<StagedFile, JobError> {
     Ok(StagedFile {
         name: f.name,
         local: f.local,
+        remote: None,
         bytes: summary.bytes,
         crc32c: summary.crc32c,
         series: f.series,
         points: f.points,
         first_series: f.first,
         last_series: f.last,
+        part: f.part,
     })
 }

@@ -48,6 +48,10 @@ pub struct ManifestFile {
     /// (org_id, metric_id) of the file's first and last series.
     pub first_series: [u64; 2],
     pub last_series: [u64; 2],
+    /// The series part the file holds, when the window is written in
+    /// parts (`settings.parts` over 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<u32>,
 }
 
 /// An input object as the manifest lists it.
@@ -85,10 +89,21 @@ pub struct OutputSettings {
     /// The cutovers of the shard's orgs the run applied (absent: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub migration: Vec<Cutover>,
+    /// The series parts the window is written in (absent: 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub parts: u32,
 }
 
 fn is_shadow(r: &Role) -> bool {
     *r == Role::Shadow
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl OutputSettings {
@@ -125,6 +140,7 @@ impl OutputSettings {
             on_corrupt,
             role: Role::Shadow,
             migration: Vec::new(),
+            parts: 1,
         }
     }
 }
@@ -227,6 +243,7 @@ impl Manifest {
                 points: f.points,
                 first_series: f.first_series,
                 last_series: f.last_series,
+                part: f.part,
             })
             .collect();
         Manifest {
@@ -299,8 +316,34 @@ impl Manifest {
             return Err("shard_map_modulus is 0".into());
         }
         let (mut series, mut points) = (0u64, 0u64);
-        let mut prev: Option<&ManifestFile> = None;
+        let parts = self.settings.parts;
+        if parts == 0 || parts > crate::format::part::MAX_PARTS {
+            return Err(format!(
+                "parts is {parts} (1 to {})",
+                crate::format::part::MAX_PARTS
+            ));
+        }
+        // The last file of each part so far: files are in series order,
+        // without overlap, within a part.
+        let mut prev_of: std::collections::HashMap<u32, &ManifestFile> = Default::default();
         for f in &self.files {
+            let part = match (parts, f.part) {
+                (1, None) => 0,
+                (p, Some(i)) if p > 1 && i < p => i,
+                _ => {
+                    return Err(format!(
+                        "file {} has part {:?}, the window {} parts",
+                        f.path,
+                        f.part,
+                        if parts == 1 {
+                            "is not in".to_string()
+                        } else {
+                            format!("is in {parts}")
+                        }
+                    ));
+                }
+            };
+            let prev = prev_of.get(&part).copied();
             if f.path.is_empty()
                 || f.path.starts_with('/')
                 || f.path
@@ -322,7 +365,7 @@ impl Manifest {
                 && p.last_series >= f.first_series
             {
                 return Err(format!(
-                    "file {} (series {}/{} to {}/{}) does not follow file {} (to {}/{}): files must be in series order, without overlap",
+                    "file {} (series {}/{} to {}/{}) does not follow file {} (to {}/{}): files (of a part) must be in series order, without overlap",
                     f.path,
                     f.first_series[0],
                     f.first_series[1],
@@ -333,7 +376,7 @@ impl Manifest {
                     p.last_series[1]
                 ));
             }
-            prev = Some(f);
+            prev_of.insert(part, f);
             series = series.saturating_add(f.series);
             points = points.saturating_add(f.points);
         }
@@ -470,12 +513,14 @@ mod tests {
             files: vec![StagedFile {
                 name: "part-00000.tsf".into(),
                 local: PathBuf::new(),
+                remote: None,
                 bytes: 100,
                 crc32c: crc,
                 series: 1,
                 points: 1,
                 first_series: [1, 1],
                 last_series: [1, 1],
+                part: None,
             }],
             series: 1,
             points: 1,
@@ -497,6 +542,7 @@ mod tests {
             on_corrupt: CorruptPolicy::Fail,
             role: Role::Shadow,
             migration: Vec::new(),
+            parts: 1,
         };
         let inputs = vec![ManifestInput {
             key: "a.tsp".into(),

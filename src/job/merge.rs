@@ -21,7 +21,7 @@ pub struct MergedSeries {
 }
 
 /// Counts of what merging dropped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MergeCounts {
     pub input_points: u64,
     /// Points dropped because a later point of the series had the same timestamp.

@@ -16,6 +16,7 @@
 //! commit    upload, the manifest put, cleanup          -> manifest, faults
 //! plan      which windows must (re)run, and why        -> manifest, config, migration
 //! scratch   locked scratch dirs, killed runs' reclaimed -> error
+//! cluster   the job's steps on a Ballista cluster    -> config, group, buckets, encode, commit
 //! run       the shard job's flow, RunStats             -> config, measure, merge, encode, manifest, commit, faults, scratch, plan
 //! output    committed outputs read back                -> manifest
 //! export    output -> one row per point                -> output, manifest
@@ -30,6 +31,7 @@
 //! ```
 
 pub mod buckets;
+pub mod cluster;
 pub mod commit;
 pub mod config;
 pub mod dashboard;

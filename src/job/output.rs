@@ -135,7 +135,8 @@ pub async fn read_data_file(
     Ok(file)
 }
 
-/// Calls `f` for every series of a committed output, in (org, metric) order.
+/// Calls `f` for every series of a committed output, file after file (in
+/// key order within each part; [`WindowSeries`] merges parts by key).
 pub async fn for_each_series(
     root: &StoreRoot,
     m: &Manifest,
@@ -197,6 +198,20 @@ pub fn open_data_file<'a>(
         )));
     }
     let map = m.shard_map();
+    if let Some(part) = f.part
+        && let Some(e) = series
+            .iter()
+            .find(|e| crate::format::part::part_of(e.org_id, e.metric_id, m.settings.parts) != part)
+    {
+        return Err(JobError::BadOutput(format!(
+            "data file {}: series {}/{} belongs to part {} of {}, not {part}",
+            data.path,
+            e.org_id,
+            e.metric_id,
+            crate::format::part::part_of(e.org_id, e.metric_id, m.settings.parts),
+            m.settings.parts
+        )));
+    }
     let shard = Shard::parse(&m.shard);
     if let Some(e) = series
         .iter()
@@ -238,25 +253,81 @@ impl SeriesData {
 /// The series of one committed window, in key order, one at a time: each
 /// data file checked against the manifest as it is opened, series checked
 /// to be in strictly increasing key order and their timestamps strictly
-/// increasing (a reader that merges trusts both).
+/// increasing (a reader that merges trusts both). A window written in
+/// parts is read part by part at once, merged by key: readers see the
+/// same series in the same order whatever the part count.
 pub struct WindowSeries<'r> {
     root: &'r StoreRoot,
     manifest: Manifest,
-    next_file: usize,
-    open: Option<(DataFile, Vec<tsf::SeriesEntry>, usize)>,
+    /// One cursor per part (one for a window not in parts).
+    cursors: Vec<PartCursor>,
+    /// The cursor of the series just read.
+    current: Option<usize>,
     last: Option<(u64, u64)>,
     headers_only: bool,
     /// Points are read only when asked ([`Self::read_points`]).
     lazy: bool,
 }
 
+/// The files of one part, read one after another.
+struct PartCursor {
+    /// Indexes into the manifest's files.
+    files: Vec<usize>,
+    next_file: usize,
+    /// The open file, its series and the next one's index.
+    open: Option<(DataFile, Vec<tsf::SeriesEntry>, usize)>,
+}
+
+impl PartCursor {
+    /// The next series' key, opening files as needed (`None` at the end).
+    async fn peek(
+        &mut self,
+        root: &StoreRoot,
+        m: &Manifest,
+    ) -> Result<Option<(u64, u64)>, JobError> {
+        loop {
+            if let Some((_, entries, i)) = &self.open
+                && let Some(e) = entries.get(*i)
+            {
+                return Ok(Some((e.org_id, e.metric_id)));
+            }
+            let Some(&f) = self.files.get(self.next_file) else {
+                self.open = None;
+                return Ok(None);
+            };
+            self.next_file += 1;
+            let f = &m.files[f];
+            let data = read_data_file(root, m, f).await?;
+            let bytes = data.bytes.clone();
+            let entries = open_data_file(m, f, &data, &bytes)?
+                .footer()
+                .series()
+                .to_vec();
+            self.open = Some((data, entries, 0));
+        }
+    }
+}
+
 impl<'r> WindowSeries<'r> {
     pub fn new(root: &'r StoreRoot, manifest: Manifest) -> Self {
+        let parts = manifest.settings.parts.max(1);
+        let mut cursors: Vec<PartCursor> = (0..parts)
+            .map(|_| PartCursor {
+                files: Vec::new(),
+                next_file: 0,
+                open: None,
+            })
+            .collect();
+        for (i, f) in manifest.files.iter().enumerate() {
+            let p = f.part.unwrap_or(0).min(parts - 1) as usize;
+            cursors[p].files.push(i);
+        }
+        cursors.retain(|c| !c.files.is_empty());
         Self {
             root,
             manifest,
-            next_file: 0,
-            open: None,
+            cursors,
+            current: None,
             last: None,
             headers_only: false,
             lazy: false,
@@ -272,7 +343,7 @@ impl<'r> WindowSeries<'r> {
 
     /// The series just read's footer entry.
     fn current(&self) -> Option<(&DataFile, &tsf::SeriesEntry)> {
-        let (data, entries, i) = self.open.as_ref()?;
+        let (data, entries, i) = self.cursors.get(self.current?)?.open.as_ref()?;
         Some((data, entries.get(i.checked_sub(1)?)?))
     }
 
@@ -321,50 +392,46 @@ impl<'r> WindowSeries<'r> {
 
     /// Reads the next series into `out`; false at the end.
     pub async fn next(&mut self, out: &mut SeriesData) -> Result<bool, JobError> {
-        loop {
-            if let Some((data, entries, i)) = &mut self.open
-                && *i < entries.len()
+        // The part whose next series has the smallest key.
+        let mut best: Option<(usize, (u64, u64))> = None;
+        for (i, c) in self.cursors.iter_mut().enumerate() {
+            if let Some(k) = c.peek(self.root, &self.manifest).await?
+                && best.is_none_or(|(_, b)| k < b)
             {
-                let e = &entries[*i];
-                *i += 1;
-                data.release_before(e.byte_range().start);
-                let key = (e.org_id, e.metric_id);
-                if let Some(l) = self.last
-                    && l >= key
-                {
-                    return Err(JobError::BadOutput(format!(
-                        "data file {}: series {}/{} is out of order (after {}/{})",
-                        data.path, key.0, key.1, l.0, l.1
-                    )));
-                }
-                self.last = Some(key);
-                out.org_id = e.org_id;
-                out.metric_id = e.metric_id;
-                out.kind = e.kind;
-                out.interval_s = e.interval_s;
-                out.metadata.clear();
-                out.metadata.push_str(&e.metadata);
-                out.ts.clear();
-                out.vals.clear();
-                out.n_points = e.n_points;
-                if !self.headers_only && !self.lazy {
-                    self.read_points(out)?;
-                }
-                return Ok(true);
+                best = Some((i, k));
             }
-            let Some(f) = self.manifest.files.get(self.next_file).cloned() else {
-                self.open = None;
-                return Ok(false);
-            };
-            self.next_file += 1;
-            let data = read_data_file(self.root, &self.manifest, &f).await?;
-            let bytes = data.bytes.clone();
-            let entries = open_data_file(&self.manifest, &f, &data, &bytes)?
-                .footer()
-                .series()
-                .to_vec();
-            self.open = Some((data, entries, 0));
         }
+        let Some((i, key)) = best else {
+            self.current = None;
+            return Ok(false);
+        };
+        let (data, entries, at) = self.cursors[i].open.as_mut().expect("peeked");
+        let e = &entries[*at];
+        *at += 1;
+        data.release_before(e.byte_range().start);
+        if let Some(l) = self.last
+            && l >= key
+        {
+            return Err(JobError::BadOutput(format!(
+                "data file {}: series {}/{} is out of order (after {}/{})",
+                data.path, key.0, key.1, l.0, l.1
+            )));
+        }
+        self.last = Some(key);
+        self.current = Some(i);
+        out.org_id = e.org_id;
+        out.metric_id = e.metric_id;
+        out.kind = e.kind;
+        out.interval_s = e.interval_s;
+        out.metadata.clear();
+        out.metadata.push_str(&e.metadata);
+        out.ts.clear();
+        out.vals.clear();
+        out.n_points = e.n_points;
+        if !self.headers_only && !self.lazy {
+            self.read_points(out)?;
+        }
+        Ok(true)
     }
 }
 

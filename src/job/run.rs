@@ -24,6 +24,9 @@
 //! commit     _manifest.json, written last, is the commit              commit.rs
 //! ```
 //!
+//! With `--engine ballista` the steps scan to encode run on a cluster
+//! (`cluster/`), the rest here as above.
+//!
 //! Every step is deterministic: series are written in key order and each
 //! series' rows are taken in input order, which do not depend on how the
 //! input was split or scheduled or which bucket a series fell in, so the
@@ -118,6 +121,9 @@ pub struct RunStats {
     /// what was spooled, groups merged.
     pub spool: SpoolSummary,
     pub peak_rss_bytes: u64,
+    /// A cluster run (`--engine ballista`): where and what it shuffled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::job::cluster::client::ClusterSummary>,
     #[serde(with = "secs")]
     pub wall: Duration,
     #[serde(with = "secs")]
@@ -264,7 +270,31 @@ async fn steps(
     // leaves beside it.
     let budget = MemoryBudget::new(cfg.memory_limit, current_rss_bytes(), cfg.target_partitions);
     let dirs = (spill.path(), stage.path());
-    let (staged, scan) = scan_group_encode(cfg, input, &listing, dirs, &budget, stats).await?;
+    let (staged, scan) = match &cfg.cluster {
+        Some(cluster) if !listing.objects.is_empty() => {
+            let mut figures = crate::job::cluster::client::ScanFigures::default();
+            let mut summary = crate::job::cluster::client::ClusterSummary::default();
+            let r = crate::job::cluster::client::scan_group_encode(
+                cfg,
+                cluster,
+                input,
+                &listing,
+                &location,
+                &mut figures,
+                &mut summary,
+            )
+            .await;
+            stats.scan = figures.scan;
+            stats.corrupt = figures.corrupt;
+            stats.misrouted = figures.misrouted;
+            stats.phases.extend(figures.phases);
+            stats.cluster = Some(summary);
+            let (staged, scan) = r?;
+            stats.merge = staged.merge;
+            (staged, scan)
+        }
+        _ => scan_group_encode(cfg, input, &listing, dirs, &budget, stats).await?,
+    };
 
     // -- manifest
     let dropped = Dropped {
@@ -283,6 +313,7 @@ async fn steps(
     // cutovers of the shard's orgs: another migration file is another
     // commit (and run id).
     settings.apply(applied(cfg));
+    settings.parts = cfg.parts;
     let inputs: Vec<ManifestInput> = listing.objects.iter().map(ManifestInput::of).collect();
     let manifest = Manifest::build(&cfg.shard, &window, settings, inputs, &staged, dropped);
 
@@ -499,6 +530,7 @@ async fn scan_group_encode(
             (_, Role::Shadow) | (None, _) => None,
             (Some(m), role) => Some((role, Arc::clone(m))),
         },
+        parts: cfg.parts,
     };
     let t_encode = Phase::start("encode");
     let files = Files::new(stage.to_path_buf(), file_options.clone());

@@ -281,6 +281,7 @@ pub fn write_window(
             points: chunk.iter().map(|s| s.ts.len() as u64).sum(),
             first_series: [chunk[0].org, chunk[0].metric],
             last_series: [chunk.last().unwrap().org, chunk.last().unwrap().metric],
+            part: None,
         });
         chunk.clear();
     };

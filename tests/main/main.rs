@@ -10,6 +10,7 @@ mod hostile;
 mod job;
 mod kills;
 mod migration;
+mod parts;
 mod plan;
 
 mod ranges;
