@@ -7,6 +7,7 @@
 //! (worth a retry); 70 internal error. `tailor diff` uses 0 (identical),
 //! 1 (differences) and 2 (error).
 
+#[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod diff;
 pub mod export;
@@ -59,8 +60,10 @@ pub enum Command {
     /// Benchmark floor: zstd-decompress every input frame, nothing else.
     Floor(FloorArgs),
     /// Run a Ballista scheduler for `run --engine ballista`.
+    #[cfg(feature = "cluster")]
     Scheduler(cluster::SchedulerArgs),
     /// Run a Ballista executor for `run --engine ballista`.
+    #[cfg(feature = "cluster")]
     Executor(cluster::ExecutorArgs),
 }
 
@@ -177,7 +180,9 @@ pub fn main_with(cli: Cli) -> ExitCode {
             Command::Plan(a) => plan::main(a).await,
             Command::Report(a) => report::main(a).await,
             Command::Floor(a) => floor_main(a).await,
+            #[cfg(feature = "cluster")]
             Command::Scheduler(a) => cluster::scheduler_main(a).await,
+            #[cfg(feature = "cluster")]
             Command::Executor(a) => cluster::executor_main(a).await,
         }
     });

@@ -646,6 +646,11 @@ impl RunConfig {
                     "--engine ballista needs --scheduler <host:port>".into(),
                 ));
             }
+            (Engine::Ballista, Some(_)) if !cfg!(feature = "cluster") => {
+                return Err(JobError::Config(
+                    "--engine ballista: this tailor was built without the `cluster` feature".into(),
+                ));
+            }
             (Engine::Ballista, Some(addr)) => {
                 if addr
                     .rsplit_once(':')

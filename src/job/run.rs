@@ -123,7 +123,7 @@ pub struct RunStats {
     pub peak_rss_bytes: u64,
     /// A cluster run (`--engine ballista`): where and what it shuffled.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<crate::job::cluster::client::ClusterSummary>,
+    pub cluster: Option<crate::job::cluster::ClusterSummary>,
     #[serde(with = "secs")]
     pub wall: Duration,
     #[serde(with = "secs")]
@@ -271,9 +271,10 @@ async fn steps(
     let budget = MemoryBudget::new(cfg.memory_limit, current_rss_bytes(), cfg.target_partitions);
     let dirs = (spill.path(), stage.path());
     let (staged, scan) = match &cfg.cluster {
+        #[cfg(feature = "cluster")]
         Some(cluster) if !listing.objects.is_empty() => {
-            let mut figures = crate::job::cluster::client::ScanFigures::default();
-            let mut summary = crate::job::cluster::client::ClusterSummary::default();
+            let mut figures = crate::job::cluster::ScanFigures::default();
+            let mut summary = crate::job::cluster::ClusterSummary::default();
             let r = crate::job::cluster::client::scan_group_encode(
                 cfg,
                 cluster,

@@ -326,10 +326,7 @@ fn a_side_whose_series_are_out_of_order_is_an_error() {
         .unwrap_err();
     // The manifest lists the files' series ranges as they are: it is
     // refused before any file is read.
-    assert!(
-        e.to_string().contains("files must be in series order"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("must be in series order"), "{e}");
 }
 
 #[test]

@@ -28,38 +28,12 @@ use crate::job::cluster::codec::TailorCodec;
 use crate::job::cluster::nodes::{
     PART_KEY, ShardWriteExec, ShuffleRowsExec, WriteParams, WriterProcess, Written, shuffle_schema,
 };
+use crate::job::cluster::{ClusterSummary, ScanFigures};
 use crate::job::config::{ClusterSettings, MemoryBudget, RunConfig};
 use crate::job::encode::{Staged, StagedFile};
 use crate::job::error::JobError;
 use crate::job::measure::Phase;
 use crate::job::merge::MergeCounts;
-
-/// What a cluster run did besides its files: for the report.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ClusterSummary {
-    pub scheduler: String,
-    pub job_session: String,
-    /// Partition writers that reported, and rows and bytes they received
-    /// through the shuffle (decoded, in memory).
-    pub writers: u64,
-    pub shuffled_rows: u64,
-    pub shuffled_bytes: u64,
-    /// The largest peak RSS of an executor process, as its writers saw it.
-    pub executor_peak_rss_bytes: u64,
-    /// Results that came back twice (a stage run again), counted once.
-    pub duplicate_results: u64,
-}
-
-/// The scan's figures of a cluster run, filled in as far as it got (the
-/// run copies them into its `RunStats`, whether it failed or not).
-#[derive(Debug, Clone, Default)]
-pub struct ScanFigures {
-    pub scan: ScanTotals,
-    pub corrupt: Vec<crate::datasource::scan_log::CorruptRecord>,
-    pub misrouted: Vec<crate::datasource::scan_log::MisroutedRecord>,
-    pub merge: MergeCounts,
-    pub phases: Vec<Phase>,
-}
 
 /// A run's pending directory token: unique per run.
 fn token() -> String {
