@@ -346,6 +346,15 @@ impl LocalLog {
 }
 
 impl ScanLog {
+    /// Records a range read to its end by a reader outside a scan (the
+    /// frame reader's fuzz target checks reads against the tiling check).
+    pub fn record_range(&self, range: RangeRecord) {
+        self.merge(LocalLog {
+            range: Some(range),
+            ..LocalLog::default()
+        });
+    }
+
     /// Merges the log of a range scanned elsewhere, as its scan emitted it
     /// ([`LocalLog::to_wire`]).
     pub fn merge_wire(&self, wire: &str) -> Result<(), String> {

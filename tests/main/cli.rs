@@ -173,6 +173,23 @@ fn a_job_file_works_from_any_directory_and_failed_runs_write_their_report() {
     let o = tailor(root, &["run", "--job", p(&job), "--zstd-level", "40"]);
     assert_eq!(code(&o), 64, "{}", stderr(&o));
     assert!(stderr(&o).contains("zstd-level"), "{}", stderr(&o));
+    // The cluster's settings too (docs/distributed.md).
+    for (flags, says) in [
+        (&["--parts", "0"][..], "--parts 0"),
+        (&["--parts", "5000"][..], "--parts 5000"),
+        (&["--engine", "ballista"][..], "needs --scheduler"),
+        (&["--scheduler", "h:1"][..], "is for --engine ballista"),
+        (
+            &["--engine", "ballista", "--scheduler", "nohost"][..],
+            "expected host:port",
+        ),
+    ] {
+        let mut args = vec!["run", "--job", p(&job)];
+        args.extend_from_slice(flags);
+        let o = tailor(root, &args);
+        assert_eq!(code(&o), 64, "{flags:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{flags:?}: {}", stderr(&o));
+    }
 }
 
 #[test]

@@ -88,7 +88,16 @@ pub async fn scan_group_encode(
         Partitioning::Hash(vec![Arc::new(Column::new(PART_KEY, key))], parts as usize),
     )?);
     let params = WriteParams {
-        output: cfg.output.clone(),
+        // Executors open it from their own working directory: a local
+        // path travels absolute.
+        output: if cfg.output.contains("://") {
+            cfg.output.clone()
+        } else {
+            std::path::absolute(&cfg.output)
+                .map_err(|e| JobError::io(format_args!("resolving {}", cfg.output), e))?
+                .display()
+                .to_string()
+        },
         location: location.to_string(),
         token: token(),
         parts,
