@@ -37,10 +37,12 @@ pub struct FileOptions {
     pub parts: u32,
 }
 
-/// A data file staged locally, ready to upload.
-#[derive(Debug, Clone)]
+/// A data file staged locally, ready to upload. (A cluster's part writer
+/// sends it to the client as JSON, without its local path.)
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StagedFile {
     pub name: String,
+    #[serde(skip)]
     pub local: PathBuf,
     /// Where it was uploaded already, not yet committed (a cluster run's
     /// pending directory, relative to the output root): the commit moves

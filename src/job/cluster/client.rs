@@ -246,15 +246,7 @@ fn collect_staged(
         .into_iter()
         .map(|f| StagedFile {
             remote: Some(params.pending_path(&f.name)),
-            local: std::path::PathBuf::new(),
-            name: f.name,
-            bytes: f.bytes,
-            crc32c: f.crc32c,
-            series: f.series,
-            points: f.points,
-            first_series: f.first_series,
-            last_series: f.last_series,
-            part: f.part,
+            ..f
         })
         .collect();
     Ok(staged)

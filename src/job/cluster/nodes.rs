@@ -47,7 +47,7 @@ use crate::format::part::part_of;
 use crate::format::tsf::WriterOptions;
 use crate::job::buckets::{SpoolSummary, encode_all};
 use crate::job::config::MemoryBudget;
-use crate::job::encode::{FileOptions, Files};
+use crate::job::encode::{FileOptions, Files, StagedFile};
 use crate::job::error::JobError;
 use crate::job::group::{Grouper, Objects};
 use crate::job::measure::Phase;
@@ -360,25 +360,13 @@ impl WriteParams {
     }
 }
 
-/// A data file a part writer uploaded (not yet committed).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct WrittenFile {
-    pub name: String,
-    pub bytes: u64,
-    pub crc32c: u32,
-    pub series: u64,
-    pub points: u64,
-    pub first_series: [u64; 2],
-    pub last_series: [u64; 2],
-    pub part: Option<u32>,
-}
-
 /// What one partition's writer did: its files (in order), the parts it
 /// wrote and its totals.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct Written {
     pub parts: Vec<u32>,
-    pub files: Vec<WrittenFile>,
+    /// Uploaded under the run's pending directory, not yet committed.
+    pub files: Vec<StagedFile>,
     pub series: u64,
     pub points: u64,
     pub merge: MergeCounts,
@@ -581,16 +569,7 @@ async fn write_partition(
             crate::job::commit::put_file(&root, &path, &f.local, 8 << 20)
                 .await
                 .map_err(to_df)?;
-            written.files.push(WrittenFile {
-                name: f.name.clone(),
-                bytes: f.bytes,
-                crc32c: f.crc32c,
-                series: f.series,
-                points: f.points,
-                first_series: f.first_series,
-                last_series: f.last_series,
-                part: f.part,
-            });
+            written.files.push(f.clone());
         }
         written.series = totals.series;
         written.points = totals.points;
