@@ -623,3 +623,67 @@ fn an_object_shorter_than_listed_is_an_io_error_not_a_panic() {
         );
     }
 }
+
+/// The frame-reader fuzz target's first finding, kept as a test: a corrupt
+/// object read in 1-byte ranges under the fail policy, where a range takes
+/// a false frame boundary inside another range's chain and so reads a frame
+/// that range also read. The reader cannot see that alone; the scan's
+/// tiling check must (it fails the job with `RangesOverlap`, exit 65). The
+/// input's first three bytes are the fuzz target's: range size (u16 LE,
+/// plus one) and policy (odd: skip).
+#[test]
+fn a_frame_read_by_two_ranges_is_caught_by_the_tiling_check() {
+    use tailor::datasource::scan_log::RangeRecord;
+    let data = std::fs::read("tests/data/fuzz/frame_reader-double-read.bin").unwrap();
+    assert_eq!(data[2] & 1, 0, "fail policy");
+    let range = 1 + u64::from(u16::from_le_bytes([data[0], data[1]]));
+    let object = Bytes::copy_from_slice(&data[3..]);
+    let len = object.len() as u64;
+    let log = ScanLog::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut twice = Vec::new();
+    let mut start = 0;
+    while start < len {
+        let end = (start + range).min(len);
+        let mut c = FrameCursor::new(ObjectBytes::Mapped(object.clone()), len, start..end, false);
+        let mut failed = false;
+        loop {
+            match rt().block_on(c.next()) {
+                Ok(Some(Step::Frame(f))) => {
+                    if !seen.insert(f.offset) {
+                        twice.push(f.offset);
+                    }
+                }
+                Ok(Some(Step::Skipped { .. })) => panic!("the fail policy skips nothing"),
+                Ok(None) => break,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if !failed {
+            log.record_range(RangeRecord {
+                key: "o".into(),
+                start,
+                end,
+                first_frame: c.first_frame(),
+                stop: c.stop(),
+                handover: c.handover(),
+                bytes_fetched: 0,
+                rejected: c.rejected().to_vec(),
+            });
+        }
+        start = end;
+    }
+    assert!(
+        !twice.is_empty(),
+        "the input no longer makes two ranges read one frame"
+    );
+    let errors = log.tiling_errors();
+    assert!(!errors.is_empty(), "frames {twice:?} read twice, unseen");
+    assert!(
+        errors.iter().all(|e| e.key == "o" && e.error.offset < len),
+        "{errors:?}"
+    );
+}

@@ -10,7 +10,7 @@ use super::timestamps::{
     TsModel, decode_ts, encode_ts, median_delta, pack_codes, ts_bits, ts_codes_with, ts_costs,
 };
 use super::values::{
-    DecimalParams, MAX_DIVIDED_DIGITS, decimal_digits, decimal_divisor, decimal_encode_with,
+    DecimalParams, MAX_DIVIDED_DIGITS, decimal_digits, decimal_divisor, decimal_encode_upto,
     decode_vals, encode_vals, unzstd,
 };
 
@@ -188,15 +188,18 @@ impl Encoder {
         // written at full precision); the smaller plain stream wins.
         let mut decimal = false;
         let d1 = decimal_digits(vals, 1);
+        // At most a quarter exceptions, else the stream is not used.
+        let max_exceptions = vals.len() / 4;
         if let Some(d) = d1 {
             let p = DecimalParams { d, q: 1 };
-            decimal = decimal_encode_with(vals, p, &mut self.plain) * 4 <= vals.len();
+            decimal =
+                decimal_encode_upto(vals, p, max_exceptions, &mut self.plain) <= max_exceptions;
         }
         if (!decimal || d1.is_some_and(|d| d > MAX_DIVIDED_DIGITS))
             && let Some(p) = decimal_divisor(vals)
         {
-            let exceptions = decimal_encode_with(vals, p, &mut self.zbuf);
-            if exceptions * 4 <= vals.len() && (!decimal || self.zbuf.len() < self.plain.len()) {
+            let exceptions = decimal_encode_upto(vals, p, max_exceptions, &mut self.zbuf);
+            if exceptions <= max_exceptions && (!decimal || self.zbuf.len() < self.plain.len()) {
                 std::mem::swap(&mut self.plain, &mut self.zbuf);
                 decimal = true;
             }
@@ -514,7 +517,10 @@ mod tests {
                 d: decimal_digits(&vals, 1).unwrap_or(0),
                 q: 1,
             };
-            assert!(decimal_encode_with(&vals, p1, &mut Vec::new()) * 4 > vals.len());
+            assert!(
+                super::super::values::decimal_encode_with(&vals, p1, &mut Vec::new()) * 4
+                    > vals.len()
+            );
             let mut enc = Encoder::new(3).unwrap();
             let (c, block) = enc.encode_best(&ts, &vals).unwrap();
             assert_eq!(c & 0x70, codec::VAL_DECIMAL, "q {q}: codec {c:#04x}");

@@ -158,6 +158,20 @@ fn decimal_value(k: i64, scale: f64, q: u8) -> u64 {
 /// Writes the decimal stream with parameters `p`; returns the number of
 /// exceptions (values written as raw bits).
 pub(super) fn decimal_encode_with(vals: &[u64], p: DecimalParams, out: &mut Vec<u8>) -> usize {
+    decimal_encode_upto(vals, p, usize::MAX, out)
+}
+
+/// [`decimal_encode_with`], giving up (with `out` incomplete and a count
+/// over `max_exceptions`) as soon as more than `max_exceptions` values are
+/// exceptions: the block encoder never writes a decimal stream of more
+/// than a quarter exceptions, so it need not finish one (a block of
+/// arbitrary doubles stops after a quarter of its values).
+pub(super) fn decimal_encode_upto(
+    vals: &[u64],
+    p: DecimalParams,
+    max_exceptions: usize,
+    out: &mut Vec<u8>,
+) -> usize {
     out.clear();
     if p.q == 1 {
         out.push(p.d);
@@ -177,6 +191,9 @@ pub(super) fn decimal_encode_with(vals: &[u64], p: DecimalParams, out: &mut Vec<
                 out.push(1);
                 out.extend_from_slice(&v.to_le_bytes());
                 exceptions += 1;
+                if exceptions > max_exceptions {
+                    break;
+                }
             }
         }
     }
