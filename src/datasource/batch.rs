@@ -1,7 +1,7 @@
 //! Decode buffers and zero-copy record batches.
 //!
 //! zstd decompresses every payload of a batch into one *slab*: a pooled,
-//! 8-byte-aligned `Vec<u64>`. When the batch is emitted, the slab becomes an
+//! zeroed array of 8-byte words ([`Slab`]). When the batch is emitted, the slab becomes an
 //! arrow [`Buffer`] (through [`Buffer::from_custom_allocation`]) that the
 //! `timestamps` and `values` list views and the `metadata` string views all
 //! point into; no point is copied. When the last array referencing the slab
@@ -9,6 +9,7 @@
 //! next batch, so a scan in steady state allocates per batch, never per
 //! payload.
 
+use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
@@ -73,7 +74,7 @@ pub fn log_row_batch(key: &str, log: &str) -> Result<RecordBatch, ArrowError> {
 /// A pool of aligned decode buffers shared by the batches of a scan.
 #[derive(Debug)]
 pub struct SlabPool {
-    free: Mutex<Vec<Vec<u64>>>,
+    free: Mutex<Vec<Slab>>,
     slab_bytes: usize,
     keep: usize,
 }
@@ -95,7 +96,7 @@ impl SlabPool {
     }
 
     /// A slab of at least `min_bytes` (and at least the pool's slab size).
-    fn take(&self, min_bytes: usize) -> Vec<u64> {
+    fn take(&self, min_bytes: usize) -> Slab {
         let words = min_bytes.max(self.slab_bytes).div_ceil(8);
         let mut free = self.free.lock().unwrap();
         if let Some(i) = free.iter().position(|s| s.len() >= words) {
@@ -104,11 +105,10 @@ impl SlabPool {
             return free.swap_remove(i);
         }
         drop(free);
-        // calloc: the kernel hands out zeroed pages lazily.
-        vec![0u64; words]
+        Slab::zeroed(words)
     }
 
-    fn give_back(&self, slab: Vec<u64>) {
+    fn give_back(&self, slab: Slab) {
         let mut free = self.free.lock().unwrap();
         if free.len() < self.keep {
             free.push(slab);
@@ -126,9 +126,104 @@ impl SlabPool {
     }
 }
 
+/// Huge page size of x86-64 and aarch64 (4 KiB base pages).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A slab's memory: `words` zeroed 8-byte words. Not a `Vec<u64>` because
+/// a slab of at least [`HUGE_PAGE`] bytes is allocated aligned to it and
+/// marked for transparent huge pages (`madvise(MADV_HUGEPAGE)`, which
+/// systems whose THP mode is `madvise` need): the decoded input of a job
+/// without a memory limit is gigabytes of fresh slabs, and faulting them in
+/// 4 KiB pages took about 8% of its CPU time (page faults, zeroing, memory
+/// cgroup charges); in 2 MiB pages the faults are 512 times fewer. Only
+/// memory is affected, never a byte of output.
+pub(crate) struct Slab {
+    ptr: NonNull<u64>,
+    words: usize,
+    align: usize,
+}
+
+// SAFETY: a Slab owns its memory, as a Vec<u64> does.
+unsafe impl Send for Slab {}
+unsafe impl Sync for Slab {}
+
+impl std::fmt::Debug for Slab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slab({} bytes)", self.words * 8)
+    }
+}
+
+impl Default for Slab {
+    fn default() -> Self {
+        Slab {
+            ptr: NonNull::dangling(),
+            words: 0,
+            align: 8,
+        }
+    }
+}
+
+impl Slab {
+    /// `words` zeroed words (the allocator hands out fresh pages, which the
+    /// kernel zeroes lazily, without writing them).
+    fn zeroed(words: usize) -> Slab {
+        let bytes = words.checked_mul(8).expect("slab size overflows");
+        if bytes == 0 {
+            return Slab::default();
+        }
+        let align = if bytes >= HUGE_PAGE { HUGE_PAGE } else { 8 };
+        let layout = Layout::from_size_align(bytes, align).expect("slab layout");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw as *mut u64) else {
+            handle_alloc_error(layout)
+        };
+        #[cfg(target_os = "linux")]
+        if align == HUGE_PAGE {
+            // SAFETY: the range is this allocation's whole huge pages; the
+            // advice changes how pages are backed, not their contents. A
+            // kernel without THP refuses it harmlessly.
+            unsafe {
+                libc::madvise(
+                    raw as *mut libc::c_void,
+                    bytes / HUGE_PAGE * HUGE_PAGE,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
+        Slab { ptr, words, align }
+    }
+}
+
+impl std::ops::Deref for Slab {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        // SAFETY: `words` initialised words at `ptr` (dangling and empty
+        // for the default slab).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.words) }
+    }
+}
+
+impl std::ops::DerefMut for Slab {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        // SAFETY: as above; the borrow is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.words) }
+    }
+}
+
+impl Drop for Slab {
+    fn drop(&mut self) {
+        if self.words > 0 {
+            let layout = Layout::from_size_align(self.words * 8, self.align).expect("slab layout");
+            // SAFETY: allocated in `zeroed` with this layout.
+            unsafe { dealloc(self.ptr.as_ptr() as *mut u8, layout) };
+        }
+    }
+}
+
 /// Owns a slab while arrow buffers point into it; returns it on drop.
 struct SlabOwner {
-    slab: Vec<u64>,
+    slab: Slab,
     pool: Arc<SlabPool>,
 }
 
@@ -154,7 +249,7 @@ struct Row<'a> {
 /// [`RecordBatch`] of the payload schema.
 pub struct BatchBuilder {
     pool: Arc<SlabPool>,
-    slab: Vec<u64>,
+    slab: Slab,
     /// Bytes of the slab in use (always a multiple of 8).
     used: usize,
     max_rows: usize,
@@ -185,7 +280,7 @@ impl BatchBuilder {
         let shard_buf = Buffer::from(shard.as_bytes().to_vec());
         let max_rows = max_rows.max(1);
         Self {
-            slab: Vec::new(),
+            slab: Slab::default(),
             pool,
             used: 0,
             max_rows,
@@ -360,8 +455,8 @@ impl BatchBuilder {
             slab,
             pool: Arc::clone(&self.pool),
         });
-        // SAFETY: the owner keeps the slab alive and unmoved (a Vec's heap
-        // memory does not move when the Vec itself is moved) for as long as
+        // SAFETY: the owner keeps the slab alive and unmoved (a slab's
+        // memory does not move when the Slab itself is moved) for as long as
         // the buffer exists; `used` bytes are initialised.
         let slab_buf = unsafe { Buffer::from_custom_allocation(ptr, used, owner) };
         let words = used / 8;
@@ -463,4 +558,32 @@ fn bytemuck_bytes(words: &[u64]) -> &[u8] {
 pub(crate) fn bytemuck_bytes_mut(words: &mut [u64]) -> &mut [u8] {
     // SAFETY: as above; the borrow is unique.
     unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, words.len() * 8) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slabs_are_zeroed_words_and_big_ones_huge_page_aligned() {
+        for words in [0usize, 1, 1000, HUGE_PAGE / 8, HUGE_PAGE / 8 * 3 + 5] {
+            let mut s = Slab::zeroed(words);
+            assert_eq!(s.len(), words);
+            assert!(s.iter().all(|&w| w == 0));
+            if words * 8 >= HUGE_PAGE {
+                assert_eq!(s.as_ptr() as usize % HUGE_PAGE, 0);
+            }
+            if let Some(w) = s.last_mut() {
+                *w = u64::MAX;
+            }
+            let moved = s; // the memory stays where it is
+            assert_eq!(moved.last().copied(), (words > 0).then_some(u64::MAX));
+        }
+        let pool = SlabPool::keeping(HUGE_PAGE, 1);
+        let s = pool.take(10);
+        assert_eq!(s.len() * 8, HUGE_PAGE);
+        let at = s.as_ptr();
+        pool.give_back(s);
+        assert_eq!(pool.take(HUGE_PAGE).as_ptr(), at, "reused");
+    }
 }
