@@ -188,18 +188,23 @@ impl Encoder {
         // written at full precision); the smaller plain stream wins.
         let mut decimal = false;
         let d1 = decimal_digits(vals, 1);
-        // At most a quarter exceptions, else the stream is not used.
+        // At most a quarter exceptions, else the stream is not used; the
+        // divided stream only if it is shorter.
         let max_exceptions = vals.len() / 4;
         if let Some(d) = d1 {
             let p = DecimalParams { d, q: 1 };
             decimal =
-                decimal_encode_upto(vals, p, max_exceptions, &mut self.plain) <= max_exceptions;
+                decimal_encode_upto(vals, p, max_exceptions, usize::MAX, &mut self.plain).is_some();
         }
         if (!decimal || d1.is_some_and(|d| d > MAX_DIVIDED_DIGITS))
             && let Some(p) = decimal_divisor(vals)
         {
-            let exceptions = decimal_encode_upto(vals, p, max_exceptions, &mut self.zbuf);
-            if exceptions <= max_exceptions && (!decimal || self.zbuf.len() < self.plain.len()) {
+            let max_len = if decimal {
+                self.plain.len()
+            } else {
+                usize::MAX
+            };
+            if decimal_encode_upto(vals, p, max_exceptions, max_len, &mut self.zbuf).is_some() {
                 std::mem::swap(&mut self.plain, &mut self.zbuf);
                 decimal = true;
             }
