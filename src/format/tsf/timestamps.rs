@@ -74,6 +74,21 @@ pub(super) fn median_delta(ts: &[i64], scratch: &mut Vec<u64>) -> i64 {
     if ts.len() < 2 {
         return 0;
     }
+    // Usually most deltas are the series' interval, and a value held by
+    // more than half of them is the median (its run in sorted order covers
+    // the middle): found by a majority vote and a count, two passes without
+    // the copy and selection below (which were 2% of the job's CPU).
+    let deltas = || ts.windows(2).map(|w| w[1].wrapping_sub(w[0]) as u64);
+    let (mut candidate, mut votes) = (0u64, 0usize);
+    for x in deltas() {
+        if votes == 0 {
+            candidate = x;
+        }
+        votes = if x == candidate { votes + 1 } else { votes - 1 };
+    }
+    if deltas().filter(|&x| x == candidate).count() * 2 > ts.len() - 1 {
+        return candidate as i64;
+    }
     scratch.clear();
     scratch.extend(ts.windows(2).map(|w| w[1].wrapping_sub(w[0]) as u64));
     let k = (scratch.len() - 1) / 2;
@@ -396,6 +411,38 @@ mod tests {
     use super::*;
     use crate::format::tsf::block::{BlockEntry, Encoder, decode_block};
     use crate::format::tsf::test_util::{Rng, random_series};
+
+    #[test]
+    fn the_median_delta_is_the_lower_median_with_or_without_a_majority() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut scratch = Vec::new();
+        for case in 0..3000 {
+            let n = rng.random_range(1..60);
+            let step = rng.random_range(1..4i64);
+            let noisy = rng.random_range(0..=100);
+            let mut t = rng.random::<i64>() / 2;
+            let ts: Vec<i64> = (0..n)
+                .map(|_| {
+                    t = t.wrapping_add(if rng.random_range(0..100) < noisy {
+                        rng.random_range(-5..9)
+                    } else {
+                        step
+                    });
+                    t
+                })
+                .collect();
+            let mut d: Vec<u64> = ts
+                .windows(2)
+                .map(|w| w[1].wrapping_sub(w[0]) as u64)
+                .collect();
+            d.sort();
+            let want = d
+                .get(d.len().saturating_sub(1) / 2)
+                .map_or(0, |&x| x as i64);
+            assert_eq!(median_delta(&ts, &mut scratch), want, "case {case}: {ts:?}");
+        }
+    }
 
     #[test]
     fn grid_timestamps_cost_one_code_per_late_point() {
