@@ -304,8 +304,19 @@ pub(super) fn pack_codes(bits: bool, codes: &[u64], out: &mut Vec<u8>) {
             buf: std::mem::take(out),
             ..Default::default()
         };
-        for &z in codes {
-            pack_bucket(&mut bw, z);
+        // Runs of code 0 (a regular point: one 0 bit each) are written up
+        // to 64 at a time, the same bits as one by one: most codes of a
+        // regular series are 0, and this packing was 5% of the job's CPU.
+        let mut i = 0;
+        while i < codes.len() {
+            if codes[i] == 0 {
+                let run = codes[i..].iter().take(64).take_while(|&&z| z == 0).count();
+                bw.write(0, run as u32);
+                i += run;
+            } else {
+                pack_bucket(&mut bw, codes[i]);
+                i += 1;
+            }
         }
         *out = bw.finish();
     } else {
@@ -411,6 +422,32 @@ mod tests {
     use super::*;
     use crate::format::tsf::block::{BlockEntry, Encoder, decode_block};
     use crate::format::tsf::test_util::{Rng, random_series};
+
+    #[test]
+    fn zero_runs_pack_as_the_same_bits_one_by_one() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..2000 {
+            let n = rng.random_range(0..300);
+            let zeros = rng.random_range(0..=100);
+            let codes: Vec<u64> = (0..n)
+                .map(|_| {
+                    if rng.random_range(0..100) < zeros {
+                        0
+                    } else {
+                        rng.random::<u64>() >> rng.random_range(0..64)
+                    }
+                })
+                .collect();
+            let mut bw = BitWriter::default();
+            for &z in &codes {
+                pack_bucket(&mut bw, z);
+            }
+            let mut out = vec![1, 2, 3];
+            pack_codes(true, &codes, &mut out);
+            assert_eq!(out, bw.finish(), "{codes:?}");
+        }
+    }
 
     #[test]
     fn the_median_delta_is_the_lower_median_with_or_without_a_majority() {
