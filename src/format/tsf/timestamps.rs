@@ -204,26 +204,47 @@ const CODE_COST: [(u8, u8); 65] = {
 pub(super) fn ts_costs(ts: &[i64], d: i64, codes: &mut Vec<u64>) -> [Option<(u64, usize)>; 3] {
     let mut bits = [0u64; 3];
     let mut varints = [0usize; 3];
-    let mut add = |i: usize, z: u64| {
+    // Adds the cost of `n` codes `z` to model `i`.
+    let mut add = |i: usize, z: u64, n: usize| {
         let (b, v) = CODE_COST[(64 - z.leading_zeros()) as usize];
-        bits[i] += u64::from(b);
-        varints[i] += usize::from(v);
+        bits[i] += u64::from(b) * n as u64;
+        varints[i] += usize::from(v) * n;
     };
-    add(1, zz(d));
+    add(1, zz(d), 1);
     let fast = grid_fast(ts, d);
     if fast {
-        add(2, zz(d));
+        add(2, zz(d), 1);
     }
     let mut grid = GridFast::new(ts[0], d.max(1));
     let mut prev = 0i64;
-    for w in ts.windows(2) {
-        let delta = w[1].wrapping_sub(w[0]);
-        add(0, zz(delta.wrapping_sub(prev)));
-        prev = delta;
-        add(1, zz(delta.wrapping_sub(d)));
-        if fast {
-            add(2, grid.code(w[1]));
+    let mut i = 0;
+    while i + 1 < ts.len() {
+        let delta = ts[i + 1].wrapping_sub(ts[i]);
+        if delta == d && prev == d && (!fast || grid.g == ts[i]) {
+            // A run of regular points: code 0 in every model (the delta
+            // repeats, it is the median, and the grid point is the previous
+            // point), counted at once, as the loop below would one by one.
+            let mut j = i + 1;
+            while j + 1 < ts.len() && ts[j + 1].wrapping_sub(ts[j]) == d {
+                j += 1;
+            }
+            let run = j - i;
+            add(0, 0, run);
+            add(1, 0, run);
+            if fast {
+                add(2, 0, run);
+                grid.g = ts[j];
+            }
+            i = j;
+            continue;
         }
+        add(0, zz(delta.wrapping_sub(prev)), 1);
+        prev = delta;
+        add(1, zz(delta.wrapping_sub(d)), 1);
+        if fast {
+            add(2, grid.code(ts[i + 1]), 1);
+        }
+        i += 1;
     }
     let grid = if fast {
         Some((bits[2], varints[2]))
@@ -422,6 +443,59 @@ mod tests {
     use super::*;
     use crate::format::tsf::block::{BlockEntry, Encoder, decode_block};
     use crate::format::tsf::test_util::{Rng, random_series};
+
+    /// `ts_costs` as it was written first: every code computed and costed.
+    fn ts_costs_one_by_one(ts: &[i64], d: i64) -> [Option<(u64, usize)>; 3] {
+        let cost = |codes: &[u64]| {
+            codes.iter().fold((0u64, 0usize), |(b, v), &z| {
+                let (cb, cv) = CODE_COST[(64 - z.leading_zeros()) as usize];
+                (b + u64::from(cb), v + usize::from(cv))
+            })
+        };
+        let mut codes = Vec::new();
+        let mut out = [None; 3];
+        for (k, model) in [TsModel::Dod, TsModel::Median, TsModel::Grid]
+            .into_iter()
+            .enumerate()
+        {
+            let dm = if model == TsModel::Dod { 0 } else { d };
+            if ts_codes_with(ts, model, dm, &mut codes) {
+                out[k] = Some(cost(&codes));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn timestamp_costs_with_regular_runs_are_the_codes_costs() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut scratch = Vec::new();
+        let mut codes = Vec::new();
+        for case in 0..3000 {
+            let n = rng.random_range(1..200);
+            let step = [0i64, 1, 10, 1000][case % 4];
+            let odd = rng.random_range(0..=100);
+            let mut t = rng.random::<i64>() / 4;
+            let ts: Vec<i64> = (0..n)
+                .map(|_| {
+                    t = t.wrapping_add(if rng.random_range(0..100) < odd {
+                        step + rng.random_range(-3..20)
+                    } else {
+                        step
+                    });
+                    t
+                })
+                .collect();
+            for d in [median_delta(&ts, &mut scratch), step, step + 1] {
+                assert_eq!(
+                    ts_costs(&ts, d, &mut codes),
+                    ts_costs_one_by_one(&ts, d),
+                    "case {case} d {d}: {ts:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn zero_runs_pack_as_the_same_bits_one_by_one() {
