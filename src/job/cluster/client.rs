@@ -115,6 +115,7 @@ pub async fn scan_group_encode(
             .as_ref()
             .map(|p| p.to_string_lossy().to_string()),
         store_retries: cfg.store_retry.max_retries,
+        single_put_max: cfg.single_put_max,
     };
     let plan: Arc<dyn ExecutionPlan> =
         Arc::new(ShardWriteExec::new(shuffle, Arc::new(params.clone())));

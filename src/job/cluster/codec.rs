@@ -224,6 +224,7 @@ mod tests {
             objects: vec!["a".into(), "b".into()],
             stage_dir: None,
             store_retries: 3,
+            single_put_max: 1 << 20,
         };
         let w: Arc<dyn ExecutionPlan> =
             Arc::new(ShardWriteExec::new(rows, Arc::new(params.clone())));

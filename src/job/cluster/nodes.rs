@@ -351,6 +351,9 @@ pub struct WriteParams {
     pub stage_dir: Option<String>,
     /// Retries of requests to the output store.
     pub store_retries: usize,
+    /// Files up to this size are uploaded in one request, bigger ones in
+    /// parts (the run's setting, as on a single machine).
+    pub single_put_max: u64,
 }
 
 impl WriteParams {
@@ -566,7 +569,7 @@ async fn write_partition(
         .map_err(|e| to_df(e.into()))?;
         for f in &files.files {
             let path = root.child(&params.pending_path(&f.name));
-            crate::job::commit::put_file(&root, &path, &f.local, 8 << 20)
+            crate::job::commit::put_file(&root, &path, &f.local, params.single_put_max)
                 .await
                 .map_err(to_df)?;
             written.files.push(f.clone());
