@@ -173,6 +173,42 @@ pub fn files_under(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Every file under `root` with its bytes, by path relative to `root`.
+pub fn files_by_path(root: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    files_under(root)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            (rel, std::fs::read(&p).unwrap())
+        })
+        .collect()
+}
+
+/// Of the shards a generated tree under `input` has, the one with the
+/// most input bytes.
+pub fn biggest_shard(input: &std::path::Path, shards: &[String]) -> String {
+    let size = |s: &String| -> u64 {
+        files_under(&input.join(s))
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    shards.iter().max_by_key(|s| size(s)).unwrap().clone()
+}
+
+/// `export` of `shard`'s committed output as CSV (value bits and
+/// attributes included), through `file`.
+pub fn export_csv(
+    root: &tailor::datasource::store::StoreRoot,
+    shard: &str,
+    file: &std::path::Path,
+) -> Vec<u8> {
+    use tailor::job::export::{ExportFormat, export};
+    rt().block_on(export(root, shard, None, None, ExportFormat::Csv, file))
+        .unwrap();
+    std::fs::read(file).unwrap()
+}
+
 /// Runs the shard job; on success, what it did.
 pub fn run_job(
     c: &tailor::job::config::RunConfig,

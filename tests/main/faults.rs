@@ -16,7 +16,7 @@ use tailor::job::JobError;
 use tailor::job::config::RunConfig;
 use tailor::job::run::{RunStats, run_shard_on};
 
-use crate::common::{files_under, rt, rt_multi, shard_map, tempdir};
+use crate::common::{biggest_shard, files_under, rt, rt_multi, shard_map, tempdir};
 use crate::faulty::{Act, FaultyStore, Op, Rule};
 
 /// Faults injected by the tests of this module (for the record).
@@ -48,18 +48,7 @@ fn setup(seed: u64) -> Setup {
             .unwrap()
     });
     // The biggest shard: several files of output.
-    let size = |sh: &String| -> u64 {
-        files_under(&input.join(sh))
-            .iter()
-            .map(|p| std::fs::metadata(p).unwrap().len())
-            .sum()
-    };
-    let shard = summary
-        .shards
-        .iter()
-        .max_by_key(|sh| size(sh))
-        .unwrap()
-        .clone();
+    let shard = biggest_shard(&input, &summary.shards);
     Setup {
         _tmp: tmp,
         dir,

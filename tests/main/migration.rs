@@ -20,12 +20,14 @@ use tailor::datasource::store::StoreRoot;
 use tailor::format::payload::Kind;
 use tailor::job::config::RunConfig;
 use tailor::job::diff::{Category, DiffConfig, DiffReport, diff};
-use tailor::job::export::{ExportFormat, export, export_merged};
+use tailor::job::export::{ExportFormat, export_merged};
 use tailor::job::manifest::read_manifest;
 use tailor::job::migration::{Migration, Role};
 use tailor::job::output::{MergedSeries, SeriesData, WindowSeries};
 
-use crate::common::{P, Rng, S, file_of, read_series, rt_multi as rt, run_job, shard_map, tempdir};
+use crate::common::{
+    P, Rng, S, export_csv, file_of, read_series, rt_multi as rt, run_job, shard_map, tempdir,
+};
 
 /// Epoch ms of an hour (`YYYY-MM-DDTHH`).
 fn ms(hour: &str) -> i64 {
@@ -134,18 +136,8 @@ impl Runs {
 
     /// The export of one output (CSV: value bits and attributes included).
     fn export(&self, out: &str) -> Vec<u8> {
-        let file = self.dir.join(format!("{out}.csv"));
         let root = StoreRoot::open(&self.url(out)).unwrap();
-        rt().block_on(export(
-            &root,
-            &self.shard,
-            None,
-            None,
-            ExportFormat::Csv,
-            &file,
-        ))
-        .unwrap();
-        std::fs::read(file).unwrap()
+        export_csv(&root, &self.shard, &self.dir.join(format!("{out}.csv")))
     }
 
     /// The merged view of `old` and `new` under `migration`, exported.

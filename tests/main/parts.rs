@@ -12,7 +12,9 @@ use tailor::job::config::RunConfig;
 use tailor::job::export::{ExportFormat, export};
 use tailor::job::generate::{GenerateOptions, generate};
 
-use crate::common::{files_under, read_windows, rt, run_job, shard_map, tempdir};
+use crate::common::{
+    biggest_shard, export_csv, files_by_path, read_windows, rt, run_job, shard_map, tempdir,
+};
 
 struct Tree {
     _tmp: tempfile::TempDir,
@@ -45,19 +47,7 @@ fn tree() -> Tree {
         .await
         .unwrap()
     });
-    // The biggest shard.
-    let size = |s: &String| -> u64 {
-        files_under(&input.join(s))
-            .iter()
-            .map(|p| std::fs::metadata(p).unwrap().len())
-            .sum()
-    };
-    let shard = summary
-        .shards
-        .iter()
-        .max_by_key(|s| size(s))
-        .unwrap()
-        .clone();
+    let shard = biggest_shard(&input, &summary.shards);
     Tree {
         _tmp: tmp,
         dir,
@@ -86,32 +76,17 @@ impl Tree {
     }
 
     fn export(&self, out: &str) -> Vec<u8> {
-        let file = self.dir.join(format!("{out}.csv"));
-        rt().block_on(export(
+        export_csv(
             &self.root(out),
             &self.shard,
-            None,
-            None,
-            ExportFormat::Csv,
-            &file,
-        ))
-        .unwrap();
-        std::fs::read(file).unwrap()
+            &self.dir.join(format!("{out}.csv")),
+        )
     }
 
     fn bytes(&self, out: &str) -> BTreeMap<String, Vec<u8>> {
-        let root = self.dir.join(out);
-        files_under(&root)
+        files_by_path(&self.dir.join(out))
             .into_iter()
-            .filter(|p| !p.to_string_lossy().contains("_history"))
-            .map(|p| {
-                let rel = p
-                    .strip_prefix(&root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                (rel, std::fs::read(&p).unwrap())
-            })
+            .filter(|(rel, _)| !rel.contains("_history"))
             .collect()
     }
 }

@@ -5,13 +5,14 @@
 //! through the binary, whose resident set at the start (and so the budget
 //! a limit leaves) does not depend on other tests.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use tailor::datasource::store::StoreRoot;
 use tailor::job::generate::{GenerateOptions, generate};
 
-use crate::common::{files_under, rt, tempdir};
+use crate::common::{files_by_path, files_under, rt, tempdir};
 
 const MIB: u64 = 1 << 20;
 /// The footprint the budget starts after (`config.rs` BASE_FOOTPRINT).
@@ -98,19 +99,8 @@ impl Tree {
     }
 
     /// The committed files of `out`, by relative path.
-    fn bytes(&self, out: &str) -> Vec<(String, Vec<u8>)> {
-        let root = self.dir.join(out);
-        files_under(&root)
-            .into_iter()
-            .map(|p| {
-                let rel = p
-                    .strip_prefix(&root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                (rel, std::fs::read(&p).unwrap())
-            })
-            .collect()
+    fn bytes(&self, out: &str) -> BTreeMap<String, Vec<u8>> {
+        files_by_path(&self.dir.join(out))
     }
 }
 
