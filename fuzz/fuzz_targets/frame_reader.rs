@@ -65,16 +65,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(steps <= len + 2, "the cursor does not end");
         }
         if ended {
-            log.record_range(RangeRecord {
-                key: "o".into(),
-                start,
-                end,
-                first_frame: c.first_frame(),
-                stop: c.stop(),
-                handover: c.handover(),
-                bytes_fetched: 0,
-                rejected: c.rejected().to_vec(),
-            });
+            log.record_range(RangeRecord::of("o", start..end, &c));
         }
         start = end.max(start + 1);
     }

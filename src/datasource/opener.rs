@@ -441,16 +441,7 @@ impl RangeScan {
         let fetched = self.cursor.bytes_fetched();
         self.counters[2].add(fetched as usize);
         self.local.totals.bytes_fetched += fetched;
-        self.local.range = Some(RangeRecord {
-            key: self.key.clone(),
-            start: self.range.start,
-            end: self.range.end,
-            first_frame: self.cursor.first_frame(),
-            stop: self.cursor.stop(),
-            handover: self.cursor.handover(),
-            bytes_fetched: fetched,
-            rejected: self.cursor.rejected().to_vec(),
-        });
+        self.local.range = Some(RangeRecord::of(&self.key, self.range.clone(), &self.cursor));
         let local = std::mem::take(&mut self.local);
         if self.source.options.emit_log {
             // The rows before it first: the log is the range's last row.

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::datasource::options::CorruptPolicy;
+use crate::datasource::reader::FrameCursor;
 use crate::format::payload::{ErrorKind, FormatError, FrameError, Rejected};
 
 /// A corrupt frame skipped under [`CorruptPolicy::Skip`].
@@ -52,6 +53,22 @@ pub struct RangeRecord {
     /// See [`FrameCursor::rejected`](crate::datasource::reader::FrameCursor::rejected).
     #[serde(skip)]
     pub rejected: Vec<Rejected>,
+}
+
+impl RangeRecord {
+    /// The record of `range` of object `key`, read to its end by `cursor`.
+    pub fn of(key: &str, range: std::ops::Range<u64>, cursor: &FrameCursor) -> Self {
+        RangeRecord {
+            key: key.to_string(),
+            start: range.start,
+            end: range.end,
+            first_frame: cursor.first_frame(),
+            stop: cursor.stop(),
+            handover: cursor.handover(),
+            bytes_fetched: cursor.bytes_fetched(),
+            rejected: cursor.rejected().to_vec(),
+        }
+    }
 }
 
 /// Where a corrupt region that reached `reach` ends: at the first frame

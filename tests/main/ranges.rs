@@ -663,16 +663,7 @@ fn a_frame_read_by_two_ranges_is_caught_by_the_tiling_check() {
             }
         }
         if !failed {
-            log.record_range(RangeRecord {
-                key: "o".into(),
-                start,
-                end,
-                first_frame: c.first_frame(),
-                stop: c.stop(),
-                handover: c.handover(),
-                bytes_fetched: 0,
-                rejected: c.rejected().to_vec(),
-            });
+            log.record_range(RangeRecord::of("o", start..end, &c));
         }
         start = end;
     }
