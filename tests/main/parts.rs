@@ -71,6 +71,15 @@ impl Tree {
         run_job(&c).unwrap();
     }
 
+    /// The manifest of `window` in output `out`.
+    fn manifest_path(&self, out: &str, window: &str) -> PathBuf {
+        self.dir
+            .join(out)
+            .join(&self.shard)
+            .join(window)
+            .join("_manifest.json")
+    }
+
     fn root(&self, out: &str) -> StoreRoot {
         StoreRoot::open(self.dir.join(out).to_str().unwrap()).unwrap()
     }
@@ -158,12 +167,7 @@ fn a_window_in_parts_reads_as_the_same_series_and_points() {
     let windows = rt().block_on(read_windows(&t.root("k7"), &t.shard));
     let (w, m, series) = &windows[0];
     let s = &series[series.len() / 2];
-    let manifest = t
-        .dir
-        .join("k7")
-        .join(&t.shard)
-        .join(w)
-        .join("_manifest.json");
+    let manifest = t.manifest_path("k7", w);
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_tailor"))
         .arg("inspect")
         .arg(&manifest)
@@ -207,12 +211,7 @@ fn a_manifest_of_parts_that_does_not_add_up_is_refused() {
     let root = t.root("k3");
     let windows = rt().block_on(read_windows(&root, &t.shard));
     let (w, m, _) = &windows[0];
-    let path = t
-        .dir
-        .join("k3")
-        .join(&t.shard)
-        .join(w)
-        .join("_manifest.json");
+    let path = t.manifest_path("k3", w);
     let check = |m: &tailor::job::manifest::Manifest| -> String {
         std::fs::write(&path, m.to_json()).unwrap();
         let file = t.dir.join("x.csv");
