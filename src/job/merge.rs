@@ -100,18 +100,7 @@ impl SeriesInput {
         bufs.timestamps.clear();
         bufs.values.clear();
         if self.points.is_empty() {
-            // The usual case: the chunks' timestamps, one after the other,
-            // already increase strictly (each payload in order, payloads in
-            // time order, no point repeated). Then the merge is their
-            // concatenation, with nothing to sort and nothing dropped.
-            if strictly_increasing(&self.chunks) {
-                for c in &self.chunks {
-                    bufs.timestamps.extend_from_slice(&c.ts);
-                    bufs.values.extend_from_slice(&c.vals);
-                }
-            } else {
-                merge_chunks(&self.chunks, bufs, &mut counts);
-            }
+            merge_chunks(&self.chunks, bufs, &mut counts);
             return (merged, counts);
         }
         let points = &mut bufs.points;
@@ -142,16 +131,16 @@ struct Span {
     strict: bool,
 }
 
-/// The merge of chunks whose concatenation is not in order (the general
-/// path's result, bit for bit; tested against the plain rules). Series
-/// arrive as payloads that each cover a stretch of time, in order inside
+/// The merge of a series' chunks (the general path's result, bit for bit;
+/// tested against the plain rules). Series arrive as payloads that each cover a stretch of time, in order inside
 /// (most of them), but not in time order across objects, and now and then
 /// overlapping: a re-delivered payload, a late one. So the chunks are put
 /// in order of their first timestamp, and chunks whose stretches overlap
 /// (or touch) are gathered into clusters: clusters do not overlap, so the
 /// result is the clusters in time order; a cluster of one chunk in order
 /// is copied as it is, any other has its points sorted (stably, in input
-/// order) and deduplicated. Hand-written, not one stable sort of every
+/// order) and deduplicated. In the usual case (payloads in order, in time
+/// order) that is the concatenation of the chunks. Hand-written, not one stable sort of every
 /// point (which the largest cluster falls back to): sorting the points of
 /// drifting series was the largest cost of merging, and most of their
 /// points need no sort.
@@ -226,26 +215,6 @@ fn sort_dedup(
         counts.duplicates_dropped += dropped.len() as u64;
         counts.conflicting_duplicates += dropped.iter().filter(|p| p.1 != winner).count() as u64;
     }
-}
-
-/// Whether the chunks' timestamps, concatenated, increase strictly.
-fn strictly_increasing(chunks: &[PointChunk]) -> bool {
-    let mut last: Option<i64> = None;
-    for c in chunks {
-        let ts: &[i64] = &c.ts;
-        if let (Some(l), Some(f)) = (last, ts.first())
-            && *f <= l
-        {
-            return false;
-        }
-        if ts.windows(2).any(|w| w[1] <= w[0]) {
-            return false;
-        }
-        if let Some(l) = ts.last() {
-            last = Some(*l);
-        }
-    }
-    true
 }
 
 impl MergeCounts {
