@@ -192,6 +192,44 @@ fn a_job_file_works_from_any_directory_and_failed_runs_write_their_report() {
     }
 }
 
+/// A Ballista scheduler nobody answers at: an I/O failure (74: a retry
+/// may help) that names the address, and nothing committed.
+#[cfg(feature = "cluster")]
+#[test]
+fn an_unreachable_scheduler_is_an_io_error_naming_it() {
+    let tmp = tempdir();
+    let root = tmp.path();
+    generate(root, &root.join("in"), 2);
+    // A port that was free a moment ago: connections are refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let o = tailor(
+        root,
+        &[
+            "run",
+            "--input",
+            "in",
+            "--output",
+            "out",
+            "--shard",
+            "org-mod-0",
+            "--shard-map",
+            "map1.toml",
+            "--engine",
+            "ballista",
+            "--scheduler",
+            &addr,
+        ],
+    );
+    assert_eq!(code(&o), 74, "{}", stderr(&o));
+    assert!(stderr(&o).contains(&addr), "{}", stderr(&o));
+    assert_eq!(manifests(&root.join("out")), 0, "nothing committed");
+}
+
 #[test]
 fn diff_exits_0_when_identical_1_when_different_2_on_error() {
     let tmp = tempdir();
