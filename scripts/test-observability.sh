@@ -38,7 +38,7 @@ install() {
 
 wait_http() { # url
   local i
-  for i in $(seq 1 150); do
+  for i in $(seq 1 300); do
     curl -sf -o /dev/null --max-time 2 "$1" && return 0
     sleep 0.2
   done
@@ -64,11 +64,12 @@ run() {
   (cd "$ROOT/jobs/prometheus" && promtool test rules tailor-alerts-test.yml >/dev/null)
   log "alert rules: checked and unit-tested (promtool)"
 
-  local tmp
+  # Global, not local: a failing step exits the script (set -e), and the
+  # servers must be stopped then too, not only on return.
   tmp="$(mktemp -d)"
-  local pids=()
+  pids=()
   cleanup() { kill "${pids[@]}" 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$tmp"; }
-  trap cleanup RETURN
+  trap cleanup RETURN EXIT
   prometheus-pushgateway --web.listen-address="$HOST:$PUSH_PORT" >"$tmp/pushgateway.log" 2>&1 &
   pids+=($!)
   cat >"$tmp/prometheus.yml" <<YML
@@ -81,8 +82,8 @@ YML
   prometheus --config.file="$tmp/prometheus.yml" --web.listen-address="$HOST:$PROM_PORT" \
     --storage.tsdb.path="$tmp/tsdb" >"$tmp/prometheus.log" 2>&1 &
   pids+=($!)
-  wait_http "http://$HOST:$PUSH_PORT/-/ready"
-  wait_http "http://$HOST:$PROM_PORT/-/ready"
+  wait_http "http://$HOST:$PUSH_PORT/-/ready" || { tail -5 "$tmp/pushgateway.log"; exit 1; }
+  wait_http "http://$HOST:$PROM_PORT/-/ready" || { tail -5 "$tmp/prometheus.log"; exit 1; }
 
   # Real runs: org-mod-7, hour 13 commits, hour 14's input is corrupt.
   "$bin" generate --output "$tmp/in" --size 1MiB --orgs 300 --hours 2 \
