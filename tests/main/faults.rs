@@ -16,7 +16,7 @@ use tailor::job::JobError;
 use tailor::job::config::RunConfig;
 use tailor::job::run::{RunStats, run_shard_on};
 
-use crate::common::{biggest_shard, files_under, rt, rt_multi, shard_map, tempdir};
+use crate::common::{biggest_shard, files_by_path, files_under, rt, rt_multi, shard_map, tempdir};
 use crate::faulty::{Act, FaultyStore, Op, Rule};
 
 /// Faults injected by the tests of this module (for the record).
@@ -89,13 +89,7 @@ fn run_on(c: &RunConfig, input: &StoreRoot, output: &StoreRoot) -> Result<RunSta
 
 /// The manifest and data files under an output root, by relative path.
 fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
-    files_under(root)
-        .into_iter()
-        .map(|p| {
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            (rel, std::fs::read(&p).unwrap())
-        })
-        .collect()
+    files_by_path(root).into_iter().collect()
 }
 
 /// The committed manifests' bytes under an output root.
