@@ -354,6 +354,12 @@ impl BatchBuilder {
         Ok(&mut bytes[used..used + len])
     }
 
+    /// The bytes of the last [`Self::reserve`] on (the payload decoded into
+    /// them, until it is committed or the next reservation takes them).
+    pub fn reserved(&self) -> &[u8] {
+        &bytemuck_bytes(&self.slab)[self.used..]
+    }
+
     /// Adds the payload just decoded into the reserved bytes as a row.
     pub fn commit(&mut self, h: &PayloadHeader, frame_offset: u64, misrouted: bool) {
         let base = self.used;

@@ -124,6 +124,36 @@ struct RangeScan {
     log_error: Option<String>,
 }
 
+/// Spools a payload (`payload` decoded, `body` its frame body) instead of
+/// emitting it, if the scan routes payloads and this one's bucket is not
+/// kept; returns whether it did. `object` is the index of the object `key`
+/// in input order.
+fn spool(
+    source: &PayloadSource,
+    object: Option<u32>,
+    key: &str,
+    header: &PayloadHeader,
+    offset: u64,
+    payload: &[u8],
+    body: &[u8],
+) -> Result<bool> {
+    let Some(router) = &source.options.router else {
+        return Ok(false);
+    };
+    if router.keeps(header.org_id, header.metric_id) {
+        return Ok(false);
+    }
+    let object = object.ok_or_else(|| {
+        DataFusionError::Internal(format!(
+            "routing a payload of {key}, which is not among the scan's objects"
+        ))
+    })?;
+    router
+        .spool(object, offset, header, payload, body)
+        .map_err(DataFusionError::IoError)?;
+    Ok(true)
+}
+
 impl RangeScan {
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -268,46 +298,23 @@ impl RangeScan {
             }
         };
         let misrouted = self.record_payload(&header, offset);
-        if !misrouted && self.spooled(&header, offset, info, body)? {
-            // The bytes reserved for it are taken by the next payload.
-            return Ok(());
+        if !misrouted {
+            let payload = &self.builder.reserved()[..info.content_size];
+            if spool(
+                &self.source,
+                self.object,
+                &self.key,
+                &header,
+                offset,
+                payload,
+                body,
+            )? {
+                // The bytes reserved for it are taken by the next payload.
+                return Ok(());
+            }
         }
         self.builder.commit(&header, offset, misrouted);
         Ok(())
-    }
-
-    /// Spools the frame instead of emitting it, if the scan routes payloads
-    /// and this one's bucket is not kept; returns whether it did.
-    fn spooled(
-        &mut self,
-        header: &PayloadHeader,
-        offset: u64,
-        info: BodyInfo,
-        body: &[u8],
-    ) -> Result<bool> {
-        let Some(router) = &self.source.options.router else {
-            return Ok(false);
-        };
-        if router.keeps(header.org_id, header.metric_id) {
-            return Ok(false);
-        }
-        let object = self.object.ok_or_else(|| {
-            DataFusionError::Internal(format!(
-                "routing a payload of {}, which is not among the scan's objects",
-                self.key
-            ))
-        })?;
-        router
-            .spool(
-                object,
-                offset,
-                header.org_id,
-                header.metric_id,
-                info.content_size,
-                body,
-            )
-            .map_err(DataFusionError::IoError)?;
-        Ok(true)
     }
 
     /// A payload of more than `rows` points: decoded into the scratch
@@ -341,7 +348,17 @@ impl RangeScan {
         };
         let misrouted = self.record_payload(&payload.header, offset);
         let header = payload.header;
-        let r = if !misrouted && self.spooled(&header, offset, info, body)? {
+        let spooled = !misrouted
+            && spool(
+                &self.source,
+                self.object,
+                &self.key,
+                &header,
+                offset,
+                buf,
+                body,
+            )?;
+        let r = if spooled {
             Ok(())
         } else {
             self.push_split(&payload, offset, misrouted, rows.max(1))

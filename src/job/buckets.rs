@@ -9,7 +9,8 @@
 //!
 //! 1. the resident buckets' series, complete in memory (unless the scan
 //!    demoted them: then they are completed bucket by bucket below);
-//! 2. each spooled bucket: its frames read back and decoded on all cores,
+//! 2. each spooled bucket: its payloads read back (a chunk of the spool
+//!    file at a time) and unpacked or decoded on all cores,
 //!    grouped together with the rows the scan kept of it (if it was
 //!    demoted), encoded. A bucket whose spooled frames decode to more than
 //!    its share of memory is first split by another hash of the series
@@ -32,7 +33,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::datasource::batch::SlabPool;
-use crate::datasource::route::{Router, SpoolStats, bucket_of, read_spool_into, split_spool};
+use crate::datasource::route::{Router, SpoolReader, SpoolStats, bucket_of, split_spool};
 use crate::job::config::{BucketPlan, MemoryBudget};
 use crate::job::encode::{
     EncodeTotals, EncodedSpool, FileOptions, Files, OutputWriter, merge_spool,
@@ -50,10 +51,14 @@ pub struct SpoolSummary {
     pub plan: Option<BucketPlan>,
     /// The scan stopped keeping rows: its resident rows went over their share.
     pub demoted: bool,
-    /// Frames spooled (still compressed) and their compressed and decoded bytes.
+    /// Payloads spooled, the bytes of their records' bodies on disk, and
+    /// their decoded bytes.
     pub spooled_frames: u64,
     pub spooled_bytes: u64,
     pub spooled_decoded_bytes: u64,
+    /// Of the payloads spooled, those spooled packed (read back with a
+    /// copy); the others were spooled compressed (decoded again).
+    pub spooled_packed_frames: u64,
     /// Groups encoded apart and merged into the files (0: one stream).
     pub groups: u64,
     /// Buckets split again because they decoded to more than a bucket's share.
@@ -116,6 +121,7 @@ pub fn encode_all(
         summary.spooled_frames += s.frames;
         summary.spooled_bytes += s.bytes;
         summary.spooled_decoded_bytes += s.decoded;
+        summary.spooled_packed_frames += s.packed;
     }
     let buffer = budget.spool_buffer(2);
     let mut w = OutputWriter::spawn(
@@ -149,6 +155,7 @@ pub fn encode_all(
         })
         .collect();
     let splits = std::sync::atomic::AtomicU64::new(0);
+    let read_chunk = budget.spool_read_chunk();
     // Slabs come back as series are encoded and go to the next bucket.
     let pool = SlabPool::keeping(
         slab_bytes,
@@ -159,7 +166,6 @@ pub fn encode_all(
         let splits = &splits;
         let pool = &pool;
         let loader = scope.spawn(move || {
-            let mut bytes = Vec::new();
             for (b, spool) in buckets {
                 let pick = Pick {
                     bucket: b,
@@ -170,7 +176,7 @@ pub fn encode_all(
                     pool,
                     splits,
                     tx: &tx,
-                    bytes: &mut bytes,
+                    chunk: read_chunk,
                 };
                 if let Err(e) = load.load(spool, pick) {
                     let _ = tx.send(Err(e));
@@ -220,8 +226,8 @@ struct Load<'a> {
     pool: &'a std::sync::Arc<SlabPool>,
     splits: &'a std::sync::atomic::AtomicU64,
     tx: &'a std::sync::mpsc::SyncSender<Result<Loaded, JobError>>,
-    /// The compressed frames of the bucket being read (reused).
-    bytes: &'a mut Vec<u8>,
+    /// Bytes of a spool file read at once.
+    chunk: usize,
 }
 
 impl Load<'_> {
@@ -236,7 +242,7 @@ impl Load<'_> {
             && level < MAX_SPLITS
         {
             let parts = (stats.decoded.div_ceil(self.cap) + 1).min(1 << 12) as u32;
-            let subs = split_spool(path, parts, level + 1)
+            let subs = split_spool(path, parts, level + 1, self.chunk)
                 .map_err(|e| JobError::io("splitting a spooled bucket", e))?;
             let _ = std::fs::remove_file(path);
             self.splits
@@ -254,10 +260,14 @@ impl Load<'_> {
         }
         let batches = match &spool {
             Some((path, _)) => {
-                let frames = read_spool_into(path, self.bytes)
-                    .map_err(|e| JobError::io("reading back a spooled bucket", e))?;
+                let io = |e| JobError::io("reading back a spooled bucket", e);
+                let mut reader = SpoolReader::open(path, self.chunk).map_err(io)?;
+                let mut batches = Vec::new();
+                while let Some((bytes, frames)) = reader.next_chunk().map_err(io)? {
+                    batches.extend(decode_spooled(bytes, &frames, self.pool)?);
+                }
                 let _ = std::fs::remove_file(path);
-                decode_spooled(self.bytes, &frames, self.pool)?
+                batches
             }
             None => Vec::new(),
         };

@@ -763,8 +763,8 @@ impl MemoryBudget {
     /// The most decoded bytes of one spooled bucket processed at once, when
     /// `held` bytes of the scan's rows are still in memory: two buckets are
     /// in memory at once (one decoded while the other is encoded), with
-    /// the compressed frames being decoded (a third of a bucket) and free
-    /// slabs kept for reuse (half a bucket): about 2.85 buckets.
+    /// free slabs kept for reuse (half a bucket) and room to spare for
+    /// what the encoder holds beside them: about 2.85 buckets.
     pub fn bucket_cap_beside(&self, held: u64) -> Option<u64> {
         self.budget()
             .map(|b| ((b / 100 * 80).saturating_sub(held) / 100 * 35).max(1 << 20))
@@ -827,6 +827,16 @@ impl MemoryBudget {
         match self.budget() {
             Some(b) => (b / 32 / 20).clamp(1 << 20, 4 << 20) as usize,
             None => 4 << 20,
+        }
+    }
+
+    /// Bytes of a spool file read back at once: a 64th of the budget,
+    /// from 1 to 16 MiB (each chunk's payloads are decoded on all cores,
+    /// so a chunk holds a few thousand of them).
+    pub fn spool_read_chunk(&self) -> usize {
+        match self.budget() {
+            Some(b) => (b / 64).clamp(1 << 20, 16 << 20) as usize,
+            None => 16 << 20,
         }
     }
 

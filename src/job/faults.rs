@@ -79,6 +79,21 @@ pub fn decoded_estimate() -> Option<u64> {
     None
 }
 
+/// Test hook: `TAILOR_SPOOL_ALLOWANCE=<bytes>` sets the bytes the packed
+/// spool form may take beyond the compressed one, instead of what the
+/// spill disk's free space gives (0: every payload spooled compressed).
+/// Debug builds only.
+#[cfg(debug_assertions)]
+pub fn spool_allowance() -> Option<u64> {
+    std::env::var("TAILOR_SPOOL_ALLOWANCE").ok()?.parse().ok()
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn spool_allowance() -> Option<u64> {
+    None
+}
+
 /// Release builds have no fail points.
 #[cfg(not(debug_assertions))]
 #[inline(always)]

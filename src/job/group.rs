@@ -7,8 +7,9 @@
 //! the kind, interval and metadata of its last row.
 //!
 //! Spooled buckets (see `datasource/route.rs`) come back through
-//! [`decode_spooled`]: their frames are decoded again, on all cores, into
-//! batches of the same shape as the scan's, and grouped the same way.
+//! [`decode_spooled`]: their payloads are unpacked (or their frames
+//! decoded again), on all cores, into batches of the same shape as the
+//! scan's, and grouped the same way.
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::datasource::batch::{BatchBuilder, SlabPool};
-use crate::datasource::route::SpooledFrame;
+use crate::datasource::route::{SpooledFrame, unpack_payload};
 use crate::datasource::schema::{
     FIRST_POINT, FRAME_OFFSET, INTERVAL_S, KIND, METADATA, METRIC_ID, MISROUTED, ORG_ID,
     TIMESTAMPS, VALUES,
@@ -211,10 +212,11 @@ impl Grouper {
     }
 }
 
-/// Decodes spooled frames (their bodies in `bytes`) into batches of the
-/// payload table's shape, on all cores; each frame whole as one row, with
-/// its object and frame offset. A frame that fails to decode now decoded
-/// in the scan: an internal error (the spool is this run's own file).
+/// Decodes spooled payloads (their records' bodies in `bytes`: packed
+/// payloads or frame bodies) into batches of the payload table's shape, on
+/// all cores; each payload whole as one row, with its object and frame
+/// offset. One that fails to decode now decoded in the scan: an internal
+/// error (the spool is this run's own file).
 pub fn decode_spooled(
     bytes: &[u8],
     frames: &[SpooledFrame],
@@ -242,18 +244,24 @@ pub fn decode_spooled(
             };
             for f in chunk {
                 let body = &bytes[f.body.clone()];
-                let info = check_body(body, f.frame_offset).map_err(|e| failed(f, &e))?;
-                if !builder.fits(info.content_size)
+                let size = f.content_size as usize;
+                if !builder.fits(size)
                     && let Some(b) = builder.finish().map_err(|e| failed(f, &e))?
                 {
                     out.push((b, Objects::PerRow(std::mem::take(&mut objects))));
                 }
-                let dst = builder
-                    .reserve(info.content_size)
-                    .map_err(|e| failed(f, &e))?;
-                decoder
-                    .decompress_into(body, info, dst, f.frame_offset)
-                    .map_err(|e| failed(f, &e))?;
+                let dst = builder.reserve(size).map_err(|e| failed(f, &e))?;
+                if f.packed {
+                    unpack_payload(body, dst).map_err(|e| failed(f, &e))?;
+                } else {
+                    let info = check_body(body, f.frame_offset).map_err(|e| failed(f, &e))?;
+                    if info.content_size != size {
+                        return Err(failed(f, &"its size is not the one spooled"));
+                    }
+                    decoder
+                        .decompress_into(body, info, dst, f.frame_offset)
+                        .map_err(|e| failed(f, &e))?;
+                }
                 let header = parse_payload(dst, f.frame_offset)
                     .map_err(|e| failed(f, &e))?
                     .header;
@@ -290,9 +298,16 @@ mod tests {
     /// (org, metric, timestamps, values, metadata)
     type Spec<'a> = (u64, u64, Vec<i64>, Vec<u64>, &'a str);
 
-    fn spooled(payloads: &[Spec<'_>]) -> (Vec<u8>, Vec<SpooledFrame>) {
+    fn spooled(payloads: &[Spec<'_>], allowance: u64) -> (Vec<u8>, Vec<SpooledFrame>) {
         let dir = tempfile::tempdir().unwrap();
-        let router = Router::new(1, 0, &["a".into(), "b".into()], dir.path(), 1 << 16);
+        let router = Router::new(
+            1,
+            0,
+            &["a".into(), "b".into()],
+            dir.path(),
+            1 << 16,
+            allowance,
+        );
         let mut w = PayloadWriter::new(1);
         for (i, (org, metric, ts, vals, meta)) in payloads.iter().enumerate() {
             let mut frame = Vec::new();
@@ -311,10 +326,17 @@ mod tests {
             );
             let body = &frame[4..];
             let info = check_body(body, 0).unwrap();
+            let mut decoded = vec![0u64; info.content_size.div_ceil(8)];
+            let decoded = &mut crate::datasource::batch::bytemuck_bytes_mut(&mut decoded)
+                [..info.content_size];
+            Decoder::new()
+                .decompress_into(body, info, decoded, 0)
+                .unwrap();
+            let header = parse_payload(decoded, 0).unwrap().header;
             // Objects and offsets out of input order on purpose.
             let (object, offset) = ((i % 2) as u32, 1000 - i as u64 * 10);
             router
-                .spool(object, offset, *org, *metric, info.content_size, body)
+                .spool(object, offset, &header, decoded, body)
                 .unwrap();
         }
         router.finish().unwrap();
@@ -329,32 +351,50 @@ mod tests {
             (5, 9, vec![1], vec![9], "other"),
             (7, 1, vec![50], vec![5], "third"),
         ];
-        let (bytes, frames) = spooled(&payloads);
-        // Input order: object 0 before 1, then offset. Payload i is at
-        // (i % 2, 1000 - 10 i): 0 -> (0, 1000), 1 -> (1, 990),
-        // 2 -> (0, 980), 3 -> (1, 970). Series 7/1 in input order:
-        // payload 0 (0, 1000), payload 3 (1, 970), payload 1 (1, 990).
-        let mut g = Grouper::new();
-        for (b, o) in decode_spooled(&bytes, &frames, &SlabPool::new(256)).unwrap() {
-            g.push(b, o).unwrap();
+        let compressed = spooled(&payloads, 0);
+        let packed = spooled(&payloads, u64::MAX);
+        assert!(compressed.1.iter().all(|f| !f.packed));
+        assert!(packed.1.iter().all(|f| f.packed));
+        // Both forms in one spool: payloads 0 and 2 compressed, 1 and 3 packed.
+        let mut mixed = compressed.0.clone();
+        mixed.extend_from_slice(&packed.0);
+        let shift = compressed.0.len();
+        let frames: Vec<SpooledFrame> = (0..4)
+            .map(|i| match i % 2 {
+                0 => compressed.1[i].clone(),
+                _ => SpooledFrame {
+                    body: packed.1[i].body.start + shift..packed.1[i].body.end + shift,
+                    ..packed.1[i].clone()
+                },
+            })
+            .collect();
+        for (bytes, frames) in [compressed, packed, (mixed, frames)] {
+            // Input order: object 0 before 1, then offset. Payload i is at
+            // (i % 2, 1000 - 10 i): 0 -> (0, 1000), 1 -> (1, 990),
+            // 2 -> (0, 980), 3 -> (1, 970). Series 7/1 in input order:
+            // payload 0 (0, 1000), payload 3 (1, 970), payload 1 (1, 990).
+            let mut g = Grouper::new();
+            for (b, o) in decode_spooled(&bytes, &frames, &SlabPool::new(256)).unwrap() {
+                g.push(b, o).unwrap();
+            }
+            let mut keys = g.keys(|_, _| true);
+            keys.sort();
+            assert_eq!(keys, vec![(5, 9), (7, 1)]);
+            let s = g.take((7, 1)).unwrap();
+            let ts: Vec<i64> = s.chunks.iter().flat_map(|c| c.ts.iter().copied()).collect();
+            assert_eq!(ts, vec![30, 40, 50, 10, 20]);
+            assert_eq!(s.metadata, "second", "the last row's");
+            assert_eq!(s.n_points(), 5);
+            let (m, counts) = s.merge();
+            assert_eq!(m.timestamps, vec![10, 20, 30, 40, 50]);
+            assert_eq!(m.values, vec![1, 2, 3, 4, 5]);
+            assert_eq!(counts.duplicates_dropped, 0);
+            assert!(g.bytes() > 0, "series 5/9 still holds its batch");
+            let s = g.take((5, 9)).unwrap();
+            assert_eq!(s.metadata, "other");
+            assert!(g.is_empty());
+            assert_eq!(g.bytes(), 0);
+            assert!(g.take((5, 9)).is_none());
         }
-        let mut keys = g.keys(|_, _| true);
-        keys.sort();
-        assert_eq!(keys, vec![(5, 9), (7, 1)]);
-        let s = g.take((7, 1)).unwrap();
-        let ts: Vec<i64> = s.chunks.iter().flat_map(|c| c.ts.iter().copied()).collect();
-        assert_eq!(ts, vec![30, 40, 50, 10, 20]);
-        assert_eq!(s.metadata, "second", "the last row's");
-        assert_eq!(s.n_points(), 5);
-        let (m, counts) = s.merge();
-        assert_eq!(m.timestamps, vec![10, 20, 30, 40, 50]);
-        assert_eq!(m.values, vec![1, 2, 3, 4, 5]);
-        assert_eq!(counts.duplicates_dropped, 0);
-        assert!(g.bytes() > 0, "series 5/9 still holds its batch");
-        let s = g.take((5, 9)).unwrap();
-        assert_eq!(s.metadata, "other");
-        assert!(g.is_empty());
-        assert_eq!(g.bytes(), 0);
-        assert!(g.take((5, 9)).is_none());
     }
 }

@@ -50,7 +50,7 @@ use serde::Serialize;
 
 use crate::datasource::listing::{Ignored, InputObject, Listing, Window, list_inputs};
 use crate::datasource::options::{PayloadOptions, ROW_POINTS};
-use crate::datasource::route::{Router, estimate_decoded};
+use crate::datasource::route::{self, Router, estimate_decoded};
 use crate::datasource::scan_log::{CorruptRecord, MisroutedRecord, ScanLog, ScanTotals};
 use crate::datasource::schema::OBJECT_KEY;
 use crate::datasource::source::frame_error;
@@ -414,12 +414,21 @@ async fn scan_group_encode(
     }
     let router = summary.plan.map(|p| {
         let spooled = p.buckets - p.resident;
+        // Payloads are spooled packed (read back with a copy) while the
+        // spill disk has room for it, compressed (decoded again) after.
+        let input = listing.total_bytes();
+        let compressed = input / u64::from(p.buckets) * u64::from(spooled);
+        let allowance = crate::job::faults::spool_allowance().unwrap_or_else(|| {
+            route::free_space(spill)
+                .map_or(0, |free| route::packed_allowance(free, compressed, input))
+        });
         Arc::new(Router::new(
             p.buckets,
             p.resident,
             &keys,
             spill,
             budget.spool_buffer(spooled.max(1)),
+            allowance,
         ))
     });
     options.router = router.clone();

@@ -80,11 +80,12 @@ impl Tree {
         c
     }
 
-    /// Runs the job into `out`; its report's `spool` section.
-    fn run(&self, out: &str, extra: &[&str], estimate: Option<u64>) -> serde_json::Value {
+    /// Runs the job into `out` with the test hooks `env`; its report's
+    /// `spool` section.
+    fn run(&self, out: &str, extra: &[&str], env: &[(&str, u64)]) -> serde_json::Value {
         let mut c = self.cmd(out, extra);
-        if let Some(e) = estimate {
-            c.env("TAILOR_DECODED_ESTIMATE", e.to_string());
+        for (k, v) in env {
+            c.env(k, v.to_string());
         }
         let o = c.output().unwrap();
         assert!(
@@ -112,7 +113,7 @@ fn limit(budget: u64) -> String {
 fn every_bucket_layout_gives_the_bytes_of_a_run_without_a_limit() {
     // About 6 MiB compressed, 20 MB decoded.
     let t = tree(31, 6 * MIB);
-    t.run("free", &["--memory-limit", "100GiB"], None);
+    t.run("free", &["--memory-limit", "100GiB"], &[]);
     let want = t.bytes("free");
     assert!(want.len() >= 2);
     let plan = |s: &serde_json::Value| {
@@ -124,19 +125,45 @@ fn every_bucket_layout_gives_the_bytes_of_a_run_without_a_limit() {
     let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap();
 
     // Everything fits: every bucket resident, one stream, nothing spooled.
-    let s = t.run("resident", &["--memory-limit", &limit(512 * MIB)], None);
+    let s = t.run("resident", &["--memory-limit", &limit(512 * MIB)], &[]);
     let (buckets, resident) = plan(&s);
     assert_eq!(resident, buckets, "{s}");
     assert_eq!((n(&s, "groups"), n(&s, "spooled_frames")), (0, 0), "{s}");
     assert!(t.bytes("resident") == want);
 
-    // Some buckets resident, the others spooled and decoded again.
-    let s = t.run("hybrid", &["--memory-limit", &limit(24 * MIB)], None);
+    // Some buckets resident, the others spooled (packed: the disk has
+    // room) and read back.
+    let s = t.run("hybrid", &["--memory-limit", &limit(24 * MIB)], &[]);
     let (buckets, resident) = plan(&s);
     assert!(resident > 0 && resident < buckets, "{s}");
     assert!(n(&s, "groups") > 1 && n(&s, "spooled_frames") > 0, "{s}");
+    assert_eq!(
+        n(&s, "spooled_packed_frames"),
+        n(&s, "spooled_frames"),
+        "{s}"
+    );
     assert!(!s["demoted"].as_bool().unwrap());
     assert!(t.bytes("hybrid") == want);
+    let packed_bytes = n(&s, "spooled_bytes");
+
+    // No room for the packed form on the spill disk: every frame spooled
+    // compressed and decoded again; and with room for some, both forms.
+    let s = t.run(
+        "compressed",
+        &["--memory-limit", &limit(24 * MIB)],
+        &[(ALLOWANCE, 0)],
+    );
+    assert_eq!(n(&s, "spooled_packed_frames"), 0, "{s}");
+    assert!(n(&s, "spooled_bytes") < packed_bytes, "{s}");
+    assert!(t.bytes("compressed") == want);
+    let s = t.run(
+        "both",
+        &["--memory-limit", &limit(24 * MIB)],
+        &[(ALLOWANCE, (packed_bytes - n(&s, "spooled_bytes")) / 2)],
+    );
+    let packed = n(&s, "spooled_packed_frames");
+    assert!(packed > 0 && packed < n(&s, "spooled_frames"), "{s}");
+    assert!(t.bytes("both") == want);
 
     // The same on one partition, and on eight of 64 KiB ranges.
     t.run(
@@ -147,7 +174,7 @@ fn every_bucket_layout_gives_the_bytes_of_a_run_without_a_limit() {
             "--target-partitions",
             "1",
         ],
-        None,
+        &[],
     );
     assert!(t.bytes("one") == want);
     t.run(
@@ -160,12 +187,12 @@ fn every_bucket_layout_gives_the_bytes_of_a_run_without_a_limit() {
             "--range-bytes",
             "64KiB",
         ],
-        None,
+        &[],
     );
     assert!(t.bytes("eight") == want);
 
     // Nothing resident: every frame spooled, in buckets of about a MiB.
-    let s = t.run("spooled", &["--memory-limit", &limit(0)], None);
+    let s = t.run("spooled", &["--memory-limit", &limit(0)], &[]);
     assert_eq!(plan(&s).1, 0, "{s}");
     assert!(n(&s, "groups") > 8, "{s}");
     assert!(t.bytes("spooled") == want);
@@ -173,13 +200,32 @@ fn every_bucket_layout_gives_the_bytes_of_a_run_without_a_limit() {
     // An estimate far short of the input: the plan keeps every bucket,
     // the scan's rows outgrow their share and it demotes them all; the
     // spooled buckets, four times a bucket's share, are split again.
-    let s = t.run("demoted", &["--memory-limit", &limit(8 * MIB)], Some(MIB));
+    let s = t.run(
+        "demoted",
+        &["--memory-limit", &limit(8 * MIB)],
+        &[(ESTIMATE, MIB)],
+    );
     let (buckets, resident) = plan(&s);
     assert_eq!((buckets, resident), (4, 4), "{s}");
     assert!(s["demoted"].as_bool().unwrap(), "{s}");
     assert!(n(&s, "splits") > 0, "{s}");
     assert!(t.bytes("demoted") == want);
+    // The same with the spooled frames compressed.
+    let s = t.run(
+        "demoted-compressed",
+        &["--memory-limit", &limit(8 * MIB)],
+        &[(ESTIMATE, MIB), (ALLOWANCE, 0)],
+    );
+    assert!(
+        n(&s, "splits") > 0 && n(&s, "spooled_packed_frames") == 0,
+        "{s}"
+    );
+    assert!(t.bytes("demoted-compressed") == want);
 }
+
+/// Test hooks of debug builds (`job/faults.rs`).
+const ESTIMATE: &str = "TAILOR_DECODED_ESTIMATE";
+const ALLOWANCE: &str = "TAILOR_SPOOL_ALLOWANCE";
 
 #[test]
 fn a_spool_lost_from_disk_fails_the_run_with_an_io_error_naming_it() {
