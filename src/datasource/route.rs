@@ -616,20 +616,18 @@ pub fn unpack_payload(packed: &[u8], dst: &mut [u8]) -> Result<(), String> {
 
 /// The bytes the packed form may take on disk beyond the compressed form,
 /// for a spill directory with `free` bytes available where about
-/// `compressed` bytes of frames (and their records' headers) are to be
-/// spooled from an input of `input` bytes: what is left once the
-/// compressed spool, room for the output and the encoded groups (each
-/// about a fifth of the input: half the input for both), and a tenth of
-/// the free space are set aside. A spooled payload takes about twice the
-/// bytes packed that it takes compressed, so this decides how much of the
-/// spooled input is read back with a copy rather than decoded again.
-pub fn packed_allowance(free: u64, compressed: u64, input: u64) -> u64 {
+/// `compressed` bytes of frames are to be spooled: what is left once the
+/// compressed spool (and a tenth more: the records' headers, an estimate
+/// short of the mark) and a tenth of the free space are set aside. The
+/// spool is the most the spill disk holds at once: each bucket's file is
+/// deleted once read back, before the encoded groups (about a fifth of
+/// the input) grow and the output is written. A spooled payload takes
+/// about twice the bytes packed that it takes compressed, so this decides
+/// how much of the spooled input is read back with a copy rather than
+/// decoded again.
+pub fn packed_allowance(free: u64, compressed: u64) -> u64 {
     let compressed = compressed.saturating_add(compressed / 10);
-    free.saturating_sub(
-        compressed
-            .saturating_add(input / 2)
-            .saturating_add(free / 10),
-    )
+    free.saturating_sub(compressed.saturating_add(free / 10))
 }
 
 /// Bytes available to an unprivileged user on the file system of `dir`
@@ -1035,10 +1033,9 @@ mod tests {
 
     #[test]
     fn the_packed_form_keeps_room_on_the_spill_disk() {
-        // 100 GB free, 30 of an input of 40 GB to spool: 33 + 20 + 10 set
-        // aside.
-        assert_eq!(packed_allowance(100_000, 30_000, 40_000), 37_000);
-        assert_eq!(packed_allowance(55_000, 30_000, 40_000), 0);
+        // 100 GB free, 30 GB of frames to spool: 33 + 10 set aside.
+        assert_eq!(packed_allowance(100_000, 30_000), 57_000);
+        assert_eq!(packed_allowance(36_000, 30_000), 0);
         assert!(free_space(std::path::Path::new(".")).unwrap() > 0);
         assert_eq!(free_space(std::path::Path::new("/no/such/dir")), None);
     }

@@ -416,11 +416,9 @@ async fn scan_group_encode(
         let spooled = p.buckets - p.resident;
         // Payloads are spooled packed (read back with a copy) while the
         // spill disk has room for it, compressed (decoded again) after.
-        let input = listing.total_bytes();
-        let compressed = input / u64::from(p.buckets) * u64::from(spooled);
+        let compressed = listing.total_bytes() / u64::from(p.buckets) * u64::from(spooled);
         let allowance = crate::job::faults::spool_allowance().unwrap_or_else(|| {
-            route::free_space(spill)
-                .map_or(0, |free| route::packed_allowance(free, compressed, input))
+            route::free_space(spill).map_or(0, |free| route::packed_allowance(free, compressed))
         });
         Arc::new(Router::new(
             p.buckets,
