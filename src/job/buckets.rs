@@ -12,7 +12,7 @@
 //! 2. each spooled bucket: its payloads read back (a chunk of the spool
 //!    file at a time) and unpacked or decoded on all cores,
 //!    grouped together with the rows the scan kept of it (if it was
-//!    demoted), encoded. A bucket whose spooled frames decode to more than
+//!    demoted), encoded. A bucket whose spooled payloads decode to more than
 //!    its share of memory is first split by another hash of the series
 //!    (up to [`MAX_SPLITS`] times: a single series bigger than that is
 //!    decoded whole);

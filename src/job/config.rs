@@ -713,7 +713,7 @@ pub const BASE_FOOTPRINT: u64 = 70 << 20;
 /// The model (docs/design.md): decoded payload rows kept in memory
 /// (resident buckets) take at most [`Self::resident_cap`], 80% of the
 /// budget, during the scan; they are encoded and gone before the spooled
-/// buckets are decoded again, two at a time, each at most
+/// buckets are read back and decoded, two at a time, each at most
 /// [`Self::bucket_cap`], 28% (less what the scan's rows still hold when it
 /// had to stop admitting them); the rest is for what is in flight (decode
 /// slabs of the scan's partitions, batches between the scan and the

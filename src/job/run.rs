@@ -17,7 +17,7 @@
 //! encode     series -> TSF blocks on all cores, appended in key order
 //!            on a writer thread, files rolled at the size cap, staged
 //!            locally; with spooled buckets, each group (resident
-//!            buckets, then each spooled bucket decoded again) is
+//!            buckets, then each spooled bucket read back) is
 //!            encoded apart and the groups merged by key              buckets.rs, encode.rs, format/tsf/
 //! manifest   what was read and written, the run id                    manifest.rs
 //! write      staged files -> <out>/<shard>/<window>/data/<run>/       commit.rs
