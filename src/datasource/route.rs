@@ -450,8 +450,10 @@ fn record_at(bytes: &[u8], at: usize) -> Option<SpooledFrame> {
     })
 }
 
-/// Reads a whole spool file: its bytes, and its records in file order.
-pub fn read_spool(path: &Path) -> std::io::Result<(Vec<u8>, Vec<SpooledFrame>)> {
+/// Reads a whole spool file: its bytes, and its records in file order
+/// (tests; the job reads a chunk at a time, [`SpoolReader`]).
+#[cfg(test)]
+pub(crate) fn read_spool(path: &Path) -> std::io::Result<(Vec<u8>, Vec<SpooledFrame>)> {
     let len = std::fs::metadata(path)
         .map_err(|e| with_path(e, "reading", path))?
         .len();
