@@ -251,14 +251,20 @@ impl Router {
             } else {
                 body
             };
-            self.append(
+            let r = self.append(
                 object,
                 frame_offset,
                 (header.org_id, header.metric_id),
                 payload.len(),
                 form,
                 stored,
-            )
+            );
+            // A payload of up to a million points packs into up to 16 MiB:
+            // not kept for the rest of the scan.
+            if packed.capacity() > 1 << 20 {
+                *packed = Vec::new();
+            }
+            r
         })
     }
 

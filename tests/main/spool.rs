@@ -27,6 +27,11 @@ struct Tree {
 
 /// One shard (org-mod-0: modulus 1) of about `size` compressed bytes.
 fn tree(seed: u64, size: u64) -> Tree {
+    tree_of(seed, size, GenerateOptions::default().max_points)
+}
+
+/// [`tree`] with payloads of up to `max_points` points.
+fn tree_of(seed: u64, size: u64, max_points: u32) -> Tree {
     let tmp = tempdir();
     let dir = tmp.path().to_path_buf();
     let input = dir.join("in");
@@ -46,6 +51,7 @@ fn tree(seed: u64, size: u64) -> Tree {
                 partitions: 3,
                 dup_rate: 0.05,
                 conflict_rate: 0.05,
+                max_points,
                 ..Default::default()
             },
         )
@@ -226,6 +232,34 @@ fn every_bucket_layout_gives_the_bytes_of_a_run_without_a_limit() {
 /// Test hooks of debug builds (`job/faults.rs`).
 const ESTIMATE: &str = "TAILOR_DECODED_ESTIMATE";
 const ALLOWANCE: &str = "TAILOR_SPOOL_ALLOWANCE";
+
+#[test]
+fn payloads_the_scan_splits_into_rows_are_spooled_whole_in_either_form() {
+    // Payloads of up to 5000 points: those over `ROW_POINTS` are split
+    // into rows when they stay in memory, and spooled whole.
+    let t = tree_of(41, 3 * MIB, 5000);
+    t.run("free", &["--memory-limit", "100GiB"], &[]);
+    let want = t.bytes("free");
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap();
+    let s = t.run("hybrid", &["--memory-limit", &limit(12 * MIB)], &[]);
+    assert!(n(&s, "spooled_frames") > 0, "{s}");
+    assert_eq!(
+        n(&s, "spooled_packed_frames"),
+        n(&s, "spooled_frames"),
+        "{s}"
+    );
+    assert!(t.bytes("hybrid") == want);
+    let s = t.run(
+        "compressed",
+        &["--memory-limit", &limit(12 * MIB)],
+        &[(ALLOWANCE, 0)],
+    );
+    assert!(
+        n(&s, "spooled_frames") > 0 && n(&s, "spooled_packed_frames") == 0,
+        "{s}"
+    );
+    assert!(t.bytes("compressed") == want);
+}
 
 #[test]
 fn a_spool_lost_from_disk_fails_the_run_with_an_io_error_naming_it() {
