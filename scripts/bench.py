@@ -193,36 +193,31 @@ def main() -> None:
     r["output_bytes"] = out_bytes_2
     r["memory_limit"] = max(out_bytes_2 // 10, 1 << 20)
     runs["diff"] = r
+    # What a limit costs: the job at input / 10 and at 4 GiB against the same
+    # job with room for everything (every bucket resident), run in turn
+    # (limit, free, 4 GiB, limit, ...) so that the ratios see one machine
+    # state; the least wall of each over --repeat rounds.
     limit = max(in_bytes // 10, 64 << 20)
-    o = out / "job-out-limit"
-    shutil.rmtree(o, ignore_errors=True)
-    rep = out / "job-limit.json"
-    r = timed([str(TAILOR), "run", "--input", inp, "--output", str(o), "--shard", shard, "--shard-map", str(shard_map),
-               "--target-partitions", "2", "--memory-limit", str(limit), "--report", str(rep),
-               "--spill-dir", str(out / "spill")], out / "job-limit.log")
-    r.pop("stdout")
-    r.pop("stderr")
-    r["memory_limit"] = limit
-    r["report"] = {k: v for k, v in json.loads(rep.read_text()).items() if k in ("spill", "spool", "output")}
-    runs["job_limit"] = r
-    # The same job with room for everything (every bucket resident), and at
-    # 4 GiB: what a limit costs.
-    for name, lim in (("job_free", "100GiB"), ("job_4g", "4GiB")):
-        o = out / f"{name}-out"
-        rep = out / f"{name}.json"
-
-        def fresh_run(o=o, rep=rep, lim=lim, name=name):
+    configs = (("job_limit", str(limit), "job-out-limit", "job-limit", ("spill", "spool", "output")),
+               ("job_free", "100GiB", "job_free-out", "job_free", ("spill", "spool", "output", "scan")),
+               ("job_4g", "4GiB", "job_4g-out", "job_4g", ("spill", "spool", "output", "scan")))
+    tries: dict[str, list] = {name: [] for name, *_ in configs}
+    for _ in range(REPEAT):
+        for name, lim, o_name, log_name, _keys in configs:
+            o = out / o_name
             shutil.rmtree(o, ignore_errors=True)
-            return timed([str(TAILOR), "run", "--input", inp, "--output", str(o), "--shard", shard, "--shard-map",
-                          str(shard_map), "--target-partitions", "2", "--memory-limit", lim, "--report", str(rep),
-                          "--spill-dir", str(out / "spill")], out / f"{name}.log")
-        tries = [fresh_run() for _ in range(REPEAT)]
-        r = min(tries, key=lambda x: x["wall_s"])
-        r["walls_s"] = [x["wall_s"] for x in tries]
+            rep = out / f"{log_name}.json"
+            r = timed([str(TAILOR), "run", "--input", inp, "--output", str(o), "--shard", shard, "--shard-map",
+                       str(shard_map), "--target-partitions", "2", "--memory-limit", lim, "--report", str(rep),
+                       "--spill-dir", str(out / "spill")], out / f"{log_name}.log")
+            r["report"] = {k: v for k, v in json.loads(rep.read_text()).items() if k in _keys}
+            tries[name].append(r)
+    for name, lim, *_ in configs:
+        r = min(tries[name], key=lambda x: x["wall_s"])
+        r["walls_s"] = [x["wall_s"] for x in tries[name]]
         r.pop("stdout")
         r.pop("stderr")
         r["memory_limit"] = size(lim)
-        r["report"] = {k: v for k, v in json.loads(rep.read_text()).items() if k in ("spill", "spool", "output", "scan")}
         runs[name] = r
 
     # The input points (with duplicates, in input order) as Parquet, for DuckDB.
