@@ -268,13 +268,20 @@ impl Router {
         })
     }
 
-    /// Takes `extra` bytes of the allowance, if it has them.
+    /// Takes `extra` bytes of the allowance, if it has them; once it has
+    /// not, it is spent (later payloads are not packed only to be thrown
+    /// away).
     fn take_allowance(&self, extra: u64) -> bool {
-        self.allowance
+        let taken = self
+            .allowance
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
                 a.checked_sub(extra)
             })
-            .is_ok()
+            .is_ok();
+        if !taken {
+            self.allowance.store(0, Ordering::Relaxed);
+        }
+        taken
     }
 
     /// Appends one record to its series' bucket's spool.
@@ -915,16 +922,15 @@ mod tests {
             let r = Router::new(4, 0, &["a".into(), "b".into()], dir.path(), 64, allowance);
             assert_eq!(r.object_index("b"), Some(1));
             // (org, metric, decoded, frame body, packed?), per bucket in
-            // spool order: packed while the allowance has the extra bytes.
+            // spool order: packed until the allowance lacks the extra bytes.
             type Spooled = (u64, u64, Vec<u8>, Vec<u8>, bool);
             let mut want: Vec<Vec<Spooled>> = vec![Vec::new(); 4];
             let mut left = allowance;
             for (i, (org, metric, h, decoded, body)) in payloads.iter().enumerate() {
                 r.spool(1, i as u64 * 10, h, decoded, body).unwrap();
                 let packed = left > 0 && left >= extras[i];
-                if packed {
-                    left -= extras[i];
-                }
+                // The first payload the allowance cannot take spends it.
+                left = if packed { left - extras[i] } else { 0 };
                 let b = r.bucket(*org, *metric) as usize;
                 want[b].push((*org, *metric, decoded.clone(), body.clone(), packed));
             }
