@@ -132,15 +132,16 @@ struct Span {
 }
 
 /// The merge of a series' chunks (the general path's result, bit for bit;
-/// tested against the plain rules). Series arrive as payloads that each cover a stretch of time, in order inside
-/// (most of them), but not in time order across objects, and now and then
-/// overlapping: a re-delivered payload, a late one. So the chunks are put
-/// in order of their first timestamp, and chunks whose stretches overlap
-/// (or touch) are gathered into clusters: clusters do not overlap, so the
-/// result is the clusters in time order; a cluster of one chunk in order
-/// is copied as it is, any other has its points sorted (stably, in input
-/// order) and deduplicated. In the usual case (payloads in order, in time
-/// order) that is the concatenation of the chunks. Hand-written, not one stable sort of every
+/// tested against the plain rules). Series arrive as payloads that each
+/// cover a stretch of time, in order inside (most of them), but not in
+/// time order across objects, and now and then overlapping: a re-delivered
+/// payload, a late one. So the chunks are put in order of their first
+/// timestamp, and chunks whose stretches overlap (or touch) are gathered
+/// into clusters: clusters do not overlap, so the result is the clusters
+/// in time order; a cluster of one chunk in order is copied as it is, any
+/// other has its points sorted (stably, in input order) and deduplicated.
+/// In the usual case (payloads in order, in time order) that is the
+/// concatenation of the chunks. Hand-written, not one stable sort of every
 /// point (which the largest cluster falls back to): sorting the points of
 /// drifting series was the largest cost of merging, and most of their
 /// points need no sort.

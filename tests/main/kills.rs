@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::common::{files_under, tempdir};
+use crate::common::{files_by_path, files_under, tempdir};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tailor")
@@ -145,22 +145,11 @@ impl Running {
     }
 }
 
-/// Files under `root` by relative path, with their bytes.
-fn files(root: &Path) -> Vec<(String, Vec<u8>)> {
-    files_under(root)
-        .into_iter()
-        .map(|f| {
-            let rel = f.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            (rel, std::fs::read(&f).unwrap())
-        })
-        .collect()
-}
-
 fn manifest_of(out: &Path) -> Option<serde_json::Value> {
-    files(out)
+    files_under(out)
         .into_iter()
-        .find(|(p, _)| p.ends_with("_manifest.json"))
-        .map(|(_, b)| serde_json::from_slice(&b).unwrap())
+        .find(|p| p.to_string_lossy().ends_with("_manifest.json"))
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
 }
 
 /// The data files the committed manifest names, with their bytes.
@@ -390,7 +379,7 @@ fn of_two_runs_racing_for_one_window_exactly_one_commits() {
 /// `tailor inspect`-free means: the files, or the S3 listing.
 fn list(t: &Tree, out: &str) -> Vec<String> {
     if !out.contains("://") {
-        return files(Path::new(out)).into_iter().map(|(p, _)| p).collect();
+        return files_by_path(Path::new(out)).into_keys().collect();
     }
     let _ = t;
     crate::common::rt().block_on(async {

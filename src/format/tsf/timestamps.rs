@@ -90,7 +90,7 @@ pub(super) fn median_delta(ts: &[i64], scratch: &mut Vec<u64>) -> i64 {
         return candidate as i64;
     }
     scratch.clear();
-    scratch.extend(ts.windows(2).map(|w| w[1].wrapping_sub(w[0]) as u64));
+    scratch.extend(deltas());
     let k = (scratch.len() - 1) / 2;
     *scratch.select_nth_unstable(k).1 as i64
 }
