@@ -645,24 +645,6 @@ pub fn packed_allowance(free: u64, compressed: u64) -> u64 {
     free.saturating_sub(compressed.saturating_add(free / 10))
 }
 
-/// Bytes available to an unprivileged user on the file system of `dir`
-/// (`statvfs`; `None` when it cannot be asked).
-pub fn free_space(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a NUL-terminated string and `st` is written by a
-    // successful call before it is read.
-    let st = unsafe {
-        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
-            return None;
-        }
-        st.assume_init()
-    };
-    #[allow(clippy::unnecessary_cast)] // the field types differ by platform
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
 /// Estimates the decoded size of `objects` (bytes once decompressed) from
 /// the first frames of a few of them: the zstd frame headers declare their
 /// content size, so reading up to `sample` bytes at the start of up to
@@ -749,15 +731,15 @@ mod tests {
     use crate::format::payload::{Kind, PayloadSpec, PayloadWriter, encode_payload, parse_header};
     use rand::{Rng, SeedableRng};
 
-    /// A payload of `ts` (values `i`) decoded, with its header, and its
+    /// A payload of `ts` and `values` decoded, with its header, and its
     /// frame body.
     fn payload(
         version: u16,
         org: u64,
         metric: u64,
         ts: &[i64],
+        values: &[u64],
     ) -> (PayloadHeader, Vec<u8>, Vec<u8>) {
-        let values: Vec<u64> = (0..ts.len() as u64).collect();
         let meta = "m".repeat(ts.len() % 11);
         let spec = PayloadSpec {
             version,
@@ -766,7 +748,7 @@ mod tests {
             kind: Kind::Rate,
             interval_s: 15,
             timestamps: ts,
-            values: &values,
+            values,
             metadata: &meta,
         };
         let mut decoded = Vec::new();
@@ -778,6 +760,11 @@ mod tests {
             decoded,
             frame[4..].to_vec(),
         )
+    }
+
+    /// Values 0, 1, 2, ... for timestamps `ts`.
+    fn counting(ts: &[i64]) -> Vec<u64> {
+        (0..ts.len() as u64).collect()
     }
 
     fn unpacked(packed: &[u8], len: usize) -> Vec<u8> {
@@ -819,7 +806,7 @@ mod tests {
         ];
         for (ts, width) in cases {
             for version in [1, 2] {
-                let (h, decoded, _) = payload(version, 1, 2, &ts);
+                let (h, decoded, _) = payload(version, 1, 2, &ts, &counting(&ts));
                 let mut packed = Vec::new();
                 pack_payload(&h, &decoded, &mut packed);
                 assert_eq!(usize::from(packed[h.ts_offset()]), width, "{ts:?}");
@@ -845,13 +832,13 @@ mod tests {
                     base.wrapping_add(i.wrapping_mul(step)).wrapping_add(j)
                 })
                 .collect();
-            let (h, decoded, _) = payload(2, 3, 4, &ts);
+            let (h, decoded, _) = payload(2, 3, 4, &ts, &counting(&ts));
             let mut packed = Vec::new();
             pack_payload(&h, &decoded, &mut packed);
             assert_eq!(unpacked(&packed, decoded.len()), decoded, "{ts:?}");
         }
         // Sizes that do not agree are refused, never written past.
-        let (h, decoded, _) = payload(2, 3, 4, &[1, 2, 3]);
+        let (h, decoded, _) = payload(2, 3, 4, &[1, 2, 3], &[0, 1, 2]);
         let mut packed = Vec::new();
         pack_payload(&h, &decoded, &mut packed);
         let mut out = vec![0; decoded.len() + 8];
@@ -884,29 +871,9 @@ mod tests {
                 let ts: Vec<i64> = (0..(i % 40 + 1) as i64)
                     .map(|k| k * 10_000 + (k % 3) * 7)
                     .collect();
-                let (h, mut decoded, _) = payload(1 + (i % 2) as u16, i % 9, i % 5, &ts);
-                let at = h.values_offset();
-                rng.fill(&mut decoded[at..at + 8 * ts.len()]);
-                let values: Vec<u64> = decoded[at..at + 8 * ts.len()]
-                    .chunks(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-                    .collect();
-                let meta = std::str::from_utf8(&decoded[h.meta_offset()..][..h.meta_len as usize])
-                    .unwrap()
-                    .to_string();
-                let spec = PayloadSpec {
-                    version: h.version,
-                    org_id: h.org_id,
-                    metric_id: h.metric_id,
-                    kind: h.kind,
-                    interval_s: h.interval_s,
-                    timestamps: &ts,
-                    values: &values,
-                    metadata: &meta,
-                };
-                let mut frame = Vec::new();
-                PayloadWriter::new(1).write_frame(&spec, &mut frame);
-                (i % 9, i % 5, h, decoded, frame[4..].to_vec())
+                let values: Vec<u64> = ts.iter().map(|_| rng.random()).collect();
+                let (h, decoded, body) = payload(1 + (i % 2) as u16, i % 9, i % 5, &ts, &values);
+                (i % 9, i % 5, h, decoded, body)
             })
             .collect();
         let extra = |h: &PayloadHeader, decoded: &[u8], body: &[u8]| {
@@ -1050,7 +1017,5 @@ mod tests {
         // 100 GB free, 30 GB of frames to spool: 33 + 10 set aside.
         assert_eq!(packed_allowance(100_000, 30_000), 57_000);
         assert_eq!(packed_allowance(36_000, 30_000), 0);
-        assert!(free_space(std::path::Path::new(".")).unwrap() > 0);
-        assert_eq!(free_space(std::path::Path::new("/no/such/dir")), None);
     }
 }

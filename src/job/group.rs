@@ -291,7 +291,7 @@ pub fn decode_spooled(
 mod tests {
     use super::*;
     use crate::datasource::route::Router;
-    use crate::format::payload::{Kind, PayloadSpec, PayloadWriter};
+    use crate::format::payload::{Kind, PayloadSpec, PayloadWriter, encode_payload, parse_header};
 
     /// Frames of `payloads` (org, metric, ts, vals, meta) written, spooled
     /// as the scan would, and read back.
@@ -309,38 +309,61 @@ mod tests {
             allowance,
         );
         let mut w = PayloadWriter::new(1);
+        let (mut frame, mut decoded) = (Vec::new(), Vec::new());
         for (i, (org, metric, ts, vals, meta)) in payloads.iter().enumerate() {
-            let mut frame = Vec::new();
-            w.write_frame(
-                &PayloadSpec {
-                    version: 2,
-                    org_id: *org,
-                    metric_id: *metric,
-                    kind: Kind::Gauge,
-                    interval_s: 10,
-                    timestamps: ts,
-                    values: vals,
-                    metadata: meta,
-                },
-                &mut frame,
-            );
+            let spec = PayloadSpec {
+                version: 2,
+                org_id: *org,
+                metric_id: *metric,
+                kind: Kind::Gauge,
+                interval_s: 10,
+                timestamps: ts,
+                values: vals,
+                metadata: meta,
+            };
+            frame.clear();
+            w.write_frame(&spec, &mut frame);
             let body = &frame[4..];
-            let info = check_body(body, 0).unwrap();
-            let mut decoded = vec![0u64; info.content_size.div_ceil(8)];
-            let decoded = &mut crate::datasource::batch::bytemuck_bytes_mut(&mut decoded)
-                [..info.content_size];
-            Decoder::new()
-                .decompress_into(body, info, decoded, 0)
-                .unwrap();
-            let header = parse_payload(decoded, 0).unwrap().header;
+            encode_payload(&spec, &mut decoded);
+            let header = parse_header(&decoded, 0).unwrap();
             // Objects and offsets out of input order on purpose.
             let (object, offset) = ((i % 2) as u32, 1000 - i as u64 * 10);
             router
-                .spool(object, offset, &header, decoded, body)
+                .spool(object, offset, &header, &decoded, body)
                 .unwrap();
         }
         router.finish().unwrap();
         crate::datasource::route::read_spool(&router.path(0)).unwrap()
+    }
+
+    #[test]
+    fn a_spooled_record_that_does_not_read_back_as_spooled_is_an_internal_error() {
+        let payloads = vec![(7, 1, vec![30, 40], vec![3, 4], "first")];
+        let pool = SlabPool::new(256);
+        let fails = |(bytes, frames): &(Vec<u8>, Vec<SpooledFrame>),
+                     change: &dyn Fn(&mut SpooledFrame)| {
+            let mut f = frames[0].clone();
+            change(&mut f);
+            match decode_spooled(bytes, &[f], &pool) {
+                Err(JobError::Internal(e)) => e,
+                other => panic!("{other:?}"),
+            }
+        };
+        for allowance in [0, u64::MAX] {
+            let spool = spooled(&payloads, allowance);
+            let e = fails(&spool, &|f| f.org_id = 8);
+            assert!(
+                e.contains("object #0, offset 1000") && e.contains("another series"),
+                "{e}"
+            );
+            let e = fails(&spool, &|f| f.content_size += 8);
+            let want = if allowance == 0 {
+                "its size is not the one spooled"
+            } else {
+                "unpacks to"
+            };
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]

@@ -418,7 +418,7 @@ async fn scan_group_encode(
         // spill disk has room for it, compressed (decoded again) after.
         let compressed = listing.total_bytes() / u64::from(p.buckets) * u64::from(spooled);
         let allowance = crate::job::faults::spool_allowance().unwrap_or_else(|| {
-            route::free_space(spill).map_or(0, |free| route::packed_allowance(free, compressed))
+            scratch::free_space(spill).map_or(0, |free| route::packed_allowance(free, compressed))
         });
         Arc::new(Router::new(
             p.buckets,

@@ -80,6 +80,24 @@ impl Drop for ScratchDir {
     }
 }
 
+/// Bytes available to an unprivileged user on the file system of `dir`
+/// (`statvfs`; `None` when it cannot be asked).
+pub fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `st` is written by a
+    // successful call before it is read.
+    let st = unsafe {
+        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
+            return None;
+        }
+        st.assume_init()
+    };
+    #[allow(clippy::unnecessary_cast)] // the field types differ by platform
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 fn scratch_error(flag: &str, parent: &Path, e: std::io::Error) -> JobError {
     JobError::io(
         format_args!(
@@ -126,6 +144,12 @@ pub fn reclaim(parent: Option<&Path>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_space_is_asked_of_the_file_system() {
+        assert!(free_space(Path::new(".")).unwrap() > 0);
+        assert_eq!(free_space(Path::new("/no/such/dir")), None);
+    }
 
     #[test]
     fn a_held_directory_is_kept_and_a_dead_ones_removed() {
