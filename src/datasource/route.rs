@@ -477,6 +477,22 @@ pub(crate) fn read_spool(path: &Path) -> std::io::Result<(Vec<u8>, Vec<SpooledFr
     })
 }
 
+/// The series of the spool file `path` that decodes to the most bytes,
+/// and those bytes (`None`: the file holds nothing). Reads the records'
+/// headers a chunk of `chunk` bytes at a time.
+pub fn largest_series(path: &Path, chunk: usize) -> std::io::Result<Option<((u64, u64), u64)>> {
+    let mut sizes: HashMap<(u64, u64), u64> = HashMap::new();
+    let mut reader = SpoolReader::open(path, chunk)?;
+    while let Some((_, frames)) = reader.next_chunk()? {
+        for f in &frames {
+            *sizes.entry((f.org_id, f.metric_id)).or_default() += u64::from(f.content_size);
+        }
+    }
+    Ok(sizes
+        .into_iter()
+        .max_by_key(|&(k, n)| (n, std::cmp::Reverse(k))))
+}
+
 /// Splits the spool file `path` into `parts` files of the series' buckets
 /// at `level` (beside it, named after it), for a bucket too big to decode at
 /// once; returns, for each part that holds frames, its index, file and what

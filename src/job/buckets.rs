@@ -14,8 +14,9 @@
 //!    grouped together with the rows the scan kept of it (if it was
 //!    demoted), encoded. A bucket whose spooled payloads decode to more than
 //!    its share of memory is first split by another hash of the series
-//!    (up to [`MAX_SPLITS`] times: a single series bigger than that is
-//!    decoded whole);
+//!    (up to [`MAX_SPLITS`] times; then it is decoded whole if its largest
+//!    series, with its merged copy, fits what the buckets share, and is a
+//!    usage error naming that series otherwise);
 //! 3. a k-way merge of the groups by series key into the files.
 //!
 //! The groups are one pipeline: a loader thread reads and decodes the next
@@ -33,7 +34,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::datasource::batch::SlabPool;
-use crate::datasource::route::{Router, SpoolReader, SpoolStats, bucket_of, split_spool};
+use crate::datasource::route::{
+    Router, SpoolReader, SpoolStats, bucket_of, largest_series, split_spool,
+};
 use crate::job::config::{BucketPlan, MemoryBudget};
 use crate::job::encode::{
     EncodeTotals, EncodedSpool, FileOptions, Files, OutputWriter, merge_spool,
@@ -147,6 +150,10 @@ pub fn encode_all(
     let cap = budget
         .bucket_cap_beside(grouper.bytes())
         .unwrap_or(u64::MAX);
+    let room = budget
+        .buckets_room_beside(grouper.bytes())
+        .unwrap_or(u64::MAX);
+    let limit = budget.limit.unwrap_or(u64::MAX);
     let buckets: Vec<(u32, Option<(PathBuf, SpoolStats)>)> = (0..router.buckets())
         .filter_map(|b| {
             let stats = router.stats(b);
@@ -173,6 +180,8 @@ pub fn encode_all(
                 };
                 let mut load = Load {
                     cap,
+                    room,
+                    limit,
                     pool,
                     splits,
                     tx: &tx,
@@ -223,6 +232,10 @@ pub fn encode_all(
 /// The loader: reads and decodes spooled buckets for the grouping thread.
 struct Load<'a> {
     cap: u64,
+    /// What a single series may take at most, merged copy included, and
+    /// the memory limit it comes from (for the error).
+    room: u64,
+    limit: u64,
     pool: &'a std::sync::Arc<SlabPool>,
     splits: &'a std::sync::atomic::AtomicU64,
     tx: &'a std::sync::mpsc::SyncSender<Result<Loaded, JobError>>,
@@ -258,6 +271,11 @@ impl Load<'_> {
             }
             return Ok(());
         }
+        if let Some((path, stats)) = &spool
+            && stats.decoded > self.cap
+        {
+            self.check_series_fit(path)?;
+        }
         let batches = match &spool {
             Some((path, _)) => {
                 let io = |e| JobError::io("reading back a spooled bucket", e);
@@ -274,5 +292,25 @@ impl Load<'_> {
         // The grouping thread gone (it failed): nothing more to load.
         let _ = self.tx.send(Ok((pick, batches)));
         Ok(())
+    }
+
+    /// A part split as often as it may be and still over its share is
+    /// decoded whole, as long as its largest series fits what the buckets
+    /// share (with its merged copy); one that does not cannot be merged
+    /// within the limit, whatever the grouping: a usage error naming it.
+    fn check_series_fit(&self, path: &Path) -> Result<(), JobError> {
+        let largest = largest_series(path, self.chunk)
+            .map_err(|e| JobError::io("reading back a spooled bucket", e))?;
+        match largest {
+            Some(((org, metric), bytes)) if bytes.saturating_mul(2) > self.room => {
+                Err(JobError::Config(format!(
+                    "series {org}/{metric} decodes to {bytes} bytes and needs about twice that \
+                     to merge and encode, more than the {} bytes --memory-limit {} leaves it: \
+                     raise --memory-limit",
+                    self.room, self.limit
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 }

@@ -766,8 +766,15 @@ impl MemoryBudget {
     /// free slabs kept for reuse (half a bucket) and room to spare for
     /// what the encoder holds beside them: about 2.85 buckets.
     pub fn bucket_cap_beside(&self, held: u64) -> Option<u64> {
-        self.budget()
-            .map(|b| ((b / 100 * 80).saturating_sub(held) / 100 * 35).max(1 << 20))
+        self.buckets_room_beside(held)
+            .map(|r| (r / 100 * 35).max(1 << 20))
+    }
+
+    /// What the spooled buckets share when `held` bytes of the scan's rows
+    /// are still in memory: 80% of the budget less those. A single series
+    /// must fit in it, with its merged copy (about as big again).
+    pub fn buckets_room_beside(&self, held: u64) -> Option<u64> {
+        self.budget().map(|b| (b / 100 * 80).saturating_sub(held))
     }
 
     /// [`Self::bucket_cap_beside`] nothing.

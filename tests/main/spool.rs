@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use tailor::datasource::store::StoreRoot;
 use tailor::job::generate::{GenerateOptions, generate};
 
-use crate::common::{files_by_path, files_under, rt, tempdir};
+use crate::common::{P, file_of, files_by_path, files_under, rt, tempdir};
 
 const MIB: u64 = 1 << 20;
 /// The footprint the budget starts after (`config.rs` BASE_FOOTPRINT).
@@ -259,6 +259,59 @@ fn payloads_the_scan_splits_into_rows_are_spooled_whole_in_either_form() {
         "{s}"
     );
     assert!(t.bytes("compressed") == want);
+}
+
+#[test]
+fn a_series_too_big_for_the_limit_is_a_usage_error_naming_it() {
+    // Series 1/1: 64 payloads of 4096 points (64 x (40 + 16 x 4096) bytes
+    // decoded); 200 small
+    // payloads of other series around it.
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let hour = dir.join("in/org-mod-0/dt=2026-11-21/hour=00");
+    std::fs::create_dir_all(&hour).unwrap();
+    let map = dir.join("one.toml");
+    std::fs::write(&map, "modulus = 1\ndedicated = []\n").unwrap();
+    let p = |org: u64, metric: u64, at: i64, n: i64| P {
+        version: 2,
+        org,
+        metric,
+        kind: tailor::format::payload::Kind::Gauge,
+        interval_s: 1,
+        ts: (0..n)
+            .map(|k| 1_795_219_200_000 + (at + k) * 1000)
+            .collect(),
+        vals: (0..n as u64).collect(),
+        meta: String::new(),
+    };
+    let mut payloads: Vec<P> = (0..64).map(|i| p(1, 1, i * 4096, 4096)).collect();
+    payloads.extend((0..200u64).map(|i| p(2 + i % 50, 7, i as i64, 10)));
+    std::fs::write(hour.join("points+0+0000000000.tsp"), file_of(&payloads).0).unwrap();
+    let run = |out: &str, budget: u64| {
+        Command::new(env!("CARGO_BIN_EXE_tailor"))
+            .arg("run")
+            .arg("--input")
+            .arg(dir.join("in"))
+            .arg("--output")
+            .arg(dir.join(out))
+            .args(["--shard", "org-mod-0", "--shard-map"])
+            .arg(&map)
+            .args(["--memory-limit", &limit(budget), "--target-partitions", "2"])
+            .output()
+            .unwrap()
+    };
+    let o = run("small", MIB);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("series 1/1 decodes to 4196864 bytes") && err.contains("raise --memory-limit"),
+        "{err}"
+    );
+    assert!(!has_manifest(&dir.join("small")), "{err}");
+    // With room for it, the same input runs.
+    let o = run("room", 64 * MIB);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(has_manifest(&dir.join("room")));
 }
 
 #[test]
