@@ -161,9 +161,12 @@ impl Encoder {
                 );
             }
             Some(model) => {
-                let dm = if model == TsModel::Dod { 0 } else { d };
-                let ok = ts_codes_with(ts, model, dm, &mut self.codes);
-                debug_assert!(ok);
+                // The grid's codes are left in `codes` by `ts_costs`.
+                if model != TsModel::Grid {
+                    let dm = if model == TsModel::Dod { 0 } else { d };
+                    let ok = ts_codes_with(ts, model, dm, &mut self.codes);
+                    debug_assert!(ok);
+                }
                 pack_codes(ts_bits(best.0), &self.codes, &mut self.plain);
             }
         }
