@@ -75,10 +75,6 @@ pub fn log_row_batch(key: &str, log: &str) -> Result<RecordBatch, ArrowError> {
 #[derive(Debug)]
 pub struct SlabPool {
     free: Mutex<Vec<Slab>>,
-    /// Bytes of the slabs handed out and not yet given back, and its
-    /// changes (see [`SlabPool::wait_for_room`]).
-    out: Mutex<u64>,
-    returned: std::sync::Condvar,
     slab_bytes: usize,
     keep: usize,
 }
@@ -94,8 +90,6 @@ impl SlabPool {
     pub fn keeping(slab_bytes: usize, keep: usize) -> Arc<Self> {
         Arc::new(Self {
             free: Mutex::new(Vec::new()),
-            out: Mutex::new(0),
-            returned: std::sync::Condvar::new(),
             slab_bytes: slab_bytes.max(64),
             keep,
         })
@@ -105,48 +99,20 @@ impl SlabPool {
     fn take(&self, min_bytes: usize) -> Slab {
         let words = min_bytes.max(self.slab_bytes).div_ceil(8);
         let mut free = self.free.lock().unwrap();
-        // Reused as is: a slab is always fully initialised (its old
-        // contents are overwritten by zstd before anything reads them).
-        let slab = match free.iter().position(|s| s.len() >= words) {
-            Some(i) => free.swap_remove(i),
-            None => {
-                drop(free);
-                Slab::zeroed(words)
-            }
-        };
-        *self.out.lock().unwrap() += slab.len() as u64 * 8;
-        slab
+        if let Some(i) = free.iter().position(|s| s.len() >= words) {
+            // Reused as is: a slab is always fully initialised (its old
+            // contents are overwritten by zstd before anything reads them).
+            return free.swap_remove(i);
+        }
+        drop(free);
+        Slab::zeroed(words)
     }
 
     fn give_back(&self, slab: Slab) {
-        let bytes = slab.len() as u64 * 8;
-        {
-            let mut free = self.free.lock().unwrap();
-            if free.len() < self.keep {
-                free.push(slab);
-            }
+        let mut free = self.free.lock().unwrap();
+        if free.len() < self.keep {
+            free.push(slab);
         }
-        let mut out = self.out.lock().unwrap();
-        *out = out.saturating_sub(bytes);
-        drop(out);
-        self.returned.notify_all();
-    }
-
-    /// Waits until `need` more bytes of slabs keep the slabs out within
-    /// `limit`, or none is out (a need over the limit then goes ahead
-    /// alone). Every slab taken comes back (from its batch's last
-    /// reference, or from a builder dropped unfinished), so this ends as
-    /// long as the batches out are being consumed.
-    pub fn wait_for_room(&self, need: u64, limit: u64) {
-        let mut out = self.out.lock().unwrap();
-        while *out > 0 && out.saturating_add(need) > limit {
-            out = self.returned.wait(out).unwrap();
-        }
-    }
-
-    /// Bytes of the slabs out (tests).
-    pub fn out_bytes(&self) -> u64 {
-        *self.out.lock().unwrap()
     }
 
     /// The size of an ordinary slab.
@@ -251,17 +217,6 @@ impl Drop for Slab {
             let layout = Layout::from_size_align(self.words * 8, self.align).expect("slab layout");
             // SAFETY: allocated in `zeroed` with this layout.
             unsafe { dealloc(self.ptr.as_ptr() as *mut u8, layout) };
-        }
-    }
-}
-
-impl Drop for BatchBuilder {
-    fn drop(&mut self) {
-        // The slab of an unfinished batch goes back too (the pool counts
-        // the slabs out).
-        let slab = std::mem::take(&mut self.slab);
-        if !slab.is_empty() {
-            self.pool.give_back(slab);
         }
     }
 }
@@ -636,31 +591,5 @@ mod tests {
         let at = s.as_ptr();
         pool.give_back(s);
         assert_eq!(pool.take(HUGE_PAGE).as_ptr(), at, "reused");
-    }
-
-    #[test]
-    fn the_pool_counts_the_slabs_out_and_waits_for_them_to_come_back() {
-        let pool = SlabPool::keeping(4096, 0);
-        // Nothing out: any need goes ahead, even one over the limit.
-        pool.wait_for_room(1 << 40, 1);
-        // A batch's slab stays out while the batch lives, an unfinished
-        // builder's until the builder goes.
-        let mut b = BatchBuilder::new(Arc::clone(&pool), 16, "k", "s");
-        b.reserve(100).unwrap();
-        assert_eq!(pool.out_bytes(), 4096);
-        drop(b);
-        assert_eq!(pool.out_bytes(), 0);
-        let held = pool.take(10);
-        assert_eq!(pool.out_bytes(), 4096);
-        pool.wait_for_room(4096, 8192); // fits beside it
-        let waiter = {
-            let pool = Arc::clone(&pool);
-            std::thread::spawn(move || pool.wait_for_room(4096, 6000))
-        };
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(!waiter.is_finished(), "went ahead with no room");
-        pool.give_back(held);
-        waiter.join().unwrap();
-        assert_eq!(pool.out_bytes(), 0);
     }
 }

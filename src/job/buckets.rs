@@ -277,12 +277,7 @@ impl Load<'_> {
             self.check_series_fit(path)?;
         }
         let batches = match &spool {
-            Some((path, stats)) => {
-                // At most two buckets' slabs out at once: the one being
-                // grouped and encoded, and this one. Without the wait this
-                // thread ran a bucket further ahead whenever the encoder
-                // was slower (peak RSS 1.2 times the limit at input / 10).
-                self.pool.wait_for_room(stats.decoded, 2 * self.cap);
+            Some((path, _)) => {
                 let io = |e| JobError::io("reading back a spooled bucket", e);
                 let mut reader = SpoolReader::open(path, self.chunk).map_err(io)?;
                 let mut batches = Vec::new();

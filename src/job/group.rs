@@ -225,69 +225,61 @@ pub fn decode_spooled(
     /// Frames decoded by one task: enough to keep both cores busy and the
     /// batches at about a slab each.
     const TASK_FRAMES: usize = 2048;
-    let decode = |chunk: &[SpooledFrame]| -> Result<Vec<(RecordBatch, Objects)>, JobError> {
-        // Rows per batch: about a slab's worth of ordinary payloads (the
-        // builder's columns are allocated at this capacity).
-        let rows = (pool.slab_bytes() / 1024).clamp(64, 8192);
-        let mut builder = BatchBuilder::new(Arc::clone(pool), rows, "", "");
-        let mut decoder = Decoder::new();
-        let mut out = Vec::new();
-        let mut objects = Vec::new();
-        let failed = |f: &SpooledFrame, e: &dyn std::fmt::Display| {
-            JobError::Internal(format!(
-                "a spooled frame (object #{}, offset {}) that decoded in the scan failed \
+    let done: Vec<Result<Vec<(RecordBatch, Objects)>, JobError>> = frames
+        .par_chunks(TASK_FRAMES)
+        .map(|chunk| {
+            // Rows per batch: about a slab's worth of ordinary payloads (the
+            // builder's columns are allocated at this capacity).
+            let rows = (pool.slab_bytes() / 1024).clamp(64, 8192);
+            let mut builder = BatchBuilder::new(Arc::clone(pool), rows, "", "");
+            let mut decoder = Decoder::new();
+            let mut out = Vec::new();
+            let mut objects = Vec::new();
+            let failed = |f: &SpooledFrame, e: &dyn std::fmt::Display| {
+                JobError::Internal(format!(
+                    "a spooled frame (object #{}, offset {}) that decoded in the scan failed \
                      to decode again: {e}",
-                f.object, f.frame_offset
-            ))
-        };
-        for f in chunk {
-            let body = &bytes[f.body.clone()];
-            let size = f.content_size as usize;
-            if !builder.fits(size)
-                && let Some(b) = builder.finish().map_err(|e| failed(f, &e))?
-            {
-                out.push((b, Objects::PerRow(std::mem::take(&mut objects))));
-            }
-            let dst = builder.reserve(size).map_err(|e| failed(f, &e))?;
-            if f.packed {
-                unpack_payload(body, dst).map_err(|e| failed(f, &e))?;
-            } else {
-                let info = check_body(body, f.frame_offset).map_err(|e| failed(f, &e))?;
-                if info.content_size != size {
-                    return Err(failed(f, &"its size is not the one spooled"));
+                    f.object, f.frame_offset
+                ))
+            };
+            for f in chunk {
+                let body = &bytes[f.body.clone()];
+                let size = f.content_size as usize;
+                if !builder.fits(size)
+                    && let Some(b) = builder.finish().map_err(|e| failed(f, &e))?
+                {
+                    out.push((b, Objects::PerRow(std::mem::take(&mut objects))));
                 }
-                decoder
-                    .decompress_into(body, info, dst, f.frame_offset)
-                    .map_err(|e| failed(f, &e))?;
+                let dst = builder.reserve(size).map_err(|e| failed(f, &e))?;
+                if f.packed {
+                    unpack_payload(body, dst).map_err(|e| failed(f, &e))?;
+                } else {
+                    let info = check_body(body, f.frame_offset).map_err(|e| failed(f, &e))?;
+                    if info.content_size != size {
+                        return Err(failed(f, &"its size is not the one spooled"));
+                    }
+                    decoder
+                        .decompress_into(body, info, dst, f.frame_offset)
+                        .map_err(|e| failed(f, &e))?;
+                }
+                let header = parse_payload(dst, f.frame_offset)
+                    .map_err(|e| failed(f, &e))?
+                    .header;
+                if (header.org_id, header.metric_id) != (f.org_id, f.metric_id) {
+                    return Err(failed(f, &"it is of another series than spooled"));
+                }
+                builder.commit(&header, f.frame_offset, false);
+                objects.push(f.object);
             }
-            let header = parse_payload(dst, f.frame_offset)
-                .map_err(|e| failed(f, &e))?
-                .header;
-            if (header.org_id, header.metric_id) != (f.org_id, f.metric_id) {
-                return Err(failed(f, &"it is of another series than spooled"));
+            if let Some(b) = builder
+                .finish()
+                .map_err(|e| JobError::Internal(format!("a batch of spooled frames: {e}")))?
+            {
+                out.push((b, Objects::PerRow(objects)));
             }
-            builder.commit(&header, f.frame_offset, false);
-            objects.push(f.object);
-        }
-        if let Some(b) = builder
-            .finish()
-            .map_err(|e| JobError::Internal(format!("a batch of spooled frames: {e}")))?
-        {
-            out.push((b, Objects::PerRow(objects)));
-        }
-        Ok(out)
-    };
-    // Packed frames are copied, not decoded: this (the loader's) thread
-    // does that alone. On the encoder's rayon pool its tasks queued behind
-    // the encoder's, so the grouping thread waited on the loader and both
-    // cores were busy only 1.65 of the bucket phase at input / 10.
-    // Compressed frames are zstd-decoded in parallel.
-    let done: Vec<Result<Vec<(RecordBatch, Objects)>, JobError>> =
-        if frames.iter().all(|f| f.packed) {
-            frames.chunks(TASK_FRAMES).map(decode).collect()
-        } else {
-            frames.par_chunks(TASK_FRAMES).map(decode).collect()
-        };
+            Ok(out)
+        })
+        .collect();
     let mut batches = Vec::new();
     for d in done {
         batches.extend(d?);
