@@ -241,6 +241,23 @@ struct OpenFile {
 /// Most series (and points) encoded in one parallel round.
 const ROUND_SERIES: usize = 1024;
 
+/// One series of a round, merged and encoded: the merged series' header,
+/// what merging dropped, its points left to the other system, and its
+/// encoding (`None`: every point was the other system's).
+type Done = (
+    MergedSeries,
+    MergeCounts,
+    u64,
+    Option<Result<tsf::EncodedSeries, tsf::TsfError>>,
+);
+
+/// A round handed to the worker threads: its series come back on `rx`,
+/// and `mark` says whether a mark follows it.
+struct InFlight {
+    rx: Receiver<Vec<Done>>,
+    mark: bool,
+}
+
 fn encode_loop<S: Sink>(
     mut sink: S,
     opts: FileOptions,
@@ -250,22 +267,41 @@ fn encode_loop<S: Sink>(
     let wall = Instant::now();
     // Time spent encoding on the worker threads (compute-bound, so this is
     // their CPU time) plus appending on this one.
-    let busy = AtomicU64::new(0);
+    let busy = Arc::new(AtomicU64::new(0));
     let mut totals = EncodeTotals::default();
-    let mut round: Vec<SeriesInput> = Vec::new();
     // Take what the merger has produced (at least one series), encode it on
     // all cores, append in order. Encoding is a pure function of each
     // series, so the bytes do not depend on how series fall into rounds.
-    while let Ok(first) = rx.recv() {
+    // This thread appends one round while the worker threads encode the
+    // next: appending on its own left both cores idle for 1% of the CPU.
+    let mut in_flight: Option<InFlight> = None;
+    loop {
+        let next = match in_flight {
+            // A round is being encoded: start the next one if its first
+            // series is there, else append the round before waiting.
+            Some(_) => match rx.try_recv() {
+                Ok(item) => Some(item),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    append_round(&mut sink, &mut totals, &busy, in_flight.take())?;
+                    rx.recv().ok()
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+            },
+            None => rx.recv().ok(),
+        };
+        let Some(first) = next else {
+            break;
+        };
         let first = match first {
             Item::Series(s) => s,
             Item::Mark => {
+                append_round(&mut sink, &mut totals, &busy, in_flight.take())?;
                 sink.mark()?;
                 continue;
             }
         };
         let mut points = first.n_points();
-        round.push(first);
+        let mut round = vec![first];
         // A mark ends the round: it applies once the round is appended.
         let mut mark = false;
         while round.len() < ROUND_SERIES && points < opts.round_points {
@@ -282,75 +318,118 @@ fn encode_loop<S: Sink>(
             }
         }
         backlog.take(points as u64);
-        let writer = opts.writer;
-        // Merge (sort, deduplicate) and encode each series on all cores,
-        // each thread in buffers it keeps from series to series.
-        type Done = (
-            MergedSeries,
-            MergeCounts,
-            u64,
-            Option<Result<tsf::EncodedSeries, tsf::TsfError>>,
-        );
-        thread_local! {
-            static BUFS: std::cell::RefCell<MergeBuffers> = Default::default();
-        }
-        let keep = opts.keep.clone();
-        let encoded: Vec<Done> = round
-            .par_drain(..)
-            .map(|s| {
-                BUFS.with_borrow_mut(|bufs| {
-                    let (m, counts) = s.merge_into(bufs);
-                    // The run's own points only; the rest is the other
-                    // system's.
-                    let r = match &keep {
-                        Some((role, migration)) => {
-                            migration.kept(*role, m.org_id, &bufs.timestamps)
-                        }
-                        None => 0..bufs.timestamps.len(),
-                    };
-                    let left = (bufs.timestamps.len() - r.len()) as u64;
-                    if r.is_empty() {
-                        // Every point of the series is the other system's.
-                        return (m, counts, left, None);
-                    }
-                    let t = Instant::now();
-                    let e = tsf::encode_series(
-                        &writer,
-                        &header(&m),
-                        &bufs.timestamps[r.clone()],
-                        &bufs.values[r],
-                    );
-                    busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    (m, counts, left, Some(e))
-                })
-            })
-            .collect();
-        let t = Instant::now();
-        for (s, counts, left, e) in encoded {
-            totals.merge.add(&counts);
-            if left > 0 {
-                *totals.left_to_other.entry(s.org_id).or_default() += left;
-            }
-            let Some(e) = e else {
-                continue;
-            };
-            // The merged series is the writer's own input: one it refuses
-            // is a bug, not bad data.
-            let e = e.map_err(|e| {
-                JobError::Internal(format!("encoding series {}/{}: {e}", s.org_id, s.metric_id))
-            })?;
-            totals.series += 1;
-            totals.points += e.points;
-            sink.append(&header(&s), e)?;
-        }
-        if mark {
-            sink.mark()?;
-        }
-        busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let started = spawn_round(round, &opts, &busy);
+        // The round before is appended while this one is encoded.
+        append_round(&mut sink, &mut totals, &busy, in_flight.take())?;
+        in_flight = Some(InFlight { rx: started, mark });
     }
+    append_round(&mut sink, &mut totals, &busy, in_flight.take())?;
     totals.busy = std::time::Duration::from_nanos(busy.load(Ordering::Relaxed));
     totals.wall = wall.elapsed();
     Ok((sink, totals))
+}
+
+/// Merges (sorts, deduplicates) and encodes each series of `round` on the
+/// worker threads, each thread in buffers it keeps from series to series;
+/// the round's series come back, in order, on the receiver.
+fn spawn_round(
+    mut round: Vec<SeriesInput>,
+    opts: &FileOptions,
+    busy: &Arc<AtomicU64>,
+) -> Receiver<Vec<Done>> {
+    let (tx, rx) = sync_channel(1);
+    let (writer, keep, busy) = (opts.writer, opts.keep.clone(), Arc::clone(busy));
+    rayon::spawn(move || {
+        // A panic on a worker thread would abort the process; caught, it
+        // drops `tx`, and the encoder thread reports an internal error.
+        let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            encode_round(&mut round, writer, keep.as_ref(), &busy)
+        }));
+        if let Ok(encoded) = encoded {
+            // The encoder thread gone (it failed): nothing to hand back.
+            let _ = tx.send(encoded);
+        }
+    });
+    rx
+}
+
+/// [`spawn_round`]'s work, on the worker threads.
+fn encode_round(
+    round: &mut Vec<SeriesInput>,
+    writer: WriterOptions,
+    keep: Option<&(Role, Arc<Migration>)>,
+    busy: &AtomicU64,
+) -> Vec<Done> {
+    thread_local! {
+        static BUFS: std::cell::RefCell<MergeBuffers> = Default::default();
+    }
+    round
+        .par_drain(..)
+        .map(|s| {
+            BUFS.with_borrow_mut(|bufs| {
+                let (m, counts) = s.merge_into(bufs);
+                // The run's own points only; the rest is the other
+                // system's.
+                let r = match keep {
+                    Some((role, migration)) => migration.kept(*role, m.org_id, &bufs.timestamps),
+                    None => 0..bufs.timestamps.len(),
+                };
+                let left = (bufs.timestamps.len() - r.len()) as u64;
+                if r.is_empty() {
+                    // Every point of the series is the other system's.
+                    return (m, counts, left, None);
+                }
+                let t = Instant::now();
+                let e = tsf::encode_series(
+                    &writer,
+                    &header(&m),
+                    &bufs.timestamps[r.clone()],
+                    &bufs.values[r],
+                );
+                busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                (m, counts, left, Some(e))
+            })
+        })
+        .collect()
+}
+
+/// Appends a round's series in order (and applies its mark), once the
+/// worker threads have encoded it.
+fn append_round<S: Sink>(
+    sink: &mut S,
+    totals: &mut EncodeTotals,
+    busy: &AtomicU64,
+    round: Option<InFlight>,
+) -> Result<(), JobError> {
+    let Some(InFlight { rx, mark }) = round else {
+        return Ok(());
+    };
+    let encoded = rx
+        .recv()
+        .map_err(|_| JobError::Internal("encoding a round of series panicked".into()))?;
+    let t = Instant::now();
+    for (s, counts, left, e) in encoded {
+        totals.merge.add(&counts);
+        if left > 0 {
+            *totals.left_to_other.entry(s.org_id).or_default() += left;
+        }
+        let Some(e) = e else {
+            continue;
+        };
+        // The merged series is the writer's own input: one it refuses
+        // is a bug, not bad data.
+        let e = e.map_err(|e| {
+            JobError::Internal(format!("encoding series {}/{}: {e}", s.org_id, s.metric_id))
+        })?;
+        totals.series += 1;
+        totals.points += e.points;
+        sink.append(&header(&s), e)?;
+    }
+    if mark {
+        sink.mark()?;
+    }
+    busy.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    Ok(())
 }
 
 fn header(s: &MergedSeries) -> SeriesHeader<'_> {
