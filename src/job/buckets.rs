@@ -172,6 +172,12 @@ pub fn encode_all(
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Loaded, JobError>>(0);
         let splits = &splits;
         let pool = &pool;
+        let (reap, reaped) = std::sync::mpsc::channel::<PathBuf>();
+        scope.spawn(move || {
+            for path in reaped {
+                let _ = std::fs::remove_file(path);
+            }
+        });
         let loader = scope.spawn(move || {
             for (b, spool) in buckets {
                 let pick = Pick {
@@ -186,6 +192,7 @@ pub fn encode_all(
                     splits,
                     tx: &tx,
                     chunk: read_chunk,
+                    reap: &reap,
                 };
                 if let Err(e) = load.load(spool, pick) {
                     let _ = tx.send(Err(e));
@@ -241,9 +248,20 @@ struct Load<'a> {
     tx: &'a std::sync::mpsc::SyncSender<Result<Loaded, JobError>>,
     /// Bytes of a spool file read at once.
     chunk: usize,
+    /// Spool files read back, for the thread that deletes them.
+    reap: &'a std::sync::mpsc::Sender<PathBuf>,
 }
 
 impl Load<'_> {
+    /// Deletes a spool file read back, on a thread of its own: deleting a
+    /// file waits for the disk (ext4 discards its blocks), and the grouping
+    /// thread waits for this one.
+    fn remove(&self, path: &Path) {
+        if let Err(std::sync::mpsc::SendError(path)) = self.reap.send(path.to_path_buf()) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     /// Reads and decodes one spooled bucket (or part of one), first
     /// splitting it by another hash of the series while it decodes to more
     /// than `cap`; a part without a spool (the scan demoted the bucket, and
@@ -257,7 +275,7 @@ impl Load<'_> {
             let parts = (stats.decoded.div_ceil(self.cap) + 1).min(1 << 12) as u32;
             let subs = split_spool(path, parts, level + 1, self.chunk)
                 .map_err(|e| JobError::io("splitting a spooled bucket", e))?;
-            let _ = std::fs::remove_file(path);
+            self.remove(path);
             self.splits
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut subs = subs.into_iter().peekable();
@@ -284,7 +302,8 @@ impl Load<'_> {
                 while let Some((bytes, frames)) = reader.next_chunk().map_err(io)? {
                     batches.extend(decode_spooled(bytes, &frames, self.pool)?);
                 }
-                let _ = std::fs::remove_file(path);
+                drop(reader);
+                self.remove(path);
                 batches
             }
             None => Vec::new(),
