@@ -255,11 +255,9 @@ struct Load<'a> {
 impl Load<'_> {
     /// Deletes a spool file read back, on a thread of its own: deleting a
     /// file waits for the disk (ext4 discards its blocks), and the grouping
-    /// thread waits for this one.
+    /// thread waits for this one. (That thread outlives every sender.)
     fn remove(&self, path: &Path) {
-        if let Err(std::sync::mpsc::SendError(path)) = self.reap.send(path.to_path_buf()) {
-            let _ = std::fs::remove_file(path);
-        }
+        let _ = self.reap.send(path.to_path_buf());
     }
 
     /// Reads and decodes one spooled bucket (or part of one), first

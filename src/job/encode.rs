@@ -333,7 +333,7 @@ fn encode_loop<S: Sink>(
 /// worker threads, each thread in buffers it keeps from series to series;
 /// the round's series come back, in order, on the receiver.
 fn spawn_round(
-    mut round: Vec<SeriesInput>,
+    round: Vec<SeriesInput>,
     opts: &FileOptions,
     busy: &Arc<AtomicU64>,
 ) -> Receiver<Vec<Done>> {
@@ -343,7 +343,7 @@ fn spawn_round(
         // A panic on a worker thread would abort the process; caught, it
         // drops `tx`, and the encoder thread reports an internal error.
         let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            encode_round(&mut round, writer, keep.as_ref(), &busy)
+            encode_round(round, writer, keep.as_ref(), &busy)
         }));
         if let Ok(encoded) = encoded {
             // The encoder thread gone (it failed): nothing to hand back.
@@ -355,7 +355,7 @@ fn spawn_round(
 
 /// [`spawn_round`]'s work, on the worker threads.
 fn encode_round(
-    round: &mut Vec<SeriesInput>,
+    round: Vec<SeriesInput>,
     writer: WriterOptions,
     keep: Option<&(Role, Arc<Migration>)>,
     busy: &AtomicU64,
@@ -363,8 +363,12 @@ fn encode_round(
     thread_local! {
         static BUFS: std::cell::RefCell<MergeBuffers> = Default::default();
     }
+    // Only ever `panic` (debug builds): the error path of a worker's bug.
+    if let Err(e) = crate::job::faults::fail_point("encode.round") {
+        panic!("{e}");
+    }
     round
-        .par_drain(..)
+        .into_par_iter()
         .map(|s| {
             BUFS.with_borrow_mut(|bufs| {
                 let (m, counts) = s.merge_into(bufs);

@@ -9,13 +9,15 @@
 //! where `<action>` is `stall` (print `tailor: fail point <name> reached`
 //! on stderr, then block forever: the test kills the process there),
 //! `wait-for:<path>` (print the same, then wait until the file `<path>`
-//! exists and go on: a test lets another process pass first) or `error`
-//! (fail the step with an I/O error naming the point). Points:
+//! exists and go on: a test lets another process pass first), `error`
+//! (fail the step with an I/O error naming the point) or `panic` (a bug
+//! at that step, on whatever thread runs it). Points:
 //! `scan.batch` (the first sorted batch reached the merge), `upload.<k>`
 //! (before the k-th data file, from 0, is uploaded), `commit.put` (every
 //! data file is uploaded, the manifest not yet written), `commit.cleanup`
 //! (the manifest is written, the cleanup not started), `cleanup.deleted`
-//! (after each object the cleanup removed).
+//! (after each object the cleanup removed), `encode.round` (a round of
+//! series on the encoder's worker threads; `panic` only).
 //!
 //! They exist in debug builds (what the tests run) and compile to nothing
 //! in release builds. tikv's `fail` crate has the same shape, but its
@@ -54,12 +56,13 @@ pub fn fail_point(name: &str) -> Result<(), JobError> {
             }
             Ok(())
         }
+        "panic" => panic!("fail point {name}: injected by TAILOR_FAIL_POINTS"),
         "error" => Err(JobError::io(
             format_args!("fail point {name}"),
             std::io::Error::other("injected by TAILOR_FAIL_POINTS"),
         )),
         other => Err(JobError::Config(format!(
-            "TAILOR_FAIL_POINTS: unknown action {other:?} for {name} (stall, wait-for:<path> or error)"
+            "TAILOR_FAIL_POINTS: unknown action {other:?} for {name} (stall, wait-for:<path>, error or panic)"
         ))),
     }
 }

@@ -10,7 +10,7 @@
 //! measure   phase timing, process CPU / RSS, spill and operator figures
 //! merge     SeriesInput::merge (rules of the spec)      -> error
 //! group     rows filed by series, spooled buckets decoded -> merge, error
-//! encode    the writer thread: series -> staged files  -> merge, measure, migration
+//! encode    the writer thread: series -> staged files  -> merge, measure, migration, faults
 //! buckets   spooled buckets decoded, groups merged      -> group, encode, config
 //! manifest  the commit record, its checks, run_id      -> encode
 //! commit    upload, the manifest put, cleanup          -> manifest, faults

@@ -383,3 +383,27 @@ fn has_manifest(root: &Path) -> bool {
         .iter()
         .any(|p| p.file_name().is_some_and(|n| n == "_manifest.json"))
 }
+
+#[test]
+fn a_panic_while_encoding_is_an_internal_error_and_commits_nothing() {
+    // A round of series encoded on the worker threads panics (a bug):
+    // the run fails with 70 naming it, not a process abort, whether the
+    // series go straight to the files or to encoded groups (spooled).
+    let t = tree(41, 2 * MIB);
+    let s = t.run("unhurt", &["--memory-limit", &limit(MIB)], &[]);
+    assert!(s["groups"].as_u64().unwrap() > 1, "{s}");
+    for (out, memory) in [("files", "100GiB".to_string()), ("groups", limit(MIB))] {
+        let o = t
+            .cmd(out, &["--memory-limit", &memory])
+            .env("TAILOR_FAIL_POINTS", "encode.round=panic")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(70), "{out}: {err}");
+        assert!(
+            err.contains("encoding a round of series panicked"),
+            "{out}: {err}"
+        );
+        assert!(t.bytes(out).is_empty(), "{out}: something committed");
+    }
+}
