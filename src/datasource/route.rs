@@ -49,7 +49,6 @@
 //! where timestamp `i` is `t0 + i·step + residual[i]` in wrapping i64
 //! arithmetic (so every payload packs exactly, whatever its timestamps).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -111,11 +110,56 @@ pub struct SpoolStats {
 }
 
 struct Bucket {
-    file: Mutex<Option<BufWriter<std::fs::File>>>,
+    file: Mutex<Option<SpoolWriter>>,
     frames: AtomicU64,
     bytes: AtomicU64,
     decoded: AtomicU64,
     packed: AtomicU64,
+}
+
+/// A spool file's write buffer: records are built in `buf` (a packed
+/// payload is packed there, not beside it), which goes to the file before
+/// it would outgrow `cap` bytes.
+struct SpoolWriter {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl SpoolWriter {
+    fn new(file: std::fs::File, cap: usize) -> Self {
+        Self {
+            file,
+            buf: Vec::with_capacity(cap),
+            cap,
+        }
+    }
+
+    /// Makes room for a record of `len` bytes: what the buffer holds goes
+    /// to the file first if the record would not fit beside it.
+    fn room_for(&mut self, len: usize) -> std::io::Result<()> {
+        if self.buf.len() + len > self.cap && !self.buf.is_empty() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// After a record: a record bigger than the buffer (a payload of up to
+    /// a million points packs into up to 16 MiB) is written at once and
+    /// its room given back, not kept for the rest of the scan.
+    fn after_record(&mut self) -> std::io::Result<()> {
+        if self.buf.capacity() > self.cap {
+            self.flush()?;
+            self.buf = Vec::with_capacity(self.cap);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
 }
 
 /// The routing of one scan: bucket count, resident buckets, spool files.
@@ -233,39 +277,59 @@ impl Router {
         payload: &[u8],
         body: &[u8],
     ) -> std::io::Result<()> {
-        thread_local! {
-            static PACKED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-        }
-        PACKED.with_borrow_mut(|packed| {
-            packed.clear();
-            let form = if self.allowance.load(Ordering::Relaxed) > 0 && {
-                pack_payload(header, payload, packed);
-                self.take_allowance((packed.len() as u64).saturating_sub(body.len() as u64))
-            } {
-                FORM_PACKED
-            } else {
-                FORM_COMPRESSED
-            };
-            let stored = if form == FORM_PACKED {
-                &packed[..]
-            } else {
-                body
-            };
-            let r = self.append(
-                object,
-                frame_offset,
-                (header.org_id, header.metric_id),
-                payload.len(),
-                form,
-                stored,
-            );
-            // A payload of up to a million points packs into up to 16 MiB:
-            // not kept for the rest of the scan.
-            if packed.capacity() > 1 << 20 {
-                *packed = Vec::new();
+        let packing = if self.allowance.load(Ordering::Relaxed) > 0 {
+            let plan = PackPlan::of(header, payload);
+            self.take_allowance((plan.len as u64).saturating_sub(body.len() as u64))
+                .then_some(plan)
+        } else {
+            None
+        };
+        let b = self.bucket(header.org_id, header.metric_id);
+        let bucket = &self.spool[b as usize];
+        let (form, stored_len) = match &packing {
+            Some(plan) => (FORM_PACKED, plan.len),
+            None => (FORM_COMPRESSED, body.len()),
+        };
+        let mut record = [0u8; RECORD_HEADER];
+        record[0..4].copy_from_slice(&object.to_le_bytes());
+        record[4..12].copy_from_slice(&frame_offset.to_le_bytes());
+        record[12..20].copy_from_slice(&header.org_id.to_le_bytes());
+        record[20..28].copy_from_slice(&header.metric_id.to_le_bytes());
+        record[28..32].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        record[32..36].copy_from_slice(&(stored_len as u32).to_le_bytes());
+        record[36..40].copy_from_slice(&form.to_le_bytes());
+        {
+            let mut file = bucket.file.lock().unwrap_or_else(|e| e.into_inner());
+            if file.is_none() {
+                let path = self.path(b);
+                let f =
+                    std::fs::File::create(&path).map_err(|e| with_path(e, "creating", &path))?;
+                *file = Some(SpoolWriter::new(f, self.write_buffer));
             }
-            r
-        })
+            let w = file.as_mut().expect("opened above");
+            let write = |w: &mut SpoolWriter| {
+                w.room_for(RECORD_HEADER + stored_len)?;
+                // The payload is packed straight into the spool's buffer:
+                // one copy of it fewer than packing it aside and writing
+                // that.
+                w.buf.extend_from_slice(&record);
+                match &packing {
+                    Some(plan) => plan.pack_into(header, payload, &mut w.buf),
+                    None => w.buf.extend_from_slice(body),
+                }
+                w.after_record()
+            };
+            write(w).map_err(|e| with_path(e, "writing", &self.path(b)))?;
+        }
+        bucket.frames.fetch_add(1, Ordering::Relaxed);
+        bucket.bytes.fetch_add(stored_len as u64, Ordering::Relaxed);
+        bucket
+            .decoded
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        if form == FORM_PACKED {
+            bucket.packed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Takes `extra` bytes of the allowance, if it has them; once it has
@@ -282,47 +346,6 @@ impl Router {
             self.allowance.store(0, Ordering::Relaxed);
         }
         taken
-    }
-
-    /// Appends one record to its series' bucket's spool.
-    fn append(
-        &self,
-        object: u32,
-        frame_offset: u64,
-        (org, metric): (u64, u64),
-        content_size: usize,
-        form: u32,
-        body: &[u8],
-    ) -> std::io::Result<()> {
-        let b = self.bucket(org, metric);
-        let bucket = &self.spool[b as usize];
-        let mut record = [0u8; RECORD_HEADER];
-        record[0..4].copy_from_slice(&object.to_le_bytes());
-        record[4..12].copy_from_slice(&frame_offset.to_le_bytes());
-        record[12..20].copy_from_slice(&org.to_le_bytes());
-        record[20..28].copy_from_slice(&metric.to_le_bytes());
-        record[28..32].copy_from_slice(&(content_size as u32).to_le_bytes());
-        record[32..36].copy_from_slice(&(body.len() as u32).to_le_bytes());
-        record[36..40].copy_from_slice(&form.to_le_bytes());
-        let mut file = bucket.file.lock().unwrap_or_else(|e| e.into_inner());
-        if file.is_none() {
-            let path = self.path(b);
-            let f = std::fs::File::create(&path).map_err(|e| with_path(e, "creating", &path))?;
-            *file = Some(BufWriter::with_capacity(self.write_buffer, f));
-        }
-        let w = file.as_mut().expect("opened above");
-        w.write_all(&record)
-            .and_then(|()| w.write_all(body))
-            .map_err(|e| with_path(e, "writing", &self.path(b)))?;
-        bucket.frames.fetch_add(1, Ordering::Relaxed);
-        bucket.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-        bucket
-            .decoded
-            .fetch_add(content_size as u64, Ordering::Relaxed);
-        if form == FORM_PACKED {
-            bucket.packed.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
     }
 
     /// Flushes and closes every spool file (after the scan).
@@ -542,43 +565,100 @@ pub fn split_spool(
 /// Appends the packed form of `payload` (decoded, of `header`) to `out`
 /// (see the module's documentation).
 pub fn pack_payload(header: &PayloadHeader, payload: &[u8], out: &mut Vec<u8>) {
-    let (ts_at, n) = (header.ts_offset(), header.n_points as usize);
-    let ts_bytes = &payload[ts_at..ts_at + 8 * n];
-    let ts = |i: usize| i64::from_le_bytes(ts_bytes[8 * i..8 * i + 8].try_into().expect("8"));
-    let t0 = if n > 0 { ts(0) } else { 0 };
-    // The grid through the first and last timestamps: with points at a
-    // steady interval, the residuals are the jitter.
-    let step = if n > 1 {
-        ((i128::from(ts(n - 1)) - i128::from(t0)) / (n as i128 - 1)) as i64
-    } else {
-        0
-    };
-    let residual = |i: usize| ts(i).wrapping_sub(t0.wrapping_add((i as i64).wrapping_mul(step)));
-    let (mut lo, mut hi) = (0i64, 0i64);
-    for i in 0..n {
-        let r = residual(i);
-        lo = lo.min(r);
-        hi = hi.max(r);
-    }
-    let fits = |bits: u32| lo >= -(1i64 << (bits - 1)) && hi < (1i64 << (bits - 1));
-    let width: usize = match () {
-        () if lo == 0 && hi == 0 => 0,
-        () if fits(8) => 1,
-        () if fits(16) => 2,
-        () if fits(32) => 4,
-        () => 8,
-    };
-    out.reserve(ts_at + 17 + width * n + payload.len() - header.values_offset());
-    out.extend_from_slice(&payload[..ts_at]);
-    out.push(width as u8);
-    out.extend_from_slice(&t0.to_le_bytes());
-    out.extend_from_slice(&step.to_le_bytes());
-    if width > 0 {
-        for i in 0..n {
-            out.extend_from_slice(&residual(i).to_le_bytes()[..width]);
+    PackPlan::of(header, payload).pack_into(header, payload, out);
+}
+
+/// How a payload packs: its grid, the residuals' width and the packed
+/// length, known before anything is written (so that the spool can decide
+/// the form first and pack straight into its buffer).
+struct PackPlan {
+    t0: i64,
+    step: i64,
+    width: usize,
+    len: usize,
+}
+
+impl PackPlan {
+    fn of(header: &PayloadHeader, payload: &[u8]) -> Self {
+        let (ts_at, n) = (header.ts_offset(), header.n_points as usize);
+        let bytes = &payload[ts_at..ts_at + 8 * n];
+        let ts = timestamps(bytes);
+        let t0 = ts.clone().next().unwrap_or(0);
+        // The grid through the first and last timestamps: with points at a
+        // steady interval, the residuals are the jitter.
+        let step = match timestamps(&bytes[8 * n.saturating_sub(1)..]).next() {
+            Some(last) if n > 1 => ((i128::from(last) - i128::from(t0)) / (n as i128 - 1)) as i64,
+            _ => 0,
+        };
+        let (mut lo, mut hi) = (0i64, 0i64);
+        for r in residuals(ts, t0, step) {
+            lo = lo.min(r);
+            hi = hi.max(r);
+        }
+        let fits = |bits: u32| lo >= -(1i64 << (bits - 1)) && hi < (1i64 << (bits - 1));
+        let width: usize = match () {
+            () if lo == 0 && hi == 0 => 0,
+            () if fits(8) => 1,
+            () if fits(16) => 2,
+            () if fits(32) => 4,
+            () => 8,
+        };
+        let len = ts_at + 17 + width * n + payload.len() - header.values_offset();
+        Self {
+            t0,
+            step,
+            width,
+            len,
         }
     }
-    out.extend_from_slice(&payload[header.values_offset()..]);
+
+    /// Appends the packed payload (`self.len` bytes) to `out`.
+    fn pack_into(&self, header: &PayloadHeader, payload: &[u8], out: &mut Vec<u8>) {
+        let (ts_at, n) = (header.ts_offset(), header.n_points as usize);
+        let start = out.len();
+        out.reserve(self.len);
+        out.extend_from_slice(&payload[..ts_at]);
+        out.push(self.width as u8);
+        out.extend_from_slice(&self.t0.to_le_bytes());
+        out.extend_from_slice(&self.step.to_le_bytes());
+        let ts = timestamps(&payload[ts_at..ts_at + 8 * n]);
+        let rs = residuals(ts, self.t0, self.step);
+        // One loop per width over a slice of the right size, rather than
+        // a push of a few bytes per point (this runs over every spooled
+        // point).
+        fn put<const W: usize>(out: &mut Vec<u8>, n: usize, rs: impl Iterator<Item = i64>) {
+            let at = out.len();
+            out.resize(at + W * n, 0);
+            for (dst, r) in out[at..].chunks_exact_mut(W).zip(rs) {
+                dst.copy_from_slice(&r.to_le_bytes()[..W]);
+            }
+        }
+        match self.width {
+            0 => {}
+            1 => put::<1>(out, n, rs),
+            2 => put::<2>(out, n, rs),
+            4 => put::<4>(out, n, rs),
+            _ => put::<8>(out, n, rs),
+        }
+        out.extend_from_slice(&payload[header.values_offset()..]);
+        debug_assert_eq!(out.len() - start, self.len);
+    }
+}
+
+/// The timestamps of a payload's timestamp column.
+fn timestamps(bytes: &[u8]) -> impl Iterator<Item = i64> + Clone + '_ {
+    bytes
+        .chunks_exact(8)
+        .map(|t| i64::from_le_bytes(t.try_into().expect("8")))
+}
+
+/// Each timestamp less its grid point `t0 + i·step` (wrapping).
+fn residuals(ts: impl Iterator<Item = i64>, t0: i64, step: i64) -> impl Iterator<Item = i64> {
+    ts.scan(t0, move |grid, t| {
+        let r = t.wrapping_sub(*grid);
+        *grid = grid.wrapping_add(step);
+        Some(r)
+    })
 }
 
 /// Writes the payload packed in `packed` into `dst`, which must be its
@@ -876,13 +956,14 @@ mod tests {
     #[test]
     fn spooled_payloads_read_back_and_split_by_series() {
         // (org, metric, header, decoded, frame body); random values, which
-        // zstd cannot shorten: the packed form is the longer.
+        // zstd cannot shorten: the packed form is the longer. Records go
+        // through a write buffer of 4 KiB (the least): most share it, and
+        // two, of 1000 points, are bigger than it.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let payloads: Vec<_> = (0..100u64)
             .map(|i| {
-                let ts: Vec<i64> = (0..(i % 40 + 1) as i64)
-                    .map(|k| k * 10_000 + (k % 3) * 7)
-                    .collect();
+                let n = if i == 50 || i == 51 { 1000 } else { i % 40 + 1 };
+                let ts: Vec<i64> = (0..n as i64).map(|k| k * 10_000 + (k % 3) * 7).collect();
                 let values: Vec<u64> = ts.iter().map(|_| rng.random()).collect();
                 let (h, decoded, body) = payload(1 + (i % 2) as u16, i % 9, i % 5, &ts, &values);
                 (i % 9, i % 5, h, decoded, body)
