@@ -110,13 +110,9 @@ pub struct SpoolStats {
 }
 
 /// One bucket's spool: its file while the scan writes it, and what it
-/// holds, counted under the same lock (atomics beside the lock were
+/// holds, counted under the bucket's lock (atomics beside the lock were
 /// another four locked operations per payload, on a cache line both scan
 /// threads write).
-struct Bucket {
-    state: Mutex<BucketState>,
-}
-
 #[derive(Default)]
 struct BucketState {
     writer: Option<SpoolWriter>,
@@ -176,7 +172,7 @@ pub struct Router {
     objects: HashMap<String, u32>,
     dir: PathBuf,
     write_buffer: usize,
-    spool: Vec<Bucket>,
+    spool: Vec<Mutex<BucketState>>,
     /// Bytes the packed form may still take on disk beyond the compressed
     /// form's.
     allowance: AtomicU64,
@@ -219,11 +215,7 @@ impl Router {
                 .collect(),
             dir: dir.to_path_buf(),
             write_buffer: write_buffer.max(4096),
-            spool: (0..buckets)
-                .map(|_| Bucket {
-                    state: Mutex::new(BucketState::default()),
-                })
-                .collect(),
+            spool: (0..buckets).map(|_| Mutex::default()).collect(),
             allowance: AtomicU64::new(allowance),
         }
     }
@@ -287,7 +279,6 @@ impl Router {
             None
         };
         let b = self.bucket(header.org_id, header.metric_id);
-        let bucket = &self.spool[b as usize];
         let (form, stored_len) = match &packing {
             Some(plan) => (FORM_PACKED, plan.len),
             None => (FORM_COMPRESSED, body.len()),
@@ -300,30 +291,28 @@ impl Router {
         record[28..32].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         record[32..36].copy_from_slice(&(stored_len as u32).to_le_bytes());
         record[36..40].copy_from_slice(&form.to_le_bytes());
-        let mut state = bucket.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.spool[b as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let BucketState { writer, stats } = &mut *state;
-        {
-            if writer.is_none() {
-                let path = self.path(b);
-                let f =
-                    std::fs::File::create(&path).map_err(|e| with_path(e, "creating", &path))?;
-                *writer = Some(SpoolWriter::new(f, self.write_buffer));
-            }
-            let w = writer.as_mut().expect("opened above");
-            let write = |w: &mut SpoolWriter| {
-                w.room_for(RECORD_HEADER + stored_len)?;
-                // The payload is packed straight into the spool's buffer:
-                // one copy of it fewer than packing it aside and writing
-                // that.
-                w.buf.extend_from_slice(&record);
-                match &packing {
-                    Some(plan) => plan.pack_into(header, payload, &mut w.buf),
-                    None => w.buf.extend_from_slice(body),
-                }
-                w.after_record()
-            };
-            write(w).map_err(|e| with_path(e, "writing", &self.path(b)))?;
+        if writer.is_none() {
+            let path = self.path(b);
+            let f = std::fs::File::create(&path).map_err(|e| with_path(e, "creating", &path))?;
+            *writer = Some(SpoolWriter::new(f, self.write_buffer));
         }
+        let w = writer.as_mut().expect("opened above");
+        let write = |w: &mut SpoolWriter| {
+            w.room_for(RECORD_HEADER + stored_len)?;
+            // The payload is packed straight into the spool's buffer: one
+            // copy of it fewer than packing it aside and writing that.
+            w.buf.extend_from_slice(&record);
+            match &packing {
+                Some(plan) => plan.pack_into(header, payload, &mut w.buf),
+                None => w.buf.extend_from_slice(body),
+            }
+            w.after_record()
+        };
+        write(w).map_err(|e| with_path(e, "writing", &self.path(b)))?;
         stats.frames += 1;
         stats.bytes += stored_len as u64;
         stats.decoded += payload.len() as u64;
@@ -350,7 +339,7 @@ impl Router {
     /// Flushes and closes every spool file (after the scan).
     pub fn finish(&self) -> std::io::Result<()> {
         for (b, bucket) in self.spool.iter().enumerate() {
-            let mut state = bucket.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = bucket.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(mut w) = state.writer.take() {
                 let path = self.path(b as u32);
                 w.flush().map_err(|e| with_path(e, "writing", &path))?;
@@ -361,7 +350,7 @@ impl Router {
 
     /// What bucket `b`'s spool holds.
     pub fn stats(&self, b: u32) -> SpoolStats {
-        let state = self.spool[b as usize].state.lock();
+        let state = self.spool[b as usize].lock();
         state.unwrap_or_else(|e| e.into_inner()).stats.clone()
     }
 }
