@@ -137,19 +137,16 @@ impl SpoolWriter {
         }
     }
 
-    /// Makes room for a record of `len` bytes: what the buffer holds goes
-    /// to the file first if the record would not fit beside it.
-    fn room_for(&mut self, len: usize) -> std::io::Result<()> {
+    /// Appends a record of `len` bytes, which `fill` writes at the end of
+    /// the buffer: what the buffer holds goes to the file first if the
+    /// record would not fit beside it, and a record bigger than the buffer
+    /// (a payload of up to a million points packs into up to 16 MiB) is
+    /// written at once and its room given back, not kept for the scan.
+    fn append(&mut self, len: usize, fill: impl FnOnce(&mut Vec<u8>)) -> std::io::Result<()> {
         if self.buf.len() + len > self.cap && !self.buf.is_empty() {
             self.flush()?;
         }
-        Ok(())
-    }
-
-    /// After a record: a record bigger than the buffer (a payload of up to
-    /// a million points packs into up to 16 MiB) is written at once and
-    /// its room given back, not kept for the rest of the scan.
-    fn after_record(&mut self) -> std::io::Result<()> {
+        fill(&mut self.buf);
         if self.buf.capacity() > self.cap {
             self.flush()?;
             self.buf = Vec::with_capacity(self.cap);
@@ -301,18 +298,16 @@ impl Router {
             *writer = Some(SpoolWriter::new(f, self.write_buffer));
         }
         let w = writer.as_mut().expect("opened above");
-        let write = |w: &mut SpoolWriter| {
-            w.room_for(RECORD_HEADER + stored_len)?;
-            // The payload is packed straight into the spool's buffer: one
-            // copy of it fewer than packing it aside and writing that.
-            w.buf.extend_from_slice(&record);
+        // The payload is packed straight into the spool's buffer: one copy
+        // of it fewer than packing it aside and writing that.
+        w.append(RECORD_HEADER + stored_len, |buf| {
+            buf.extend_from_slice(&record);
             match &packing {
-                Some(plan) => plan.pack_into(header, payload, &mut w.buf),
-                None => w.buf.extend_from_slice(body),
+                Some(plan) => plan.pack_into(header, payload, buf),
+                None => buf.extend_from_slice(body),
             }
-            w.after_record()
-        };
-        write(w).map_err(|e| with_path(e, "writing", &self.path(b)))?;
+        })
+        .map_err(|e| with_path(e, "writing", &self.path(b)))?;
         stats.frames += 1;
         stats.bytes += stored_len as u64;
         stats.decoded += payload.len() as u64;
@@ -565,13 +560,14 @@ impl PackPlan {
     fn of(header: &PayloadHeader, payload: &[u8]) -> Self {
         let (ts_at, n) = (header.ts_offset(), header.n_points as usize);
         let bytes = &payload[ts_at..ts_at + 8 * n];
-        let ts = timestamps(bytes);
-        let t0 = ts.clone().next().unwrap_or(0);
+        let t = |i: usize| i64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8"));
+        let t0 = if n > 0 { t(0) } else { 0 };
         // The grid through the first and last timestamps: with points at a
         // steady interval, the residuals are the jitter.
-        let step = match timestamps(&bytes[8 * n.saturating_sub(1)..]).next() {
-            Some(last) if n > 1 => ((i128::from(last) - i128::from(t0)) / (n as i128 - 1)) as i64,
-            _ => 0,
+        let step = if n > 1 {
+            ((i128::from(t(n - 1)) - i128::from(t0)) / (n as i128 - 1)) as i64
+        } else {
+            0
         };
         // `r` fits `bits` signed bits iff `r ^ (r >> 63)` (r, or !r when
         // negative) is under 2^(bits-1); OR-ing those of every residual
@@ -580,7 +576,7 @@ impl PackPlan {
         // min and a max of i64 were two compares and moves each (a third
         // of the spool's time in the scan).
         let (mut any, mut magnitude) = (0i64, 0i64);
-        for r in residuals(ts, t0, step) {
+        for r in residuals(timestamps(bytes), t0, step) {
             any |= r;
             magnitude |= r ^ (r >> 63);
         }
@@ -635,7 +631,7 @@ impl PackPlan {
 }
 
 /// The timestamps of a payload's timestamp column.
-fn timestamps(bytes: &[u8]) -> impl Iterator<Item = i64> + Clone + '_ {
+fn timestamps(bytes: &[u8]) -> impl Iterator<Item = i64> + '_ {
     bytes
         .chunks_exact(8)
         .map(|t| i64::from_le_bytes(t.try_into().expect("8")))
