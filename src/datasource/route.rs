@@ -541,8 +541,10 @@ pub fn split_spool(
 }
 
 /// Appends the packed form of `payload` (decoded, of `header`) to `out`
-/// (see the module's documentation).
-pub fn pack_payload(header: &PayloadHeader, payload: &[u8], out: &mut Vec<u8>) {
+/// (see the module's documentation); the spool packs through [`PackPlan`]
+/// straight into its write buffer.
+#[cfg(test)]
+fn pack_payload(header: &PayloadHeader, payload: &[u8], out: &mut Vec<u8>) {
     PackPlan::of(header, payload).pack_into(header, payload, out);
 }
 

@@ -314,14 +314,18 @@ fn a_series_too_big_for_the_limit_is_a_usage_error_naming_it() {
     assert!(has_manifest(&dir.join("room")));
 }
 
-#[test]
-fn a_spool_lost_from_disk_fails_the_run_with_an_io_error_naming_it() {
-    let t = tree(37, 4 * MIB);
-    let spill = t.dir.join("spill");
-    std::fs::create_dir_all(&spill).unwrap();
-    let go = t.dir.join("go");
+/// A run into `out` with its spill directory `spill`, stopped at the fail
+/// point `point` until the file `go` exists: the process, and its stderr's
+/// lines after the point (the lines before it are read).
+fn stopped_at(
+    t: &Tree,
+    out: &str,
+    spill: &Path,
+    point: &str,
+    go: &Path,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut c = t.cmd(
-        "out",
+        out,
         &[
             "--memory-limit",
             &limit(12 * MIB),
@@ -331,7 +335,7 @@ fn a_spool_lost_from_disk_fails_the_run_with_an_io_error_naming_it() {
     );
     c.env(
         "TAILOR_FAIL_POINTS",
-        format!("scan.batch=wait-for:{}", go.display()),
+        format!("{point}=wait-for:{}", go.display()),
     )
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
@@ -347,15 +351,26 @@ fn a_spool_lost_from_disk_fails_the_run_with_an_io_error_naming_it() {
             let _ = tx.send(l);
         }
     });
-    // The scan's first batch: spool files are being written below `spill`.
+    let reached = format!("tailor: fail point {point} reached");
     let mut seen = Vec::new();
     loop {
         match rx.recv_timeout(std::time::Duration::from_secs(120)) {
-            Ok(l) if l == "tailor: fail point scan.batch reached" => break,
+            Ok(l) if l == reached => break,
             Ok(l) => seen.push(l),
             Err(e) => panic!("fail point not reached ({e}): {}", seen.join("\n")),
         }
     }
+    (child, rx)
+}
+
+#[test]
+fn a_spool_lost_from_disk_fails_the_run_with_an_io_error_naming_it() {
+    let t = tree(37, 4 * MIB);
+    let spill = t.dir.join("spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let go = t.dir.join("go");
+    // The scan's first batch: spool files are being written below `spill`.
+    let (mut child, rx) = stopped_at(&t, "out", &spill, "scan.batch", &go);
     // A cleaner removes the job's scratch space under it.
     for e in std::fs::read_dir(&spill).unwrap() {
         let p = e.unwrap().path();
@@ -376,6 +391,38 @@ fn a_spool_lost_from_disk_fails_the_run_with_an_io_error_naming_it() {
     );
     // Nothing was committed.
     assert!(!has_manifest(&t.dir.join("out")), "{err}");
+}
+
+#[test]
+fn spool_files_are_deleted_once_read_back() {
+    // Stopped once the data files are written, before the manifest: every
+    // spooled bucket has been read back, and its file is gone from the
+    // spill directory (which the job keeps until it ends), so the spill
+    // disk never holds the spool beside the encoded groups and output.
+    let t = tree(37, 4 * MIB);
+    let spill = t.dir.join("spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let go = t.dir.join("go");
+    let (mut child, rx) = stopped_at(&t, "out", &spill, "commit.put", &go);
+    let scratch = files_under(&spill);
+    let spools: Vec<_> = scratch
+        .iter()
+        .filter(|p| p.to_string_lossy().contains(".spool"))
+        .collect();
+    let dirs = std::fs::read_dir(&spill).unwrap().count();
+    std::fs::write(&go, "").unwrap();
+    let status = child.wait().unwrap();
+    let err: Vec<String> = rx.iter().collect();
+    assert!(status.success(), "{}", err.join("\n"));
+    assert_eq!(dirs, 1, "the job's scratch directory is there");
+    assert!(spools.is_empty(), "spool files left: {spools:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.dir.join("out.json")).unwrap()).unwrap();
+    let spool = &report["spool"];
+    assert!(
+        spool["spooled_frames"].as_u64().unwrap() > 0 && spool["groups"].as_u64().unwrap() > 1,
+        "{spool}"
+    );
 }
 
 fn has_manifest(root: &Path) -> bool {
