@@ -76,8 +76,8 @@ REPEAT = 1
 
 
 def timed(cmd: list[str], log: pathlib.Path, env: dict | None = None, repeat: bool = False) -> dict:
-    """Runs cmd under /usr/bin/time -v; returns wall seconds, CPU seconds (user + sys),
-    peak RSS bytes, stdout. With repeat, runs it --repeat times and keeps the run with the
+    """Runs cmd under /usr/bin/time -v; returns wall seconds, CPU seconds (user + sys, and
+    each apart), peak RSS bytes, stdout. With repeat, runs it --repeat times and keeps the run with the
     least wall time (this VM's wall times vary by up to 2x run to run; CPU time much less),
     recording every run's wall time."""
     best = None

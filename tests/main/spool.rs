@@ -314,63 +314,82 @@ fn a_series_too_big_for_the_limit_is_a_usage_error_naming_it() {
     assert!(has_manifest(&dir.join("room")));
 }
 
-/// A run into `out` with its spill directory `spill`, stopped at the fail
-/// point `point` until the file `go` exists: the process, and its stderr's
-/// lines after the point (the lines before it are read).
-fn stopped_at(
-    t: &Tree,
-    out: &str,
-    spill: &Path,
-    point: &str,
-    go: &Path,
-) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    let mut c = t.cmd(
-        out,
-        &[
-            "--memory-limit",
-            &limit(12 * MIB),
-            "--spill-dir",
-            spill.to_str().unwrap(),
-        ],
-    );
-    c.env(
-        "TAILOR_FAIL_POINTS",
-        format!("{point}=wait-for:{}", go.display()),
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(l);
+/// A run into `out` under a 12 MiB limit, its spill directory `spill`
+/// below the tree, stopped at a fail point until the file `go` exists.
+struct Stopped {
+    child: std::process::Child,
+    /// Its stderr's lines after the fail point (those before were read).
+    rx: std::sync::mpsc::Receiver<String>,
+    spill: PathBuf,
+    go: PathBuf,
+}
+
+impl Stopped {
+    /// Starts the run and waits until it has reached fail point `point`.
+    fn at(t: &Tree, point: &str) -> Stopped {
+        let spill = t.dir.join("spill");
+        std::fs::create_dir_all(&spill).unwrap();
+        let go = t.dir.join("go");
+        let mut c = t.cmd(
+            "out",
+            &[
+                "--memory-limit",
+                &limit(12 * MIB),
+                "--spill-dir",
+                spill.to_str().unwrap(),
+            ],
+        );
+        c.env(
+            "TAILOR_FAIL_POINTS",
+            format!("{point}=wait-for:{}", go.display()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(l);
+            }
+        });
+        let reached = format!("tailor: fail point {point} reached");
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+                Ok(l) if l == reached => break,
+                Ok(l) => seen.push(l),
+                Err(e) => panic!("fail point not reached ({e}): {}", seen.join("\n")),
+            }
         }
-    });
-    let reached = format!("tailor: fail point {point} reached");
-    let mut seen = Vec::new();
-    loop {
-        match rx.recv_timeout(std::time::Duration::from_secs(120)) {
-            Ok(l) if l == reached => break,
-            Ok(l) => seen.push(l),
-            Err(e) => panic!("fail point not reached ({e}): {}", seen.join("\n")),
+        Stopped {
+            child,
+            rx,
+            spill,
+            go,
         }
     }
-    (child, rx)
+
+    /// Lets the run go on to its end: its exit status and the rest of its
+    /// stderr.
+    fn resume(mut self) -> (std::process::ExitStatus, String) {
+        std::fs::write(&self.go, "").unwrap();
+        let status = self.child.wait().unwrap();
+        let err: Vec<String> = self.rx.iter().collect();
+        (status, err.join("\n"))
+    }
 }
 
 #[test]
 fn a_spool_lost_from_disk_fails_the_run_with_an_io_error_naming_it() {
     let t = tree(37, 4 * MIB);
-    let spill = t.dir.join("spill");
-    std::fs::create_dir_all(&spill).unwrap();
-    let go = t.dir.join("go");
     // The scan's first batch: spool files are being written below `spill`.
-    let (mut child, rx) = stopped_at(&t, "out", &spill, "scan.batch", &go);
+    let run = Stopped::at(&t, "scan.batch");
+    let spill = run.spill.clone();
     // A cleaner removes the job's scratch space under it.
     for e in std::fs::read_dir(&spill).unwrap() {
         let p = e.unwrap().path();
@@ -380,10 +399,7 @@ fn a_spool_lost_from_disk_fails_the_run_with_an_io_error_naming_it() {
             std::fs::remove_file(&p).unwrap();
         }
     }
-    std::fs::write(&go, "").unwrap();
-    let status = child.wait().unwrap();
-    let err: Vec<String> = rx.iter().collect();
-    let err = err.join("\n");
+    let (status, err) = run.resume();
     assert_eq!(status.code(), Some(74), "{err}");
     assert!(
         err.contains("spool file") && err.contains(spill.to_str().unwrap()),
@@ -400,20 +416,14 @@ fn spool_files_are_deleted_once_read_back() {
     // spill directory (which the job keeps until it ends), so the spill
     // disk never holds the spool beside the encoded groups and output.
     let t = tree(37, 4 * MIB);
-    let spill = t.dir.join("spill");
-    std::fs::create_dir_all(&spill).unwrap();
-    let go = t.dir.join("go");
-    let (mut child, rx) = stopped_at(&t, "out", &spill, "commit.put", &go);
-    let scratch = files_under(&spill);
-    let spools: Vec<_> = scratch
-        .iter()
+    let run = Stopped::at(&t, "commit.put");
+    let spools: Vec<PathBuf> = files_under(&run.spill)
+        .into_iter()
         .filter(|p| p.to_string_lossy().contains(".spool"))
         .collect();
-    let dirs = std::fs::read_dir(&spill).unwrap().count();
-    std::fs::write(&go, "").unwrap();
-    let status = child.wait().unwrap();
-    let err: Vec<String> = rx.iter().collect();
-    assert!(status.success(), "{}", err.join("\n"));
+    let dirs = std::fs::read_dir(&run.spill).unwrap().count();
+    let (status, err) = run.resume();
+    assert!(status.success(), "{err}");
     assert_eq!(dirs, 1, "the job's scratch directory is there");
     assert!(spools.is_empty(), "spool files left: {spools:?}");
     let report: serde_json::Value =
