@@ -158,6 +158,12 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command line.
 pub fn main_with(cli: Cli) -> ExitCode {
+    let is_diff = matches!(cli.command, Command::Diff(_));
+    // Settled before any slab is made; a bad value is a usage error.
+    if let Err(e) = crate::datasource::batch::init_huge_pages() {
+        eprintln!("tailor: error: {e}");
+        return ExitCode::from(if is_diff { 2 } else { EXIT_USAGE });
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -168,7 +174,6 @@ pub fn main_with(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_SOFTWARE);
         }
     };
-    let is_diff = matches!(cli.command, Command::Diff(_));
     let result = runtime.block_on(async {
         match cli.command {
             Command::Diff(a) => diff::main(a).await,

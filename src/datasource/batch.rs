@@ -129,10 +129,102 @@ impl SlabPool {
 /// Huge page size of x86-64 and aarch64 (4 KiB base pages).
 const HUGE_PAGE: usize = 2 << 20;
 
+/// Whether decode slabs of 2 MiB and more ask for transparent huge pages:
+/// `TAILOR_HUGE_PAGES` = `auto` (the default), `on` or `off`.
+///
+/// `auto` is on, except in a virtual machine whose virtio balloon reports
+/// free pages to its host (`VIRTIO_BALLOON_F_REPORTING`). Such a guest
+/// hands every free 2 MiB block back to the host, so each huge page is
+/// faulted from host memory afresh, while 4 KiB pages are served first from
+/// the smaller free blocks the guest kept. Measured on one (2 cores, the
+/// 2 GiB benchmark job, five runs each, alternated; `docs/benchmarks.md`):
+/// with huge pages 11.3 to 12.6 s of system time and 19.5 to 21.7 s of
+/// wall, without 3.7 to 5.4 s and 16.2 to 17.9 s. Without a balloon huge
+/// pages saved 3.5% of the wall time. Either way the output is the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HugePages {
+    Auto,
+    On,
+    Off,
+}
+
+impl std::str::FromStr for HugePages {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" | "" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "TAILOR_HUGE_PAGES={other:?}: expected auto, on or off"
+            )),
+        }
+    }
+}
+
+impl HugePages {
+    /// The policy `TAILOR_HUGE_PAGES` names (`auto` when unset).
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("TAILOR_HUGE_PAGES") {
+            Ok(v) => v.parse(),
+            Err(std::env::VarError::NotPresent) => Ok(Self::Auto),
+            Err(e) => Err(format!("TAILOR_HUGE_PAGES: {e}")),
+        }
+    }
+
+    /// Whether slabs ask for huge pages on this machine, whose virtio
+    /// devices are listed under `devices` (`/sys/bus/virtio/devices`).
+    fn resolve(self, devices: &std::path::Path) -> bool {
+        match self {
+            Self::On => true,
+            Self::Off => false,
+            Self::Auto => !balloon_reports_free_pages(devices),
+        }
+    }
+}
+
+/// Whether a virtio balloon (device id 5) under `devices` negotiated free
+/// page reporting (feature bit 5; sysfs prints a device's feature bits as
+/// `0`s and `1`s, bit 0 first). No virtio devices (bare metal, another
+/// hypervisor, no sysfs): false.
+fn balloon_reports_free_pages(devices: &std::path::Path) -> bool {
+    const VIRTIO_ID_BALLOON: &str = "0x0005";
+    const VIRTIO_BALLOON_F_REPORTING: usize = 5;
+    let Ok(entries) = std::fs::read_dir(devices) else {
+        return false;
+    };
+    entries.flatten().any(|d| {
+        let read = |name| std::fs::read_to_string(d.path().join(name)).unwrap_or_default();
+        read("device").trim() == VIRTIO_ID_BALLOON
+            && read("features").as_bytes().get(VIRTIO_BALLOON_F_REPORTING) == Some(&b'1')
+    })
+}
+
+static HUGE_PAGES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Settles whether slabs ask for huge pages, from `TAILOR_HUGE_PAGES` and
+/// the machine, before the first slab is made (the command line calls it
+/// first, so a bad value is a usage error); returns the choice.
+pub fn init_huge_pages() -> Result<bool, String> {
+    let policy = HugePages::from_env()?;
+    Ok(*HUGE_PAGES.get_or_init(|| policy.resolve(std::path::Path::new("/sys/bus/virtio/devices"))))
+}
+
+/// Whether slabs ask for huge pages (settled on first use if
+/// [`init_huge_pages`] was not called: a bad value then counts as `auto`).
+fn huge_pages() -> bool {
+    *HUGE_PAGES.get_or_init(|| {
+        HugePages::from_env()
+            .unwrap_or(HugePages::Auto)
+            .resolve(std::path::Path::new("/sys/bus/virtio/devices"))
+    })
+}
+
 /// A slab's memory: `words` zeroed 8-byte words. Not a `Vec<u64>` because
 /// a slab of at least [`HUGE_PAGE`] bytes is allocated aligned to it and
 /// marked for transparent huge pages (`madvise(MADV_HUGEPAGE)`, which
-/// systems whose THP mode is `madvise` need): the decoded input of a job
+/// systems whose THP mode is `madvise` need; see [`HugePages`] for when it
+/// is not): the decoded input of a job
 /// without a memory limit is gigabytes of fresh slabs, and faulting them in
 /// 4 KiB pages took about 8% of its CPU time (page faults, zeroing, memory
 /// cgroup charges); in 2 MiB pages the faults are 512 times fewer. Only
@@ -179,7 +271,7 @@ impl Slab {
             handle_alloc_error(layout)
         };
         #[cfg(target_os = "linux")]
-        if align == HUGE_PAGE {
+        if align == HUGE_PAGE && huge_pages() {
             // SAFETY: the range is this allocation's whole huge pages; the
             // advice changes how pages are backed, not their contents. A
             // kernel without THP refuses it harmlessly.
@@ -591,5 +683,37 @@ mod tests {
         let at = s.as_ptr();
         pool.give_back(s);
         assert_eq!(pool.take(HUGE_PAGE).as_ptr(), at, "reused");
+    }
+
+    #[test]
+    fn huge_pages_are_off_only_where_a_balloon_reports_free_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = |name: &str, id: &str, features: &str| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("device"), format!("{id}\n")).unwrap();
+            std::fs::write(d.join("features"), format!("{features}\n")).unwrap();
+        };
+        let auto = || HugePages::Auto.resolve(dir.path());
+        assert!(auto(), "no virtio devices");
+        assert!(!balloon_reports_free_pages(&dir.path().join("absent")));
+        // A disk with bit 5 set, and a balloon without free page reporting
+        // (stats and deflate on OOM only).
+        device("virtio1", "0x0002", "0010011001");
+        device("virtio0", "0x0005", "0110000000");
+        assert!(auto());
+        // The balloon of the benchmark machine: bits 1, 2, 5 and 7.
+        device("virtio0", "0x0005", "0110010100000000000000000000000010");
+        assert!(!auto());
+        assert!(HugePages::On.resolve(dir.path()));
+        assert!(!HugePages::Off.resolve(std::path::Path::new("/nonexistent")));
+        assert_eq!("on".parse(), Ok(HugePages::On));
+        assert_eq!("off".parse(), Ok(HugePages::Off));
+        assert_eq!("auto".parse(), Ok(HugePages::Auto));
+        let bad = "yes".parse::<HugePages>().unwrap_err();
+        assert!(
+            bad.contains("TAILOR_HUGE_PAGES") && bad.contains("auto, on or off"),
+            "{bad}"
+        );
     }
 }

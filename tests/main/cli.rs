@@ -8,8 +8,13 @@ use std::process::{Command, Output};
 use crate::common::tempdir;
 
 fn tailor(cwd: &Path, args: &[&str]) -> Output {
+    tailor_env(cwd, &[], args)
+}
+
+fn tailor_env(cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tailor"))
         .current_dir(cwd)
+        .envs(env.iter().copied())
         .args(args)
         .output()
         .expect("run tailor")
@@ -733,4 +738,50 @@ fn an_edited_manifest_is_an_error_never_other_points() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = tailor(root, &args[..9]);
     assert_eq!(code(&o), 65, "every window: {}", stderr(&o));
+}
+
+#[test]
+fn huge_pages_on_or_off_write_the_same_bytes_and_a_bad_setting_is_a_usage_error() {
+    let dir = tempdir();
+    let root = dir.path();
+    generate(root, &root.join("in"), 11);
+    let run = |setting: &str, out: &str| {
+        let args = [
+            "run",
+            "--input",
+            "in",
+            "--output",
+            out,
+            "--shard",
+            "org-mod-0",
+            "--shard-map",
+            "map1.toml",
+        ];
+        tailor_env(root, &[("TAILOR_HUGE_PAGES", setting)], &args)
+    };
+    // The data files' bytes (their names carry the run).
+    let data = |out: &str| -> Vec<Vec<u8>> {
+        let mut files: Vec<Vec<u8>> = crate::common::files_by_path(&root.join(out))
+            .into_iter()
+            .filter(|(path, _)| path.ends_with(".tsf"))
+            .map(|(_, bytes)| bytes)
+            .collect();
+        files.sort();
+        files
+    };
+    // Decode slabs are 2 MiB: with `on` every one asks for huge pages.
+    for setting in ["on", "off"] {
+        let o = run(setting, setting);
+        assert_eq!(code(&o), 0, "{setting}: {}", stderr(&o));
+    }
+    assert!(!data("on").is_empty());
+    assert_eq!(data("on"), data("off"));
+    let o = run("yes", "bad");
+    assert_eq!(code(&o), 64, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("TAILOR_HUGE_PAGES=\"yes\": expected auto, on or off"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!root.join("bad").exists(), "nothing written");
 }
