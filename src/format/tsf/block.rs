@@ -123,6 +123,7 @@ impl Encoder {
     ///   smaller than 8 bytes a value.
     ///
     /// Ties go to the first candidate in that order.
+    #[inline(always)]
     pub(super) fn encode_best(&mut self, ts: &[i64], vals: &[u64]) -> Result<(u8, Vec<u8>)> {
         let len_cost = |n: usize| varint_len(n as u64) + n;
         // (encoding, plain length, model; None = raw)

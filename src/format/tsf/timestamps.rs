@@ -44,6 +44,7 @@ pub(super) fn ts_codes(
 }
 
 /// [`ts_codes`] with the block's median delta `d` already computed.
+#[inline(always)]
 pub(super) fn ts_codes_with(ts: &[i64], model: TsModel, d: i64, out: &mut Vec<u64>) -> bool {
     out.clear();
     match model {
@@ -70,6 +71,7 @@ pub(super) fn ts_codes_with(ts: &[i64], model: TsModel, d: i64, out: &mut Vec<u6
 }
 
 /// The lower median of the block's deltas taken as u64 (0 for one point).
+#[inline(always)]
 pub(super) fn median_delta(ts: &[i64], scratch: &mut Vec<u64>) -> i64 {
     if ts.len() < 2 {
         return 0;
@@ -203,6 +205,7 @@ const CODE_COST: [(u8, u8); 65] = {
 /// cannot encode the block). When the grid can, `codes` holds its codes
 /// (those of [`ts_codes_with`]): the writer then need not compute them
 /// again (that second pass was 2.5% of the job's CPU).
+#[inline(always)]
 pub(super) fn ts_costs(ts: &[i64], d: i64, codes: &mut Vec<u64>) -> [Option<(u64, usize)>; 3] {
     let mut bits = [0u64; 3];
     let mut varints = [0usize; 3];
@@ -324,6 +327,7 @@ pub(super) fn ts_bits(enc: u8) -> bool {
 }
 
 /// Packs timestamp codes as bit buckets or varints into `out`.
+#[inline(always)]
 pub(super) fn pack_codes(bits: bool, codes: &[u64], out: &mut Vec<u8>) {
     out.clear();
     if bits {

@@ -167,6 +167,7 @@ pub(super) fn decimal_encode_with(vals: &[u64], p: DecimalParams, out: &mut Vec<
 /// of more than a quarter exceptions, nor a second one that is not
 /// shorter than the first, so it need not finish them (a block of
 /// arbitrary doubles stops after a quarter of its values).
+#[inline(always)]
 pub(super) fn decimal_encode_upto(
     vals: &[u64],
     p: DecimalParams,

@@ -282,7 +282,46 @@ fn check_points(h: &SeriesHeader<'_>, ts: &[i64], values: &[u64]) -> Result<()> 
     Ok(())
 }
 
+/// Encodes a series' blocks; on an x86-64 CPU with AVX2, BMI2 and LZCNT
+/// (x86-64-v3: Haswell, Zen and later) the same code compiled for them.
+/// The build targets baseline x86-64 (SSE2), where the encoder's loops
+/// over 64-bit integers vectorize poorly and every varint length is a
+/// `bsr`; the v3 copy took 3.5% less CPU in the job's encode phase (three
+/// alternated runs of the 2 GiB benchmark job: 16.2-17.2 s against
+/// 17.1-17.6 s). Integer and IEEE operations give the same results either
+/// way (Rust never fuses a multiply and an add by itself): the same bytes.
 fn encode_blocks(
+    enc: &mut Encoder,
+    bp: usize,
+    ts: &[i64],
+    values: &[u64],
+) -> Result<EncodedSeries> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("bmi2")
+        && std::is_x86_feature_detected!("lzcnt")
+    {
+        // SAFETY: the CPU has the features (checked just above).
+        return unsafe { encode_blocks_v3(enc, bp, ts, values) };
+    }
+    encode_blocks_here(enc, bp, ts, values)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
+unsafe fn encode_blocks_v3(
+    enc: &mut Encoder,
+    bp: usize,
+    ts: &[i64],
+    values: &[u64],
+) -> Result<EncodedSeries> {
+    encode_blocks_here(enc, bp, ts, values)
+}
+
+/// [`encode_blocks`]'s body, inlined into both copies (as are the
+/// encoder's hot functions, marked `#[inline(always)]` for that).
+#[inline(always)]
+fn encode_blocks_here(
     enc: &mut Encoder,
     bp: usize,
     ts: &[i64],
@@ -359,6 +398,35 @@ mod tests {
             assert_eq!(s.series, series.len() as u64);
             assert_eq!(s.crc32c, crc32c::crc32c(&bytes));
             check_roundtrip(&series, &bytes);
+        }
+    }
+
+    /// Both copies of the encoder (baseline x86-64 and x86-64-v3) write
+    /// the same blocks. Where the CPU lacks the v3 features there is one.
+    #[test]
+    fn the_v3_encoder_writes_the_baseline_bytes() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("bmi2")
+            && std::is_x86_feature_detected!("lzcnt")
+        {
+            let mut rng = Rng(7);
+            let (mut base, mut v3) = (Encoder::new(3).unwrap(), Encoder::new(3).unwrap());
+            let mut blocks = 0;
+            for seed in 0..4 {
+                for (_, _, _, _, _, ts, vals) in random_file(seed, 40) {
+                    let bp = [4096, 1000, 7, 1][rng.below(4) as usize];
+                    let a = encode_blocks_here(&mut base, bp, &ts, &vals).unwrap();
+                    // SAFETY: the CPU has the features (checked above).
+                    let b = unsafe { encode_blocks_v3(&mut v3, bp, &ts, &vals) }.unwrap();
+                    assert_eq!(a.blocks.len(), b.blocks.len());
+                    for (x, y) in a.blocks.iter().zip(&b.blocks) {
+                        assert_eq!((x.codec, &x.bytes), (y.codec, &y.bytes));
+                    }
+                    blocks += a.blocks.len();
+                }
+            }
+            assert!(blocks > 100, "{blocks} blocks");
         }
     }
 
