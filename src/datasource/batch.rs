@@ -165,10 +165,15 @@ impl std::str::FromStr for HugePages {
 impl HugePages {
     /// The policy `TAILOR_HUGE_PAGES` names (`auto` when unset).
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var("TAILOR_HUGE_PAGES") {
-            Ok(v) => v.parse(),
-            Err(std::env::VarError::NotPresent) => Ok(Self::Auto),
-            Err(e) => Err(format!("TAILOR_HUGE_PAGES: {e}")),
+        Self::from_value(std::env::var_os("TAILOR_HUGE_PAGES").as_deref())
+    }
+
+    /// The policy a value of `TAILOR_HUGE_PAGES` names (`None`: unset).
+    fn from_value(value: Option<&std::ffi::OsStr>) -> Result<Self, String> {
+        match value.map(|v| v.to_str().ok_or(v)) {
+            None => Ok(Self::Auto),
+            Some(Ok(v)) => v.parse(),
+            Some(Err(v)) => Err(format!("TAILOR_HUGE_PAGES={v:?} is not UTF-8")),
         }
     }
 
@@ -200,24 +205,26 @@ fn balloon_reports_free_pages(devices: &std::path::Path) -> bool {
     })
 }
 
+/// Whether slabs ask for huge pages, settled once per process.
 static HUGE_PAGES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
+/// Settles [`HUGE_PAGES`] under `policy` (if it is not settled yet).
+fn settle_huge_pages(policy: HugePages) -> bool {
+    *HUGE_PAGES.get_or_init(|| policy.resolve(std::path::Path::new("/sys/bus/virtio/devices")))
+}
+
 /// Settles whether slabs ask for huge pages, from `TAILOR_HUGE_PAGES` and
-/// the machine, before the first slab is made (the command line calls it
-/// first, so a bad value is a usage error); returns the choice.
-pub fn init_huge_pages() -> Result<bool, String> {
-    let policy = HugePages::from_env()?;
-    Ok(*HUGE_PAGES.get_or_init(|| policy.resolve(std::path::Path::new("/sys/bus/virtio/devices"))))
+/// the machine, before the first slab is made: the command line calls it
+/// first, so that a bad value is a usage error.
+pub fn init_huge_pages() -> Result<(), String> {
+    settle_huge_pages(HugePages::from_env()?);
+    Ok(())
 }
 
 /// Whether slabs ask for huge pages (settled on first use if
 /// [`init_huge_pages`] was not called: a bad value then counts as `auto`).
 fn huge_pages() -> bool {
-    *HUGE_PAGES.get_or_init(|| {
-        HugePages::from_env()
-            .unwrap_or(HugePages::Auto)
-            .resolve(std::path::Path::new("/sys/bus/virtio/devices"))
-    })
+    settle_huge_pages(HugePages::from_env().unwrap_or(HugePages::Auto))
 }
 
 /// A slab's memory: `words` zeroed 8-byte words. Not a `Vec<u64>` because
@@ -713,6 +720,18 @@ mod tests {
         let bad = "yes".parse::<HugePages>().unwrap_err();
         assert!(
             bad.contains("TAILOR_HUGE_PAGES") && bad.contains("auto, on or off"),
+            "{bad}"
+        );
+        // Set but empty, as a manifest may leave it: auto. Not UTF-8: an
+        // error naming the variable.
+        use std::os::unix::ffi::OsStrExt;
+        let value = |v: &[u8]| HugePages::from_value(Some(std::ffi::OsStr::from_bytes(v)));
+        assert_eq!(HugePages::from_value(None), Ok(HugePages::Auto));
+        assert_eq!(value(b""), Ok(HugePages::Auto));
+        assert_eq!(value(b"off"), Ok(HugePages::Off));
+        let bad = value(b"o\xffn").unwrap_err();
+        assert!(
+            bad.contains("TAILOR_HUGE_PAGES") && bad.contains("not UTF-8"),
             "{bad}"
         );
     }

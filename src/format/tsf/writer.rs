@@ -297,14 +297,22 @@ fn encode_blocks(
     values: &[u64],
 ) -> Result<EncodedSeries> {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("bmi2")
-        && std::is_x86_feature_detected!("lzcnt")
-    {
+    if has_v3() {
         // SAFETY: the CPU has the features (checked just above).
         return unsafe { encode_blocks_v3(enc, bp, ts, values) };
     }
     encode_blocks_here(enc, bp, ts, values)
+}
+
+/// Whether this CPU has the features [`encode_blocks_v3`] is compiled for
+/// (std detects them once and caches them).
+#[cfg(target_arch = "x86_64")]
+fn has_v3() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("bmi1")
+        && std::is_x86_feature_detected!("bmi2")
+        && std::is_x86_feature_detected!("lzcnt")
+        && std::is_x86_feature_detected!("popcnt")
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -406,10 +414,7 @@ mod tests {
     #[test]
     fn the_v3_encoder_writes_the_baseline_bytes() {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("bmi2")
-            && std::is_x86_feature_detected!("lzcnt")
-        {
+        if has_v3() {
             let mut rng = Rng(7);
             let (mut base, mut v3) = (Encoder::new(3).unwrap(), Encoder::new(3).unwrap());
             let mut blocks = 0;
