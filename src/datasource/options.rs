@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::datasource::batch::DEFAULT_SLAB_BYTES;
+use crate::datasource::batch::{DEFAULT_SLAB_BYTES, SlabPool};
 use crate::format::shard::ShardMap;
 
 /// What the scan does with a corrupt frame.
@@ -55,6 +55,10 @@ pub struct PayloadOptions {
     /// a scan on other machines sends it along with its rows
     /// (see [`LOG_ROW_SHARD`](crate::datasource::batch::LOG_ROW_SHARD)).
     pub emit_log: bool,
+    /// The pool of the scan's decode slabs, when the job shares it with
+    /// what follows the scan (see [`SlabPool::set_keep`]); `None`: a pool
+    /// of the scan's own, of [`Self::slab_bytes`] slabs.
+    pub pool: Option<Arc<SlabPool>>,
 }
 
 /// The most points of a row when the job splits big payloads: a payload
@@ -79,6 +83,7 @@ impl PayloadOptions {
             max_row_points: None,
             router: None,
             emit_log: false,
+            pool: None,
         }
     }
 }

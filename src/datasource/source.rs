@@ -78,7 +78,10 @@ impl PayloadSource {
         log: Arc<ScanLog>,
     ) -> Self {
         let table_schema = table_schema.into();
-        let pool = SlabPool::new(options.slab_bytes);
+        let pool = options
+            .pool
+            .clone()
+            .unwrap_or_else(|| SlabPool::new(options.slab_bytes));
         Self {
             projection: SplitProjection::unprojected(&table_schema),
             table_schema,

@@ -101,7 +101,7 @@ pub fn encode_all(
     mut files: Files,
     spill_dir: &Path,
     budget: &MemoryBudget,
-    slab_bytes: usize,
+    pool: &std::sync::Arc<SlabPool>,
     summary: &mut SpoolSummary,
 ) -> Result<(Files, EncodeTotals), JobError> {
     let spooled = |r: &Router| (0..r.buckets()).any(|b| r.stats(b).frames > 0);
@@ -125,6 +125,17 @@ pub fn encode_all(
         summary.spooled_bytes += s.bytes;
         summary.spooled_decoded_bytes += s.decoded;
         summary.spooled_packed_frames += s.packed;
+    }
+    // Slabs come back as series are encoded and go to the next bucket:
+    // from the resident rows first (the scan's slabs), then bucket after
+    // bucket. Idle slabs are some of those the rows encoded before freed,
+    // and a bucket takes them before any new one, so keeping them adds
+    // nothing to the peak; at most a bucket's share is kept.
+    let slab_bytes = pool.slab_bytes() as u64;
+    let keep = |cap: u64| (cap / slab_bytes).min(1 << 16) as usize;
+    let held_after_resident = if router.demoted() { grouper.bytes() } else { 0 };
+    if let Some(cap) = budget.bucket_cap_beside(held_after_resident) {
+        pool.set_keep(keep(cap));
     }
     let buffer = budget.spool_buffer(2);
     let mut w = OutputWriter::spawn(
@@ -163,15 +174,11 @@ pub fn encode_all(
         .collect();
     let splits = std::sync::atomic::AtomicU64::new(0);
     let read_chunk = budget.spool_read_chunk();
-    // Slabs come back as series are encoded and go to the next bucket.
-    let pool = SlabPool::keeping(
-        slab_bytes,
-        (cap / 2 / slab_bytes.max(1) as u64).min(1 << 16) as usize,
-    );
+    pool.set_keep(keep(cap));
     let loaded = std::thread::scope(|scope| -> Result<(), JobError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Loaded, JobError>>(0);
         let splits = &splits;
-        let pool = &pool;
+
         let (reap, reaped) = std::sync::mpsc::channel::<PathBuf>();
         scope.spawn(move || {
             for path in reaped {

@@ -11,6 +11,7 @@
 //! decoded again), on all cores, into batches of the same shape as the
 //! scan's, and grouped the same way.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
@@ -222,69 +223,90 @@ pub fn decode_spooled(
     frames: &[SpooledFrame],
     pool: &Arc<SlabPool>,
 ) -> Result<Vec<(RecordBatch, Objects)>, JobError> {
-    /// Frames decoded by one task: enough to keep both cores busy and the
-    /// batches at about a slab each.
-    const TASK_FRAMES: usize = 2048;
-    let done: Vec<Result<Vec<(RecordBatch, Objects)>, JobError>> = frames
-        .par_chunks(TASK_FRAMES)
-        .map(|chunk| {
-            // Rows per batch: about a slab's worth of ordinary payloads (the
-            // builder's columns are allocated at this capacity).
-            let rows = (pool.slab_bytes() / 1024).clamp(64, 8192);
-            let mut builder = BatchBuilder::new(Arc::clone(pool), rows, "", "");
-            let mut decoder = Decoder::new();
-            let mut out = Vec::new();
-            let mut objects = Vec::new();
-            let failed = |f: &SpooledFrame, e: &dyn std::fmt::Display| {
-                JobError::Internal(format!(
-                    "a spooled frame (object #{}, offset {}) that decoded in the scan failed \
+    // Rows per batch: about a slab's worth of ordinary payloads (the
+    // builder's columns are allocated at this capacity).
+    let rows = (pool.slab_bytes() / 1024).clamp(64, 8192);
+    let done: Vec<Result<Vec<(RecordBatch, Objects)>, JobError>> =
+        slab_tasks(frames, pool.slab_bytes(), rows)
+            .into_par_iter()
+            .map(|task| {
+                let chunk = &frames[task];
+                let mut builder = BatchBuilder::new(Arc::clone(pool), rows, "", "");
+                let mut decoder = Decoder::new();
+                let mut out = Vec::new();
+                let mut objects = Vec::new();
+                let failed = |f: &SpooledFrame, e: &dyn std::fmt::Display| {
+                    JobError::Internal(format!(
+                        "a spooled frame (object #{}, offset {}) that decoded in the scan failed \
                      to decode again: {e}",
-                    f.object, f.frame_offset
-                ))
-            };
-            for f in chunk {
-                let body = &bytes[f.body.clone()];
-                let size = f.content_size as usize;
-                if !builder.fits(size)
-                    && let Some(b) = builder.finish().map_err(|e| failed(f, &e))?
-                {
-                    out.push((b, Objects::PerRow(std::mem::take(&mut objects))));
-                }
-                let dst = builder.reserve(size).map_err(|e| failed(f, &e))?;
-                if f.packed {
-                    unpack_payload(body, dst).map_err(|e| failed(f, &e))?;
-                } else {
-                    let info = check_body(body, f.frame_offset).map_err(|e| failed(f, &e))?;
-                    if info.content_size != size {
-                        return Err(failed(f, &"its size is not the one spooled"));
+                        f.object, f.frame_offset
+                    ))
+                };
+                for f in chunk {
+                    let body = &bytes[f.body.clone()];
+                    let size = f.content_size as usize;
+                    if !builder.fits(size)
+                        && let Some(b) = builder.finish().map_err(|e| failed(f, &e))?
+                    {
+                        out.push((b, Objects::PerRow(std::mem::take(&mut objects))));
                     }
-                    decoder
-                        .decompress_into(body, info, dst, f.frame_offset)
-                        .map_err(|e| failed(f, &e))?;
+                    let dst = builder.reserve(size).map_err(|e| failed(f, &e))?;
+                    if f.packed {
+                        unpack_payload(body, dst).map_err(|e| failed(f, &e))?;
+                    } else {
+                        let info = check_body(body, f.frame_offset).map_err(|e| failed(f, &e))?;
+                        if info.content_size != size {
+                            return Err(failed(f, &"its size is not the one spooled"));
+                        }
+                        decoder
+                            .decompress_into(body, info, dst, f.frame_offset)
+                            .map_err(|e| failed(f, &e))?;
+                    }
+                    let header = parse_payload(dst, f.frame_offset)
+                        .map_err(|e| failed(f, &e))?
+                        .header;
+                    if (header.org_id, header.metric_id) != (f.org_id, f.metric_id) {
+                        return Err(failed(f, &"it is of another series than spooled"));
+                    }
+                    builder.commit(&header, f.frame_offset, false);
+                    objects.push(f.object);
                 }
-                let header = parse_payload(dst, f.frame_offset)
-                    .map_err(|e| failed(f, &e))?
-                    .header;
-                if (header.org_id, header.metric_id) != (f.org_id, f.metric_id) {
-                    return Err(failed(f, &"it is of another series than spooled"));
+                if let Some(b) = builder
+                    .finish()
+                    .map_err(|e| JobError::Internal(format!("a batch of spooled frames: {e}")))?
+                {
+                    out.push((b, Objects::PerRow(objects)));
                 }
-                builder.commit(&header, f.frame_offset, false);
-                objects.push(f.object);
-            }
-            if let Some(b) = builder
-                .finish()
-                .map_err(|e| JobError::Internal(format!("a batch of spooled frames: {e}")))?
-            {
-                out.push((b, Objects::PerRow(objects)));
-            }
-            Ok(out)
-        })
-        .collect();
+                Ok(out)
+            })
+            .collect();
     let mut batches = Vec::new();
     for d in done {
         batches.extend(d?);
     }
     Ok(batches)
+}
+
+/// The frames each task of [`decode_spooled`] decodes: a slab's worth (of
+/// decoded bytes and of rows) each, so that every batch fills its slab.
+/// A task of a fixed number of frames filled half of each 8 MiB slab
+/// (2048 payloads of about 2 KiB), and a bucket took twice its decoded
+/// size in slabs.
+fn slab_tasks(frames: &[SpooledFrame], slab_bytes: usize, rows: usize) -> Vec<Range<usize>> {
+    let mut tasks = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (i, f) in frames.iter().enumerate() {
+        let len = (f.content_size as usize).div_ceil(8) * 8;
+        if i > start && (used + len > slab_bytes || i - start == rows) {
+            tasks.push(start..i);
+            (start, used) = (i, 0);
+        }
+        used += len;
+    }
+    if start < frames.len() {
+        tasks.push(start..frames.len());
+    }
+    tasks
 }
 
 #[cfg(test)]
@@ -419,5 +441,32 @@ mod tests {
             assert_eq!(g.bytes(), 0);
             assert!(g.take((5, 9)).is_none());
         }
+    }
+
+    #[test]
+    fn spooled_frames_are_decoded_a_slab_at_a_time() {
+        let frame = |content_size: u32| SpooledFrame {
+            object: 0,
+            frame_offset: 0,
+            org_id: 1,
+            metric_id: 1,
+            content_size,
+            packed: true,
+            body: 0..0,
+        };
+        // 1000-byte payloads take 1000 bytes of a 4000-byte slab, a 1001
+        // byte one 1008; a payload bigger than a slab is a task of its own.
+        let sizes = [1000, 1000, 1000, 1000, 1001, 1000, 1000, 9000, 8, 8, 8];
+        let frames: Vec<_> = sizes.iter().map(|&n| frame(n)).collect();
+        assert_eq!(
+            slab_tasks(&frames, 4000, 100),
+            vec![0..4, 4..7, 7..8, 8..11]
+        );
+        // At most `rows` frames a task, and every frame in one task, in order.
+        assert_eq!(
+            slab_tasks(&frames, 4000, 2),
+            vec![0..2, 2..4, 4..6, 6..7, 7..8, 8..10, 10..11]
+        );
+        assert!(slab_tasks(&[], 4000, 2).is_empty());
     }
 }

@@ -48,6 +48,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::datasource::batch::SlabPool;
 use crate::datasource::listing::{Ignored, InputObject, Listing, Window, list_inputs};
 use crate::datasource::options::{PayloadOptions, ROW_POINTS};
 use crate::datasource::route::{self, Router, estimate_decoded};
@@ -389,7 +390,9 @@ async fn scan_group_encode(
     if let Some(slab) = budget.slab_bytes() {
         options.slab_bytes = slab;
     }
-    let slab_bytes = options.slab_bytes;
+    // The scan's slabs go on to the spooled buckets (see `buckets.rs`).
+    let pool = SlabPool::new(options.slab_bytes);
+    options.pool = Some(Arc::clone(&pool));
     // Under a limit, series are routed to hash buckets, and those that the
     // estimated decoded input leaves no room for are spooled (see
     // `datasource/route.rs`, `buckets.rs`).
@@ -549,7 +552,7 @@ async fn scan_group_encode(
         files,
         spill,
         budget,
-        slab_bytes,
+        &pool,
         &mut summary,
     )?;
     let encode = t_encode.stop();
