@@ -100,7 +100,7 @@ impl SlabPool {
     /// freed at once). The job raises it when the scan ends, so that the
     /// slabs its resident rows free as they are encoded go to the spooled
     /// buckets decoded next instead of back to the system, to be paged in
-    /// again (on the 2 GiB benchmark input at a 4 GiB limit, about 600,000
+    /// again (on the 2 GiB benchmark input at a 4 GiB limit, about 580,000
     /// page faults).
     pub fn set_keep(&self, keep: usize) {
         self.keep.store(keep, Ordering::Relaxed);

@@ -178,7 +178,6 @@ pub fn encode_all(
     let loaded = std::thread::scope(|scope| -> Result<(), JobError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Loaded, JobError>>(0);
         let splits = &splits;
-
         let (reap, reaped) = std::sync::mpsc::channel::<PathBuf>();
         scope.spawn(move || {
             for path in reaped {
