@@ -85,10 +85,9 @@ impl SlabPool {
         Self::keeping(slab_bytes, POOL_KEEP)
     }
 
-    /// A pool that keeps up to `keep` returned slabs for reuse (a job
-    /// decoding bucket after bucket reuses its slabs instead of having the
-    /// allocator page fresh memory in for each).
-    pub fn keeping(slab_bytes: usize, keep: usize) -> Arc<Self> {
+    /// A pool that keeps up to `keep` returned slabs for reuse (see
+    /// [`Self::set_keep`]).
+    fn keeping(slab_bytes: usize, keep: usize) -> Arc<Self> {
         Arc::new(Self {
             free: Mutex::new(Vec::new()),
             slab_bytes: slab_bytes.max(64),
@@ -428,7 +427,7 @@ impl BatchBuilder {
     /// Whether a payload of `len` bytes still fits in this batch. An empty
     /// batch takes any payload (its slab is replaced by a big enough one).
     pub fn fits(&self, len: usize) -> bool {
-        let len = len.div_ceil(8) * 8;
+        let len = slab_len(len);
         self.rows() < self.max_rows
             && (self.rows() == 0 || self.used + len <= self.slab.len() * 8)
             // list-view offsets are i32 element indexes
@@ -444,7 +443,7 @@ impl BatchBuilder {
     /// Errors (instead of panicking) when the payload does not fit in a
     /// batch that already has rows.
     pub fn reserve(&mut self, len: usize) -> Result<&mut [u8], ArrowError> {
-        let padded = len.div_ceil(8) * 8;
+        let padded = slab_len(len);
         if self.used + padded > self.slab.len() * 8 {
             if self.rows() > 0 {
                 return Err(ArrowError::ComputeError(format!(
@@ -662,10 +661,16 @@ impl BatchBuilder {
     }
 }
 
+/// Slab bytes a payload of `len` decoded bytes takes (rows start at
+/// 8-byte boundaries).
+pub fn slab_len(len: usize) -> usize {
+    len.div_ceil(8) * 8
+}
+
 /// Slab bytes a row of `points` points copied by
 /// [`BatchBuilder::push_chunk`] takes, with `meta_len` bytes of metadata.
 pub fn chunk_len(points: usize, meta_len: usize) -> usize {
-    (16 * points + meta_len).div_ceil(8) * 8
+    slab_len(16 * points + meta_len)
 }
 
 fn bytemuck_bytes(words: &[u64]) -> &[u8] {

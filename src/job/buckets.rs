@@ -92,20 +92,20 @@ impl Pick {
 type Loaded = (Pick, Vec<(datafusion::arrow::array::RecordBatch, Objects)>);
 
 /// Encodes every series the grouper holds, and those of every spooled
-/// bucket, into `files`; returns them with the encoding's totals.
-#[allow(clippy::too_many_arguments)]
+/// bucket, into `files`; returns them with the encoding's totals. `routed`:
+/// the scan's router and the pool of its decode slabs, which the spooled
+/// buckets reuse.
 pub fn encode_all(
     mut grouper: Grouper,
-    router: Option<&Router>,
+    routed: Option<(&Router, &std::sync::Arc<SlabPool>)>,
     opts: &FileOptions,
     mut files: Files,
     spill_dir: &Path,
     budget: &MemoryBudget,
-    pool: &std::sync::Arc<SlabPool>,
     summary: &mut SpoolSummary,
 ) -> Result<(Files, EncodeTotals), JobError> {
     let spooled = |r: &Router| (0..r.buckets()).any(|b| r.stats(b).frames > 0);
-    let Some(router) = router.filter(|r| r.demoted() || spooled(r)) else {
+    let Some((router, pool)) = routed.filter(|(r, _)| r.demoted() || spooled(r)) else {
         // Everything is in memory: one stream of series in key order
         // (part after part).
         let mut w = OutputWriter::spawn(files, opts.clone());
@@ -126,17 +126,19 @@ pub fn encode_all(
         summary.spooled_decoded_bytes += s.decoded;
         summary.spooled_packed_frames += s.packed;
     }
+    // Two spooled buckets share what the budget leaves beside the rows the
+    // scan kept and that stay after the resident buckets' series: none
+    // unless the scan demoted them (then they stay until their bucket's
+    // turn).
+    let held = if router.demoted() { grouper.bytes() } else { 0 };
+    let cap = budget.bucket_cap_beside(held).unwrap_or(u64::MAX);
+    let room = budget.buckets_room_beside(held).unwrap_or(u64::MAX);
     // Slabs come back as series are encoded and go to the next bucket:
     // from the resident rows first (the scan's slabs), then bucket after
     // bucket. Idle slabs are some of those the rows encoded before freed,
     // and a bucket takes them before any new one, so keeping them adds
     // nothing to the peak; at most a bucket's share is kept.
-    let slab_bytes = pool.slab_bytes() as u64;
-    let keep = |cap: u64| (cap / slab_bytes).min(1 << 16) as usize;
-    let held_after_resident = if router.demoted() { grouper.bytes() } else { 0 };
-    if let Some(cap) = budget.bucket_cap_beside(held_after_resident) {
-        pool.set_keep(keep(cap));
-    }
+    pool.set_keep((cap / pool.slab_bytes() as u64).min(1 << 16) as usize);
     let buffer = budget.spool_buffer(2);
     let mut w = OutputWriter::spawn(
         EncodedSpool::create(spill_dir.join("groups.enc"), buffer)?,
@@ -154,16 +156,13 @@ pub fn encode_all(
         }
         w.mark()?;
     }
+    debug_assert_eq!(
+        grouper.bytes(),
+        held,
+        "rows left after the resident buckets"
+    );
     // Each spooled bucket: the loader reads and decodes the next while this
-    // thread groups the current one and the encoder encodes it. Two buckets
-    // share what the budget leaves beside the rows the scan kept (those of
-    // demoted buckets stay until their bucket's turn).
-    let cap = budget
-        .bucket_cap_beside(grouper.bytes())
-        .unwrap_or(u64::MAX);
-    let room = budget
-        .buckets_room_beside(grouper.bytes())
-        .unwrap_or(u64::MAX);
+    // thread groups the current one and the encoder encodes it.
     let limit = budget.limit.unwrap_or(u64::MAX);
     let buckets: Vec<(u32, Option<(PathBuf, SpoolStats)>)> = (0..router.buckets())
         .filter_map(|b| {
@@ -174,7 +173,6 @@ pub fn encode_all(
         .collect();
     let splits = std::sync::atomic::AtomicU64::new(0);
     let read_chunk = budget.spool_read_chunk();
-    pool.set_keep(keep(cap));
     let loaded = std::thread::scope(|scope| -> Result<(), JobError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Loaded, JobError>>(0);
         let splits = &splits;

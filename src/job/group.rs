@@ -20,7 +20,7 @@ use datafusion::arrow::datatypes::{Float64Type, Int64Type, UInt8Type, UInt32Type
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
-use crate::datasource::batch::{BatchBuilder, SlabPool};
+use crate::datasource::batch::{BatchBuilder, SlabPool, slab_len};
 use crate::datasource::route::{SpooledFrame, unpack_payload};
 use crate::datasource::schema::{
     FIRST_POINT, FRAME_OFFSET, INTERVAL_S, KIND, METADATA, METRIC_ID, MISROUTED, ORG_ID,
@@ -296,7 +296,7 @@ fn slab_tasks(frames: &[SpooledFrame], slab_bytes: usize, rows: usize) -> Vec<Ra
     let mut tasks = Vec::new();
     let (mut start, mut used) = (0, 0);
     for (i, f) in frames.iter().enumerate() {
-        let len = (f.content_size as usize).div_ceil(8) * 8;
+        let len = slab_len(f.content_size as usize);
         if i > start && (used + len > slab_bytes || i - start == rows) {
             tasks.push(start..i);
             (start, used) = (i, 0);

@@ -547,12 +547,11 @@ async fn scan_group_encode(
     let files = Files::new(stage.to_path_buf(), file_options.clone());
     let (files, totals) = encode_all(
         grouper,
-        router.as_deref(),
+        router.as_deref().map(|r| (r, &pool)),
         &file_options,
         files,
         spill,
         budget,
-        &pool,
         &mut summary,
     )?;
     let encode = t_encode.stop();

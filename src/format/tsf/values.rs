@@ -329,11 +329,7 @@ pub(super) fn decimal_digits(vals: &[u64], q: u8) -> Option<u8> {
 /// sampled values are wins, then the one with the fewest digits, then the
 /// smallest.
 pub(super) fn decimal_divisor(vals: &[u64]) -> Option<DecimalParams> {
-    let sample = &vals[..vals.len().min(DECIMAL_SAMPLE)];
-    let &first = sample.iter().find(|&&v| {
-        let f = f64::from_bits(v);
-        f.is_finite() && f != 0.0
-    })?;
+    let (sample, first) = divisor_sample(vals)?;
     // (regular sampled values, params)
     let mut best: Option<(usize, DecimalParams)> = None;
     for q in 2..=255u8 {
@@ -350,10 +346,7 @@ pub(super) fn decimal_divisor(vals: &[u64]) -> Option<DecimalParams> {
         let n = sample.len();
         let mut missed = 0;
         let mut d = d0;
-        let can_win = |missed: usize, d: u8| {
-            let most = n - missed;
-            most * 4 >= n * 3 && best.is_none_or(|(r, b)| most > r || (most == r && d < b.d))
-        };
+        let can_win = |missed: usize, d: u8| beats(best, n, n - missed, d);
         let mut lost = !can_win(0, d);
         for &v in sample {
             if lost {
@@ -371,19 +364,34 @@ pub(super) fn decimal_divisor(vals: &[u64]) -> Option<DecimalParams> {
             }
             lost = lost || !can_win(missed, d);
         }
-        if lost {
-            continue;
-        }
-        let regular = n - missed;
-        let better = best.is_none_or(|(r, b)| regular > r || (regular == r && d < b.d));
-        if regular * 4 >= sample.len() * 3 && better {
-            best = Some((regular, DecimalParams { d, q }));
-            if regular == sample.len() && d == 0 {
+        // Not lost: it still can, with every value tried, so it does.
+        if !lost {
+            best = Some((n - missed, DecimalParams { d, q }));
+            if missed == 0 && d == 0 {
                 break;
             }
         }
     }
     best.map(|(_, p)| p)
+}
+
+/// The values [`decimal_divisor`] samples, and the first finite non-zero
+/// one among them (`None`: there is none).
+fn divisor_sample(vals: &[u64]) -> Option<(&[u64], u64)> {
+    let sample = &vals[..vals.len().min(DECIMAL_SAMPLE)];
+    let &first = sample.iter().find(|&&v| {
+        let f = f64::from_bits(v);
+        f.is_finite() && f != 0.0
+    })?;
+    Some((sample, first))
+}
+
+/// Whether a divisor at which `regular` of the `n` sampled values are
+/// regular, with `d` digits, qualifies (three quarters regular) and beats
+/// `best`: more regular values, then fewer digits (on a tie the smaller
+/// divisor, tried first, stays).
+fn beats(best: Option<(usize, DecimalParams)>, n: usize, regular: usize, d: u8) -> bool {
+    regular * 4 >= n * 3 && best.is_none_or(|(r, b)| regular > r || (regular == r && d < b.d))
 }
 
 /// Values sampled to choose the decimal digit count and divisor.
@@ -589,11 +597,7 @@ mod tests {
 
     /// [`decimal_divisor`] as first written: every divisor tried in full.
     fn divisor_reference(vals: &[u64]) -> Option<DecimalParams> {
-        let sample = &vals[..vals.len().min(DECIMAL_SAMPLE)];
-        let &first = sample.iter().find(|&&v| {
-            let f = f64::from_bits(v);
-            f.is_finite() && f != 0.0
-        })?;
+        let (sample, first) = divisor_sample(vals)?;
         let mut best: Option<(usize, DecimalParams)> = None;
         for q in 2..=255u8 {
             let Some(d0) = min_digits_upto(first, q, MAX_DIVIDED_DIGITS) else {
@@ -607,6 +611,7 @@ mod tests {
                     d = d.max(dv);
                 }
             }
+            // The rule written out, not [`beats`]: the test checks it too.
             let better = best.is_none_or(|(r, b)| regular > r || (regular == r && d < b.d));
             if regular * 4 >= sample.len() * 3 && better {
                 best = Some((regular, DecimalParams { d, q }));

@@ -642,8 +642,6 @@ fn encode_part(
         files,
         stage.path(),
         &budget,
-        // Without a router nothing was spooled: the pool stays unused.
-        &crate::datasource::batch::SlabPool::new(crate::datasource::batch::DEFAULT_SLAB_BYTES),
         &mut summary,
     )?;
     let staged = files.finish(totals.clone(), Phase::start("encode").stop())?;
