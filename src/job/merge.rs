@@ -138,7 +138,8 @@ struct Span {
 /// payload, a late one. So the chunks are put in order of their first
 /// timestamp, and chunks whose stretches overlap (or touch) are gathered
 /// into clusters: clusters do not overlap, so the result is the clusters
-/// in time order; a cluster of one chunk in order is copied as it is, any
+/// in time order; a cluster of one chunk in order is copied as it is, a
+/// cluster of a few chunks each in order is merged ([`merge_strict`]), any
 /// other has its points sorted (stably, in input order) and deduplicated.
 /// In the usual case (payloads in order, in time order) that is the
 /// concatenation of the chunks. Hand-written, not one stable sort of every
@@ -186,6 +187,11 @@ fn merge_chunks(chunks: &[PointChunk], bufs: &mut MergeBuffers, counts: &mut Mer
             cluster.clear();
             cluster.extend(spans[i..j].iter().map(|s| s.chunk));
             cluster.sort_unstable();
+            if cluster.len() <= MAX_MERGED_CHUNKS && spans[i..j].iter().all(|s| s.strict) {
+                merge_strict(chunks, cluster, timestamps, values, counts);
+                i = j;
+                continue;
+            }
             let points = &mut bufs.points;
             points.clear();
             for &k in cluster.iter() {
@@ -196,6 +202,107 @@ fn merge_chunks(chunks: &[PointChunk], bufs: &mut MergeBuffers, counts: &mut Mer
         }
         i = j;
     }
+}
+
+/// Most chunks in a cluster merged by [`merge_strict`] (it looks at every
+/// chunk's next point for each point it writes); larger clusters are
+/// sorted.
+const MAX_MERGED_CHUNKS: usize = 8;
+
+/// [`sort_dedup`]'s result for a cluster of chunks whose timestamps each
+/// increase strictly (`cluster`: their indices, in input order), without
+/// sorting: a merge of the chunks, each of which holds at most one point
+/// per timestamp, so the point kept at a timestamp is that of the last
+/// chunk (in input order) that has it, and every other chunk's point there
+/// is dropped. The usual cluster is a re-delivered or late payload over
+/// one already read: sorting its points was most of merging's cost.
+fn merge_strict(
+    chunks: &[PointChunk],
+    cluster: &[u32],
+    timestamps: &mut Vec<i64>,
+    values: &mut Vec<u64>,
+    counts: &mut MergeCounts,
+) {
+    if let &[a, b] = cluster {
+        let (a, b) = (&chunks[a as usize], &chunks[b as usize]);
+        return merge_two(
+            (&a.ts, &a.vals),
+            (&b.ts, &b.vals),
+            timestamps,
+            values,
+            counts,
+        );
+    }
+    let mut heads = [0usize; MAX_MERGED_CHUNKS];
+    let heads = &mut heads[..cluster.len()];
+    loop {
+        let mut next: Option<i64> = None;
+        for (&k, &h) in cluster.iter().zip(heads.iter()) {
+            if let Some(&t) = chunks[k as usize].ts.get(h) {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        let Some(t) = next else {
+            return;
+        };
+        // The last chunk at `t` wins; the others' points there are dropped.
+        let mut winner: Option<u64> = None;
+        for (&k, h) in cluster.iter().zip(heads.iter_mut()).rev() {
+            let c = &chunks[k as usize];
+            if c.ts.get(*h) == Some(&t) {
+                let v = c.vals[*h];
+                match winner {
+                    None => winner = Some(v),
+                    Some(w) => {
+                        counts.duplicates_dropped += 1;
+                        counts.conflicting_duplicates += u64::from(v != w);
+                    }
+                }
+                *h += 1;
+            }
+        }
+        timestamps.push(t);
+        values.push(winner.expect("a chunk's point is at the smallest timestamp"));
+    }
+}
+
+/// [`merge_strict`] of two chunks, `a` before `b` in input order: the
+/// stretches where only one has points are copied whole.
+fn merge_two(
+    a: (&[i64], &[u64]),
+    b: (&[i64], &[u64]),
+    timestamps: &mut Vec<i64>,
+    values: &mut Vec<u64>,
+    counts: &mut MergeCounts,
+) {
+    let ((ats, avs), (bts, bvs)) = (a, b);
+    let (mut i, mut j) = (0, 0);
+    while i < ats.len() && j < bts.len() {
+        // Copy the run of one chunk before the other's next point.
+        if ats[i] < bts[j] {
+            let end = i + ats[i..].partition_point(|&t| t < bts[j]);
+            timestamps.extend_from_slice(&ats[i..end]);
+            values.extend_from_slice(&avs[i..end]);
+            i = end;
+        } else if bts[j] < ats[i] {
+            let end = j + bts[j..].partition_point(|&t| t < ats[i]);
+            timestamps.extend_from_slice(&bts[j..end]);
+            values.extend_from_slice(&bvs[j..end]);
+            j = end;
+        } else {
+            // The same timestamp in both: a re-delivered point, b's wins.
+            timestamps.push(bts[j]);
+            values.push(bvs[j]);
+            counts.duplicates_dropped += 1;
+            counts.conflicting_duplicates += u64::from(avs[i] != bvs[j]);
+            i += 1;
+            j += 1;
+        }
+    }
+    timestamps.extend_from_slice(&ats[i..]);
+    values.extend_from_slice(&avs[i..]);
+    timestamps.extend_from_slice(&bts[j..]);
+    values.extend_from_slice(&bvs[j..]);
 }
 
 /// Sorts `points` by timestamp (stably: input order among equal ones) and
@@ -377,6 +484,51 @@ mod tests {
             let got: Vec<(i64, u64)> = m.timestamps.into_iter().zip(m.values).collect();
             assert_eq!((got, c), reference(&all), "case {case}");
         }
+    }
+
+    /// Clusters of chunks each in order (merged, not sorted) of 2 to 10
+    /// chunks (sorted again past [`MAX_MERGED_CHUNKS`]): re-delivered
+    /// payloads, late ones inside earlier stretches, payloads that touch,
+    /// and runs of one chunk between the others' points.
+    #[test]
+    fn clusters_of_chunks_in_order_merge_as_the_plain_rules_say() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut merged_two = 0;
+        for case in 0..3000 {
+            let n = 2 + case % 9;
+            let mut chunks = Vec::new();
+            let mut all = Vec::new();
+            for _ in 0..n {
+                // Strictly increasing: a subset of a small grid, so chunks
+                // overlap, touch and interleave.
+                let start = rng.random_range(0..40i64);
+                let ts: Vec<i64> = (start..start + rng.random_range(1..40))
+                    .filter(|_| rng.random_bool(0.6))
+                    .collect();
+                let vals: Vec<u64> = ts.iter().map(|_| rng.random_range(0..3)).collect();
+                all.extend(ts.iter().copied().zip(vals.iter().copied()));
+                chunks.push(chunk(&ts, &vals));
+            }
+            merged_two += usize::from(n == 2);
+            let (m, c) = SeriesInput {
+                chunks,
+                ..Default::default()
+            }
+            .merge();
+            let got: Vec<(i64, u64)> = m.timestamps.into_iter().zip(m.values).collect();
+            assert_eq!((got, c), reference(&all), "case {case}");
+        }
+        assert!(merged_two > 300);
+        // A whole payload delivered twice, the second time with one value
+        // changed: every point a duplicate, one a conflict, the later wins.
+        let (m, c) = SeriesInput {
+            chunks: vec![chunk(&[1, 2, 3], &[5, 6, 7]), chunk(&[1, 2, 3], &[5, 9, 7])],
+            ..Default::default()
+        }
+        .merge();
+        assert_eq!((m.timestamps, m.values), (vec![1, 2, 3], vec![5, 9, 7]));
+        assert_eq!((c.duplicates_dropped, c.conflicting_duplicates), (3, 1));
     }
 
     fn chunk(ts: &[i64], vals: &[u64]) -> PointChunk {
