@@ -116,6 +116,11 @@ struct RangeScan {
     file_indices: Vec<usize>,
     local: LocalLog,
     counters: [Count; 4],
+    /// Frames, their input bytes and their points not yet added to
+    /// `counters` and the log's progress: added a few hundred frames at a
+    /// time, not per frame (the progress is one atomic both scan threads
+    /// wrote for every frame).
+    unreported: Unreported,
     /// CPU spent decoding (frame checks, zstd, validation, batch building).
     decode_time: Time,
     done: bool,
@@ -153,6 +158,17 @@ fn spool(
         .map_err(DataFusionError::IoError)?;
     Ok(true)
 }
+
+/// See [`RangeScan::unreported`].
+#[derive(Debug, Default)]
+struct Unreported {
+    bytes: u64,
+    frames: usize,
+    points: usize,
+}
+
+/// Input bytes read between two reports of a range's progress.
+const REPORT_BYTES: u64 = 1 << 20;
 
 impl RangeScan {
     #[allow(clippy::too_many_arguments)]
@@ -195,6 +211,7 @@ impl RangeScan {
             file_indices,
             local: LocalLog::default(),
             counters,
+            unreported: Unreported::default(),
             decode_time,
             done: false,
             log_row: None,
@@ -254,7 +271,7 @@ impl RangeScan {
         }
         self.local.totals.payloads += 1;
         self.local.totals.points += header.n_points as u64;
-        self.counters[1].add(header.n_points as usize);
+        self.unreported.points += header.n_points as usize;
         misrouted
     }
 
@@ -429,12 +446,12 @@ impl RangeScan {
             };
             match step {
                 Some(Step::Frame(frame)) => {
-                    self.source
-                        .log
-                        .progress
-                        .fetch_add(frame.body.len() as u64 + 4, AtomicOrdering::Relaxed);
+                    self.unreported.bytes += frame.body.len() as u64 + 4;
+                    self.unreported.frames += 1;
+                    if self.unreported.bytes >= REPORT_BYTES {
+                        self.report();
+                    }
                     self.local.totals.frames += 1;
-                    self.counters[0].add(1);
                     let start = std::time::Instant::now();
                     let r = self.decode_frame(frame.offset, &frame.body);
                     self.decode_time.add_duration(start.elapsed());
@@ -454,7 +471,20 @@ impl RangeScan {
         }
     }
 
+    /// Adds the frames, bytes and points not yet reported to the scan's
+    /// counters and progress.
+    fn report(&mut self) {
+        let u = std::mem::take(&mut self.unreported);
+        self.source
+            .log
+            .progress
+            .fetch_add(u.bytes, AtomicOrdering::Relaxed);
+        self.counters[0].add(u.frames);
+        self.counters[1].add(u.points);
+    }
+
     fn finish_range(&mut self) {
+        self.report();
         let fetched = self.cursor.bytes_fetched();
         self.counters[2].add(fetched as usize);
         self.local.totals.bytes_fetched += fetched;
@@ -492,6 +522,7 @@ impl Drop for RangeScan {
     /// early is never taken for a gap in the object.
     fn drop(&mut self) {
         if !self.done {
+            self.report();
             let fetched = self.cursor.bytes_fetched();
             self.counters[2].add(fetched as usize);
             self.local.totals.bytes_fetched += fetched;

@@ -49,6 +49,29 @@ async fn scalar(ctx: &SessionContext, sql: &str) -> u64 {
     }
 }
 
+/// Runs `sql` and sums the scan's `frames` and `points` metrics.
+async fn scan_metrics(ctx: &SessionContext, sql: &str) -> (u64, u64) {
+    use datafusion::physical_plan::ExecutionPlan;
+    fn sum(plan: &Arc<dyn ExecutionPlan>, name: &str) -> u64 {
+        let own = plan
+            .metrics()
+            .and_then(|m| m.sum_by_name(name))
+            .map_or(0, |v| v.as_usize() as u64);
+        own + plan.children().iter().map(|c| sum(c, name)).sum::<u64>()
+    }
+    let plan = ctx
+        .sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
+        .await
+        .unwrap();
+    (sum(&plan, "frames"), sum(&plan, "points"))
+}
+
 #[test]
 fn sql_over_a_generated_tree_sees_every_frame_and_point() {
     let tmp = tempdir();
@@ -86,6 +109,13 @@ fn sql_over_a_generated_tree_sees_every_frame_and_point() {
                 s.misrouted
             );
             assert!(log.tiling_errors().is_empty());
+            // Every frame's bytes count in the progress, and every frame
+            // and point in the scan's metrics (reported a few hundred
+            // frames at a time, the rest at each range's end).
+            let (ctx, log) = table(&root, None, partitions, range).await;
+            let (frames, points) = scan_metrics(&ctx, "SELECT count(*) FROM payloads").await;
+            assert_eq!((frames, points), (s.frames, s.points));
+            assert_eq!(log.progress_bytes(), s.bytes);
             let (ctx, log) = table(&root, None, partitions, range).await;
             assert_eq!(
                 scalar(&ctx, "SELECT count(*) FROM payloads").await,
