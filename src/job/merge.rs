@@ -215,7 +215,9 @@ const MAX_MERGED_CHUNKS: usize = 8;
 /// per timestamp, so the point kept at a timestamp is that of the last
 /// chunk (in input order) that has it, and every other chunk's point there
 /// is dropped. The usual cluster is a re-delivered or late payload over
-/// one already read: sorting its points was most of merging's cost.
+/// one already read: sorting them took 2.3% of the benchmark job's CPU
+/// samples, against 3.8% for the rest of merging (1.6% once most of them
+/// were merged here; the rest have a payload out of order inside).
 fn merge_strict(
     chunks: &[PointChunk],
     cluster: &[u32],
