@@ -117,9 +117,9 @@ struct RangeScan {
     local: LocalLog,
     counters: [Count; 4],
     /// Frames, their input bytes and their points not yet added to
-    /// `counters` and the log's progress: added a few hundred frames at a
-    /// time, not per frame (the progress is one atomic both scan threads
-    /// wrote for every frame).
+    /// `counters` and the log's progress: added once per [`REPORT_BYTES`]
+    /// of input and at the range's end, not per frame (the progress is one
+    /// atomic both scan threads wrote for every frame).
     unreported: Unreported,
     /// CPU spent decoding (frame checks, zstd, validation, batch building).
     decode_time: Time,

@@ -110,8 +110,8 @@ fn sql_over_a_generated_tree_sees_every_frame_and_point() {
             );
             assert!(log.tiling_errors().is_empty());
             // Every frame's bytes count in the progress, and every frame
-            // and point in the scan's metrics (reported a few hundred
-            // frames at a time, the rest at each range's end).
+            // and point in the scan's metrics (reported once a megabyte,
+            // the rest at each range's end).
             let (ctx, log) = table(&root, None, partitions, range).await;
             let (frames, points) = scan_metrics(&ctx, "SELECT count(*) FROM payloads").await;
             assert_eq!((frames, points), (s.frames, s.points));
