@@ -17,7 +17,10 @@
 //!    (up to [`MAX_SPLITS`] times; then it is decoded whole if its largest
 //!    series, with its merged copy, fits what the buckets share, and is a
 //!    usage error naming that series otherwise);
-//! 3. a k-way merge of the groups by series key into the files.
+//! 3. a k-way merge of the groups by series key into the files. It starts
+//!    when the last group does, on a thread of its own, and takes the last
+//!    group's series as they are encoded (they are never spooled), so that
+//!    it overlaps that group's encoding.
 //!
 //! The groups are one pipeline: a loader thread reads and decodes the next
 //! bucket (on all cores) while this thread groups the current one and the
@@ -38,9 +41,7 @@ use crate::datasource::route::{
     Router, SpoolReader, SpoolStats, bucket_of, largest_series, split_spool,
 };
 use crate::job::config::{BucketPlan, MemoryBudget};
-use crate::job::encode::{
-    EncodeTotals, EncodedSpool, FileOptions, Files, OutputWriter, merge_spool,
-};
+use crate::job::encode::{EncodeTotals, EncodedSpool, FileOptions, Files, OutputWriter, Staging};
 use crate::job::error::JobError;
 use crate::job::group::{Grouper, Objects, decode_spooled};
 
@@ -88,8 +89,13 @@ impl Pick {
     }
 }
 
-/// A bucket (or part of one) the loader decoded.
-type Loaded = (Pick, Vec<(datafusion::arrow::array::RecordBatch, Objects)>);
+/// A bucket (or part of one) the loader decoded, and whether it is the
+/// last.
+type Loaded = (
+    Pick,
+    Vec<(datafusion::arrow::array::RecordBatch, Objects)>,
+    bool,
+);
 
 /// Encodes every series the grouper holds, and those of every spooled
 /// bucket, into `files`; returns them with the encoding's totals. `routed`:
@@ -99,7 +105,7 @@ pub fn encode_all(
     mut grouper: Grouper,
     routed: Option<(&Router, &std::sync::Arc<SlabPool>)>,
     opts: &FileOptions,
-    mut files: Files,
+    files: Files,
     spill_dir: &Path,
     budget: &MemoryBudget,
     summary: &mut SpoolSummary,
@@ -140,8 +146,13 @@ pub fn encode_all(
     // nothing to the peak; at most a bucket's share is kept.
     pool.set_keep((cap / pool.slab_bytes() as u64).min(1 << 16) as usize);
     let buffer = budget.spool_buffer(2);
+    let read_budget = *budget;
     let mut w = OutputWriter::spawn(
-        EncodedSpool::create(spill_dir.join("groups.enc"), buffer)?,
+        Staging::new(
+            EncodedSpool::create(spill_dir.join("groups.enc"), buffer)?,
+            files,
+            move |groups| read_budget.spool_buffer(groups as u32).min(buffer),
+        ),
         opts.clone(),
     );
     // The resident buckets' series, complete unless the scan demoted them.
@@ -183,7 +194,8 @@ pub fn encode_all(
             }
         });
         let loader = scope.spawn(move || {
-            for (b, spool) in buckets {
+            let n = buckets.len();
+            for (i, (b, spool)) in buckets.into_iter().enumerate() {
                 let pick = Pick {
                     bucket: b,
                     parts: Vec::new(),
@@ -198,14 +210,19 @@ pub fn encode_all(
                     chunk: read_chunk,
                     reap: &reap,
                 };
-                if let Err(e) = load.load(spool, pick) {
+                if let Err(e) = load.load(spool, pick, i + 1 == n) {
                     let _ = tx.send(Err(e));
                     return;
                 }
             }
         });
         for item in rx {
-            let (pick, batches) = item?;
+            let (pick, batches, last) = item?;
+            if last {
+                // Its series are merged with the spooled groups' as they
+                // are encoded.
+                w.last()?;
+            }
             for (batch, objects) in batches {
                 grouper.push(batch, objects)?;
             }
@@ -230,13 +247,10 @@ pub fn encode_all(
             "series left in no group after the buckets".into(),
         ));
     }
-    let (spool, totals) = w.finish()?;
-    summary.encoded_spool_bytes = spool.bytes;
-    let (path, segments) = spool.close()?;
-    summary.groups = segments.len() as u64;
-    let read_buffer = budget.spool_buffer(segments.len() as u32 + 1).min(buffer);
-    merge_spool(&path, &segments, read_buffer, &mut files)?;
-    let _ = std::fs::remove_file(&path);
+    let (staging, totals) = w.finish()?;
+    let (files, staged) = staging.finish()?;
+    summary.encoded_spool_bytes = staged.encoded_spool_bytes;
+    summary.groups = staged.groups;
     Ok((files, totals))
 }
 
@@ -268,7 +282,13 @@ impl Load<'_> {
     /// splitting it by another hash of the series while it decodes to more
     /// than `cap`; a part without a spool (the scan demoted the bucket, and
     /// its rows are all in memory) is sent with no batches.
-    fn load(&mut self, spool: Option<(PathBuf, SpoolStats)>, pick: Pick) -> Result<(), JobError> {
+    /// `last`: nothing is loaded after this part.
+    fn load(
+        &mut self,
+        spool: Option<(PathBuf, SpoolStats)>,
+        pick: Pick,
+        last: bool,
+    ) -> Result<(), JobError> {
         let level = pick.parts.len() as u32;
         if let Some((path, stats)) = &spool
             && stats.decoded > self.cap
@@ -287,7 +307,7 @@ impl Load<'_> {
                     .map(|(_, path, stats)| (path, stats));
                 let mut pick = pick.clone();
                 pick.parts.push((level + 1, parts, p));
-                self.load(sub, pick)?;
+                self.load(sub, pick, last && p + 1 == parts)?;
             }
             return Ok(());
         }
@@ -311,7 +331,7 @@ impl Load<'_> {
             None => Vec::new(),
         };
         // The grouping thread gone (it failed): nothing more to load.
-        let _ = self.tx.send(Ok((pick, batches)));
+        let _ = self.tx.send(Ok((pick, batches, last)));
         Ok(())
     }
 
