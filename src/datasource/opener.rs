@@ -11,7 +11,7 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileOpenFuture, FileOpener};
 use datafusion::physical_plan::metrics::{Count, Time};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use object_store::ObjectStore;
 
 use crate::datasource::batch::{BatchBuilder, chunk_len};
@@ -78,22 +78,40 @@ impl FileOpener for PayloadOpener {
                     e_tag: file.object_meta.e_tag.clone(),
                 }
             };
-            let scan = RangeScan::new(
-                source,
-                key,
-                size,
-                start..end,
-                bytes,
-                file_indices,
-                counters,
-                decode_time,
-            );
+            let scan = RangeScan::new(source, key, size, start..end, bytes, file_indices, counters);
             let stream = futures::stream::try_unfold(scan, |mut scan| async move {
                 let batch = scan.next_batch().await?;
                 Ok(batch.map(|b| (b, scan)))
             });
-            Ok(stream.boxed())
+            Ok(Timed {
+                inner: stream.boxed(),
+                time: decode_time,
+            }
+            .boxed())
         }))
+    }
+}
+
+/// A stream whose polls are timed into `time` (the scan's
+/// `elapsed_compute`): what a poll does is compute, whereas waiting for a
+/// store's bytes happens between polls. Timed per poll, not per frame:
+/// two clock reads a frame were 0.5% of the job's CPU.
+struct Timed<S> {
+    inner: S,
+    time: Time,
+}
+
+impl<S: Stream + Unpin> Stream for Timed<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let start = std::time::Instant::now();
+        let r = self.inner.poll_next_unpin(cx);
+        self.time.add_duration(start.elapsed());
+        r
     }
 }
 
@@ -121,8 +139,6 @@ struct RangeScan {
     /// of input and at the range's end, not per frame (the progress is one
     /// atomic both scan threads wrote for every frame).
     unreported: Unreported,
-    /// CPU spent decoding (frame checks, zstd, validation, batch building).
-    decode_time: Time,
     done: bool,
     /// The range's log row, once the range is read (`emit_log`).
     log_row: Option<RecordBatch>,
@@ -171,7 +187,6 @@ struct Unreported {
 const REPORT_BYTES: u64 = 1 << 20;
 
 impl RangeScan {
-    #[allow(clippy::too_many_arguments)]
     fn new(
         source: Arc<PayloadSource>,
         key: String,
@@ -180,7 +195,6 @@ impl RangeScan {
         bytes: ObjectBytes,
         file_indices: Vec<usize>,
         counters: [Count; 4],
-        decode_time: Time,
     ) -> Self {
         let skip = source.options.on_corrupt == CorruptPolicy::Skip;
         let cursor = FrameCursor::new(bytes, size, range.clone(), skip)
@@ -212,7 +226,6 @@ impl RangeScan {
             local: LocalLog::default(),
             counters,
             unreported: Unreported::default(),
-            decode_time,
             done: false,
             log_row: None,
             log_error: None,
@@ -452,10 +465,7 @@ impl RangeScan {
                         self.report();
                     }
                     self.local.totals.frames += 1;
-                    let start = std::time::Instant::now();
-                    let r = self.decode_frame(frame.offset, &frame.body);
-                    self.decode_time.add_duration(start.elapsed());
-                    r?;
+                    self.decode_frame(frame.offset, &frame.body)?;
                 }
                 Some(Step::Skipped {
                     error,
