@@ -435,6 +435,30 @@ impl SpoolReader {
     }
 }
 
+impl SpoolReader {
+    /// [`Self::next_chunk`], with the chunk's bytes handed over: `spare`
+    /// (a buffer the caller is done with) takes their place, so that the
+    /// next chunk can be read while this one is decoded.
+    pub fn next_owned(
+        &mut self,
+        spare: Vec<u8>,
+    ) -> std::io::Result<Option<(Vec<u8>, Vec<SpooledFrame>)>> {
+        let Some((_, frames)) = self.next_chunk()? else {
+            return Ok(None);
+        };
+        let end = self.consumed;
+        // The record begun after the chunk, if any, starts the new buffer.
+        let mut next = spare;
+        next.clear();
+        next.extend_from_slice(&self.buf[end..]);
+        let mut chunk = std::mem::replace(&mut self.buf, next);
+        chunk.truncate(end);
+        self.at += end as u64;
+        self.consumed = 0;
+        Ok(Some((chunk, frames)))
+    }
+}
+
 /// The length of the record at `at` of `bytes`, if its header is there.
 fn record_len(bytes: &[u8], at: usize) -> Option<usize> {
     let len = bytes.get(at + 32..at + 36)?;

@@ -89,13 +89,12 @@ impl Pick {
     }
 }
 
+/// A batch of a spooled bucket's rows, decoded.
+type DecodedBatch = (datafusion::arrow::array::RecordBatch, Objects);
+
 /// A bucket (or part of one) the loader decoded, and whether it is the
 /// last.
-type Loaded = (
-    Pick,
-    Vec<(datafusion::arrow::array::RecordBatch, Objects)>,
-    bool,
-);
+type Loaded = (Pick, Vec<DecodedBatch>, bool);
 
 /// Encodes every series the grouper holds, and those of every spooled
 /// bucket, into `files`; returns them with the encoding's totals. `routed`:
@@ -318,13 +317,7 @@ impl Load<'_> {
         }
         let batches = match &spool {
             Some((path, _)) => {
-                let io = |e| JobError::io("reading back a spooled bucket", e);
-                let mut reader = SpoolReader::open(path, self.chunk).map_err(io)?;
-                let mut batches = Vec::new();
-                while let Some((bytes, frames)) = reader.next_chunk().map_err(io)? {
-                    batches.extend(decode_spooled(bytes, &frames, self.pool)?);
-                }
-                drop(reader);
+                let batches = self.read_back(path)?;
                 self.remove(path);
                 batches
             }
@@ -333,6 +326,40 @@ impl Load<'_> {
         // The grouping thread gone (it failed): nothing more to load.
         let _ = self.tx.send(Ok((pick, batches, last)));
         Ok(())
+    }
+
+    /// Reads a spool file back a chunk at a time and decodes it on all
+    /// cores, the next chunk read (on a thread of its own) while one is
+    /// decoded: read in turn, the reading left a core idle for a fifth of
+    /// the loader's time, which the encoder waits for at the first
+    /// spooled bucket. Two chunks are in memory at once.
+    fn read_back(&self, path: &Path) -> Result<Vec<DecodedBatch>, JobError> {
+        let io = |e| JobError::io("reading back a spooled bucket", e);
+        let mut reader = SpoolReader::open(path, self.chunk).map_err(io)?;
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(0);
+            let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            scope.spawn(move || {
+                loop {
+                    let spare = spare_rx.try_recv().unwrap_or_default();
+                    let next = reader.next_owned(spare);
+                    let end = !matches!(next, Ok(Some(_)));
+                    // The loader gone (it failed), or the end of the file.
+                    if tx.send(next).is_err() || end {
+                        return;
+                    }
+                }
+            });
+            let mut batches = Vec::new();
+            for next in rx {
+                let Some((bytes, frames)) = next.map_err(io)? else {
+                    break;
+                };
+                batches.extend(decode_spooled(&bytes, &frames, self.pool)?);
+                let _ = spare_tx.send(bytes);
+            }
+            Ok(batches)
+        })
     }
 
     /// A part split as often as it may be and still over its share is
