@@ -827,12 +827,12 @@ impl MemoryBudget {
 
     /// Most points held by one parallel encoding round: what a round
     /// adds to the points it reads in place (16 bytes a point merged, a few
-    /// encoded) is about 20 bytes a point, and two rounds are in flight; a
-    /// 32nd of the budget, and at least 256 Ki points (rounds of a few
+    /// encoded) is about 20 bytes a point, and three rounds are in flight;
+    /// a 32nd of the budget, and at least 1 Mi points (rounds of a few
     /// series leave cores idle at each round's end).
     pub fn round_points(&self) -> usize {
         match self.budget() {
-            Some(b) => (b / 32 / 20).clamp(1 << 20, 4 << 20) as usize,
+            Some(b) => (b / 32 / 30).clamp(1 << 20, 4 << 20) as usize,
             None => 4 << 20,
         }
     }
