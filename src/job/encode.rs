@@ -920,6 +920,9 @@ pub struct Staging {
 struct LastGroup {
     tx: Option<SyncSender<SpooledSeries>>,
     handle: Option<JoinHandle<Result<Files, JobError>>>,
+    /// Set when the job stopped early: the thread stops instead of
+    /// writing out the rest of the spooled groups.
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LastGroup {
@@ -938,6 +941,7 @@ impl LastGroup {
 
 impl Drop for LastGroup {
     fn drop(&mut self) {
+        self.abandoned.store(true, Ordering::Relaxed);
         drop(self.tx.take());
         if let Some(h) = self.handle.take() {
             let _ = h.join();
@@ -1047,6 +1051,8 @@ impl Sink for Staging {
         let mut merge = self.start_merge(&files)?;
         self.groups += 1;
         let (tx, rx) = sync_channel::<SpooledSeries>(LAST_GROUP_QUEUE);
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::clone(&abandoned);
         let handle = std::thread::Builder::new()
             .name("tailor-merge".into())
             .spawn(move || {
@@ -1056,6 +1062,9 @@ impl Sink for Staging {
                     merge.next_key(key)?;
                     s.append_to(&mut files)?;
                 }
+                if stop.load(Ordering::Relaxed) {
+                    return Err(JobError::Internal("the merge was abandoned".into()));
+                }
                 merge.append_until(None, &mut files)?;
                 Ok(files)
             })
@@ -1063,6 +1072,7 @@ impl Sink for Staging {
         self.last_group = Some(LastGroup {
             tx: Some(tx),
             handle: Some(handle),
+            abandoned,
         });
         Ok(())
     }
@@ -1234,6 +1244,46 @@ mod tests {
         assert!(staged(1, &g, true).unwrap().0 == direct(1, &g));
         g.insert(0, Vec::new());
         assert!(staged(1, &g, true).unwrap().0 == direct(1, &g));
+    }
+
+    /// Bytes of the files under `dir`.
+    fn bytes_under(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    #[test]
+    fn a_job_stopped_during_the_last_group_does_not_write_out_the_spooled_ones() {
+        let g = groups(2, 200);
+        let run = |finish: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let stage = dir.path().join("stage");
+            std::fs::create_dir(&stage).unwrap();
+            let files = Files::new(stage.clone(), options(1));
+            let spool = EncodedSpool::create(dir.path().join("groups.enc"), 4096).unwrap();
+            let mut w = OutputWriter::spawn(Staging::new(spool, files, |_| 4096), options(1));
+            for &(org, metric) in &sorted(1, &g[0]) {
+                w.send(series(org, metric)).unwrap();
+            }
+            w.mark().unwrap();
+            w.last().unwrap();
+            // The last group's first series only.
+            let (org, metric) = sorted(1, &g[1])[0];
+            w.send(series(org, metric)).unwrap();
+            let (staging, _) = w.finish().unwrap();
+            if finish {
+                staging.finish().unwrap();
+            } else {
+                // As when the job fails: dropped, not finished.
+                drop(staging);
+            }
+            bytes_under(&stage)
+        };
+        let whole = run(true);
+        let stopped = run(false);
+        assert!(stopped * 4 < whole, "{stopped} of {whole} bytes written");
     }
 
     #[test]
