@@ -828,8 +828,9 @@ impl MemoryBudget {
     /// Most points held by one parallel encoding round: what a round
     /// adds to the points it reads in place (16 bytes a point merged, a few
     /// encoded) is about 20 bytes a point, and three rounds are in flight;
-    /// a 32nd of the budget, and at least 1 Mi points (rounds of a few
-    /// series leave cores idle at each round's end).
+    /// a 48th of the budget each (the three take the 16th two rounds of a
+    /// 32nd did), and at least 1 Mi points (rounds of a few series leave
+    /// cores idle at each round's end).
     pub fn round_points(&self) -> usize {
         match self.budget() {
             Some(b) => (b / 32 / 30).clamp(1 << 20, 4 << 20) as usize,
