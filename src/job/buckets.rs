@@ -41,9 +41,10 @@ use crate::datasource::route::{
     Router, SpoolReader, SpoolStats, bucket_of, largest_series, split_spool,
 };
 use crate::job::config::{BucketPlan, MemoryBudget};
-use crate::job::encode::{EncodeTotals, EncodedSpool, FileOptions, Files, OutputWriter, Staging};
+use crate::job::encode::{EncodeTotals, FileOptions, Files, OutputWriter};
 use crate::job::error::JobError;
 use crate::job::group::{Grouper, Objects, decode_spooled};
+use crate::job::staging::{EncodedSpool, Staging};
 
 /// Times a bucket is split again at most.
 pub const MAX_SPLITS: u32 = 3;

@@ -11,7 +11,8 @@
 //! merge     SeriesInput::merge (rules of the spec)      -> error
 //! group     rows filed by series, spooled buckets decoded -> merge, error
 //! encode    the writer thread: series -> staged files  -> merge, measure, migration, faults
-//! buckets   spooled buckets decoded, groups merged      -> group, encode, config
+//! staging   groups' encoded spool, merged into the files -> encode
+//! buckets   spooled buckets decoded, groups merged      -> group, encode, staging, config
 //! manifest  the commit record, its checks, run_id      -> encode
 //! commit    upload, the manifest put, cleanup          -> manifest, faults
 //! plan      which windows must (re)run, and why        -> manifest, config, migration
@@ -55,6 +56,7 @@ pub mod plan;
 pub mod report;
 pub mod run;
 pub mod scratch;
+pub mod staging;
 pub mod textfile;
 
 pub use error::JobError;
