@@ -433,9 +433,7 @@ impl SpoolReader {
         self.consumed = end;
         Ok(Some((&self.buf[..end], frames)))
     }
-}
 
-impl SpoolReader {
     /// [`Self::next_chunk`], with the chunk's bytes handed over: `spare`
     /// (a buffer the caller is done with) takes their place, so that the
     /// next chunk can be read while this one is decoded.
@@ -1113,8 +1111,39 @@ mod tests {
                     "{used} extra bytes on disk, {allowance} allowed"
                 );
             }
-            // A truncated spool is an I/O error naming the file and the byte.
+            // Chunks handed over (`next_owned`, the spare buffer reused)
+            // hold the records read in place, a record begun past a chunk
+            // carried into the next.
             let p = r.path(r.bucket(0, 0));
+            let records = |chunk: usize, owned: bool| {
+                let mut reader = SpoolReader::open(&p, chunk).unwrap();
+                let mut out = Vec::new();
+                let mut spare = Vec::new();
+                loop {
+                    let (bytes, frames) = if owned {
+                        match reader.next_owned(std::mem::take(&mut spare)).unwrap() {
+                            Some(c) => c,
+                            None => break,
+                        }
+                    } else {
+                        match reader.next_chunk().unwrap() {
+                            Some((b, f)) => (b.to_vec(), f),
+                            None => break,
+                        }
+                    };
+                    for f in &frames {
+                        out.push((f.object, f.frame_offset, bytes[f.body.clone()].to_vec()));
+                    }
+                    spare = bytes;
+                }
+                out
+            };
+            let want = records(10, false);
+            assert!(!want.is_empty());
+            for chunk in [10, 100, 1000] {
+                assert!(records(chunk, true) == want, "chunks of {chunk} bytes");
+            }
+            // A truncated spool is an I/O error naming the file and the byte.
             let len = std::fs::metadata(&p).unwrap().len();
             std::fs::OpenOptions::new()
                 .write(true)
@@ -1127,6 +1156,15 @@ mod tests {
             let mut reader = SpoolReader::open(&p, 10).unwrap();
             let e = loop {
                 match reader.next_chunk() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("the truncated record went unnoticed"),
+                    Err(e) => break e,
+                }
+            };
+            assert!(e.to_string().contains("is truncated at byte"), "{e}");
+            let mut reader = SpoolReader::open(&p, 100).unwrap();
+            let e = loop {
+                match reader.next_owned(Vec::new()) {
                     Ok(Some(_)) => {}
                     Ok(None) => panic!("the truncated record went unnoticed"),
                     Err(e) => break e,
