@@ -141,6 +141,10 @@ impl SlabPool {
 /// Huge page size of x86-64 and aarch64 (4 KiB base pages).
 const HUGE_PAGE: usize = 2 << 20;
 
+/// How far ahead of its writes a slab's pages are faulted in (see
+/// [`Slab::populate`]).
+const POPULATE_STEP: usize = 256 << 10;
+
 /// Whether decode slabs of 2 MiB and more ask for transparent huge pages:
 /// `TAILOR_HUGE_PAGES` = `auto` (the default), `on` or `off`.
 ///
@@ -252,6 +256,8 @@ pub(crate) struct Slab {
     ptr: NonNull<u64>,
     words: usize,
     align: usize,
+    /// Bytes from the start known to be faulted in (see [`Slab::populate`]).
+    populated: usize,
 }
 
 // SAFETY: a Slab owns its memory, as a Vec<u64> does.
@@ -270,6 +276,7 @@ impl Default for Slab {
             ptr: NonNull::dangling(),
             words: 0,
             align: 8,
+            populated: 0,
         }
     }
 }
@@ -302,7 +309,52 @@ impl Slab {
                 );
             }
         }
-        Slab { ptr, words, align }
+        Slab {
+            ptr,
+            words,
+            align,
+            populated: 0,
+        }
+    }
+}
+
+impl Slab {
+    /// Faults in the slab's pages up to byte `upto` (and on to the next
+    /// [`POPULATE_STEP`]) with one call, before they are written: the scan
+    /// decodes into a slab front to back, and without huge pages (see
+    /// [`HugePages`]) each 4 KiB page it reached was a trap of its own.
+    /// On the 2 GiB benchmark job that was about 1.1 million page faults,
+    /// 6% of its CPU time, a quarter of it the traps themselves. Pages are
+    /// populated a step ahead of the writes, not the whole slab at once:
+    /// the last slab of each object is partly used, and populating those
+    /// whole raised the job's peak RSS by 200 MiB.
+    ///
+    /// Only how pages are faulted in changes, never a byte of the slab. A
+    /// kernel before 5.14 refuses the advice (EINVAL), and one short of
+    /// memory fails it: the pages then fault in on first write, as before.
+    fn populate(&mut self, upto: usize) {
+        #[cfg(target_os = "linux")]
+        if upto > self.populated {
+            const PAGE: usize = 4096;
+            let bytes = self.words * 8;
+            let end = upto.next_multiple_of(POPULATE_STEP).min(bytes);
+            let base = self.ptr.as_ptr() as usize;
+            let from = (base + self.populated) / PAGE * PAGE;
+            // SAFETY: `from..base + end` lies within this allocation's
+            // pages (`from` is rounded down to the page holding byte
+            // `populated`, which is inside the allocation); populating
+            // writes no byte.
+            unsafe {
+                libc::madvise(
+                    from as *mut libc::c_void,
+                    base + end - from,
+                    libc::MADV_POPULATE_WRITE,
+                );
+            }
+            self.populated = end;
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = upto;
     }
 }
 
@@ -461,6 +513,7 @@ impl BatchBuilder {
             self.used = 0;
         }
         let used = self.used;
+        self.slab.populate(used + len);
         let bytes: &mut [u8] = bytemuck_bytes_mut(&mut self.slab);
         Ok(&mut bytes[used..used + len])
     }
@@ -733,6 +786,42 @@ mod tests {
         let at = s.as_ptr();
         pool.give_back(s);
         assert_eq!(pool.take(HUGE_PAGE).as_ptr(), at, "reused");
+    }
+
+    /// Pages are faulted in a step ahead of what is reserved, and never
+    /// past the slab's end.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_slab_is_populated_a_step_ahead_of_its_writes() {
+        const PAGE: usize = 4096;
+        // Pages of `s[..bytes]` the kernel has resident (`mincore`), and
+        // pages of `s[..bytes]`.
+        let resident = |s: &Slab, bytes: usize| -> (usize, usize) {
+            let base = s.as_ptr() as usize;
+            let (from, to) = (base / PAGE * PAGE, base + bytes);
+            let mut v = vec![0u8; (to - from).div_ceil(PAGE)];
+            // SAFETY: the range is this slab's pages; mincore only reads
+            // the page tables.
+            let rc = unsafe { libc::mincore(from as *mut libc::c_void, to - from, v.as_mut_ptr()) };
+            assert_eq!(rc, 0);
+            (v.iter().filter(|&&b| b & 1 == 1).count(), v.len())
+        };
+        let bytes = 4 * POPULATE_STEP + 100;
+        let mut s = Slab::zeroed(bytes / 8);
+        let bytes = s.len() * 8;
+        s.populate(10);
+        assert_eq!(s.populated, POPULATE_STEP);
+        let (r, pages) = resident(&s, POPULATE_STEP);
+        assert_eq!(r, pages, "populated, not written");
+        s.populate(POPULATE_STEP - 1);
+        assert_eq!(s.populated, POPULATE_STEP, "nothing more to do");
+        s.populate(POPULATE_STEP + 1);
+        assert_eq!(s.populated, 2 * POPULATE_STEP);
+        s.populate(bytes);
+        assert_eq!(s.populated, bytes, "up to the end, not past it");
+        let (r, pages) = resident(&s, bytes);
+        assert_eq!(r, pages);
+        assert!(s.iter().all(|&w| w == 0));
     }
 
     #[test]

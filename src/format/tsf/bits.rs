@@ -19,8 +19,24 @@ pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// Bytes of the varint of `v`. A table by leading zeros, not
+/// `(64 - lz).div_ceil(7)`: the division's multiply and remainder check
+/// were a tenth of the block encoder's samples (the decimal stream takes
+/// every value's token length). Alternated on the 2 GiB job, 0.6% less
+/// wall time: small, and the table is exact (tested against `put_varint`).
+#[inline(always)]
 pub(super) fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    const LEN: [u8; 64] = {
+        let mut t = [0u8; 64];
+        let mut lz = 0;
+        while lz < 64 {
+            t[lz] = (64 - lz).div_ceil(7) as u8;
+            lz += 1;
+        }
+        t
+    };
+    // `v | 1` has at most 63 leading zeros; the mask spares a bounds check.
+    usize::from(LEN[(v | 1).leading_zeros() as usize & 63])
 }
 
 /// Bounds-checked reader over a slice; `base` is the absolute offset of `b[0]`.
@@ -211,6 +227,20 @@ impl<'a> BitReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table gives the length `put_varint` writes, at every width.
+    #[test]
+    fn varint_len_is_the_length_written() {
+        let mut buf = Vec::new();
+        for w in 0..=64u32 {
+            let top = if w == 0 { 0 } else { 1u64 << (w - 1) };
+            for v in [top, top | (top >> 1), top.wrapping_mul(2).wrapping_sub(1)] {
+                buf.clear();
+                put_varint(&mut buf, v);
+                assert_eq!(varint_len(v), buf.len(), "{v:#x}");
+            }
+        }
+    }
 
     #[test]
     fn a_bit_stream_ends_with_zero_padding() {
