@@ -4,7 +4,7 @@ for tailor's retry tests: what a real S3 does on a bad day (503 SlowDown, a
 connection reset, a body cut short, a slow answer), at the HTTP level, where
 object_store's retries see it.
 
-    fault-proxy.py --port 41903 --upstream http://127.0.0.1:41900
+    fault-proxy.py --port 29103 --upstream http://127.0.0.1:29100
 
 Rules are added by the tests:
 
@@ -31,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 RULES = []
 INJECTED = 0
 LOCK = threading.Lock()
-UPSTREAM = ("127.0.0.1", 41900)
+UPSTREAM = ("127.0.0.1", 29100)
 HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
 SLOW_DOWN = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
              b"<Message>Please reduce your request rate.</Message></Error>")
@@ -137,7 +137,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--upstream", default="http://127.0.0.1:41900")
+    ap.add_argument("--upstream", default="http://127.0.0.1:29100")
     a = ap.parse_args()
     u = urllib.parse.urlparse(a.upstream)
     UPSTREAM = (u.hostname, u.port or 80)

@@ -19,8 +19,11 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 HOST=127.0.0.1
-PROM_PORT="${TAILOR_PROMETHEUS_PORT:-41910}"
-PUSH_PORT="${TAILOR_PUSHGATEWAY_PORT:-41911}"
+# Fixed ports below Linux's ephemeral range (32768-60999): a port in it can
+# be the local end of any outgoing connection when the server starts (a
+# run failed so: Prometheus's bind to 41910, address already in use).
+PROM_PORT="${TAILOR_PROMETHEUS_PORT:-29110}"
+PUSH_PORT="${TAILOR_PUSHGATEWAY_PORT:-29111}"
 log() { echo "test-observability: $*" >&2; }
 
 install() {

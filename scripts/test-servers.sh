@@ -10,15 +10,15 @@
 # Typical use:   eval "$(scripts/test-servers.sh start)" && cargo test ... ; scripts/test-servers.sh stop
 #
 # Servers:
-#   S3    moto (PyPI "moto[server]"), S3 service only           127.0.0.1:$TAILOR_S3_PORT    (default 41900)
-#   Azure azurite-blob (npm "azurite"), blob service only       127.0.0.1:$TAILOR_AZURE_PORT (default 41901)
+#   S3    moto (PyPI "moto[server]"), S3 service only           127.0.0.1:$TAILOR_S3_PORT    (default 29100)
+#   Azure azurite-blob (npm "azurite"), blob service only       127.0.0.1:$TAILOR_AZURE_PORT (default 29101)
 #   GCS   GCS XML-API shim: moto's S3 engine in-process behind a small WSGI
 #         middleware that maps the x-goog-* headers object_store's GCS client
-#         sends onto their x-amz-* equivalents                  127.0.0.1:$TAILOR_GCS_PORT   (default 41902)
+#         sends onto their x-amz-* equivalents                  127.0.0.1:$TAILOR_GCS_PORT   (default 29102)
 #         (No GCS emulator on PyPI/npm speaks the XML API object_store >= 0.6 uses;
 #          see the note at the end of this file.)
 #   Proxy scripts/fault-proxy.py in front of S3: injects 503s, resets, short
-#         bodies and delays by rule, for the retry tests  127.0.0.1:$TAILOR_FAULT_PROXY_PORT (default 41903)
+#         bodies and delays by rule, for the retry tests  127.0.0.1:$TAILOR_FAULT_PROXY_PORT (default 29103)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,10 +28,13 @@ NODE_PREFIX="$TOOLS/node"
 RUN="$TOOLS/run"
 BUCKET="${TAILOR_TEST_BUCKET:-tailor-test}"
 HOST=127.0.0.1
-S3_PORT="${TAILOR_S3_PORT:-41900}"
-AZ_PORT="${TAILOR_AZURE_PORT:-41901}"
-GCS_PORT="${TAILOR_GCS_PORT:-41902}"
-PROXY_PORT="${TAILOR_FAULT_PROXY_PORT:-41903}"
+# Fixed ports below Linux's ephemeral range (32768-60999): a port in it can
+# be the local end of any outgoing connection when the server starts (a
+# run failed so: Prometheus's bind to 41910, address already in use).
+S3_PORT="${TAILOR_S3_PORT:-29100}"
+AZ_PORT="${TAILOR_AZURE_PORT:-29101}"
+GCS_PORT="${TAILOR_GCS_PORT:-29102}"
+PROXY_PORT="${TAILOR_FAULT_PROXY_PORT:-29103}"
 
 MOTO_SPEC="moto[server]==5.2.5"
 AZURITE_SPEC="azurite@3.37.0"
