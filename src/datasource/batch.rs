@@ -316,9 +316,7 @@ impl Slab {
             populated: 0,
         }
     }
-}
 
-impl Slab {
     /// Faults in the slab's pages up to byte `upto` (and on to the next
     /// [`POPULATE_STEP`]) with one call, before they are written: the scan
     /// decodes into a slab front to back, and without huge pages (see
@@ -338,6 +336,9 @@ impl Slab {
             const PAGE: usize = 4096;
             let bytes = self.words * 8;
             let end = upto.next_multiple_of(POPULATE_STEP).min(bytes);
+            if end <= self.populated {
+                return; // all of it already (or an empty slab)
+            }
             let base = self.ptr.as_ptr() as usize;
             let from = (base + self.populated) / PAGE * PAGE;
             // SAFETY: `from..base + end` lies within this allocation's
@@ -817,11 +818,16 @@ mod tests {
         assert_eq!(s.populated, POPULATE_STEP, "nothing more to do");
         s.populate(POPULATE_STEP + 1);
         assert_eq!(s.populated, 2 * POPULATE_STEP);
-        s.populate(bytes);
+        s.populate(bytes + 5 * POPULATE_STEP);
         assert_eq!(s.populated, bytes, "up to the end, not past it");
+        s.populate(bytes + 1);
+        assert_eq!(s.populated, bytes);
         let (r, pages) = resident(&s, bytes);
         assert_eq!(r, pages);
         assert!(s.iter().all(|&w| w == 0));
+        let mut empty = Slab::default();
+        empty.populate(10);
+        assert_eq!(empty.populated, 0, "an empty slab has nothing to fault in");
     }
 
     #[test]
