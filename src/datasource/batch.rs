@@ -331,14 +331,14 @@ impl Slab {
     /// kernel before 5.14 refuses the advice (EINVAL), and one short of
     /// memory fails it: the pages then fault in on first write, as before.
     fn populate(&mut self, upto: usize) {
+        let end = upto.next_multiple_of(POPULATE_STEP).min(self.words * 8);
+        // Nothing new to fault in: populated that far already, or empty.
+        if end <= self.populated {
+            return;
+        }
         #[cfg(target_os = "linux")]
-        if upto > self.populated {
+        {
             const PAGE: usize = 4096;
-            let bytes = self.words * 8;
-            let end = upto.next_multiple_of(POPULATE_STEP).min(bytes);
-            if end <= self.populated {
-                return; // all of it already (or an empty slab)
-            }
             let base = self.ptr.as_ptr() as usize;
             let from = (base + self.populated) / PAGE * PAGE;
             // SAFETY: `from..base + end` lies within this allocation's
@@ -352,10 +352,8 @@ impl Slab {
                     libc::MADV_POPULATE_WRITE,
                 );
             }
-            self.populated = end;
         }
-        #[cfg(not(target_os = "linux"))]
-        let _ = upto;
+        self.populated = end;
     }
 }
 
