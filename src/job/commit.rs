@@ -140,10 +140,59 @@ async fn rename_local(root: &StoreRoot, local: &std::path::Path, to: &Path) -> b
     let Ok(abs) = std::path::absolute(local) else {
         return false;
     };
+    #[cfg(target_os = "linux")]
+    {
+        let (from, file) = (abs.clone(), std::path::Path::new("/").join(to.as_ref()));
+        let swapped = tokio::task::spawn_blocking(move || exchange_into_place(&from, &file));
+        if swapped.await.unwrap_or(false) {
+            return true;
+        }
+    }
     let Ok(from) = Path::from_absolute_path(&abs) else {
         return false;
     };
     root.store.rename(&from, to).await.is_ok()
+}
+
+/// Puts file `from` in place of an existing file `to` by swapping the two
+/// atomically (`renameat2(RENAME_EXCHANGE)`), then deletes the old one,
+/// now at `from`; false, changing nothing, when there is no file at `to`
+/// (or the filesystem cannot swap): the caller renames.
+///
+/// A rerun of the same input with the same settings writes the same paths
+/// (the run id follows the bytes written), so its files replace files that
+/// are there. Replacing one by a plain rename made ext4 write the new
+/// file's cached pages out first (`auto_da_alloc`, for programs that
+/// rewrite a file through a rename and never sync it): on the 2 GiB
+/// benchmark job's rerun the rename of its 403 MiB file took 0.28 s, all
+/// of it waiting for the disk. A swap is as atomic for readers (the path
+/// names the old file, then the new one) and waits for nothing; a first
+/// run's rename never waited either (nothing is replaced).
+#[cfg(target_os = "linux")]
+fn exchange_into_place(from: &std::path::Path, to: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(f), Ok(t)) = (
+        std::ffi::CString::new(from.as_os_str().as_bytes()),
+        std::ffi::CString::new(to.as_os_str().as_bytes()),
+    ) else {
+        return false;
+    };
+    // SAFETY: two NUL-terminated paths, resolved from the working directory.
+    let swapped = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    } == 0;
+    if swapped {
+        // The old file, at the staged path: the staging directory goes
+        // with the run should this fail.
+        let _ = std::fs::remove_file(from);
+    }
+    swapped
 }
 
 /// The commit a run found when it started, and will replace.
@@ -408,4 +457,25 @@ async fn cleanup(
         fail_point("cleanup.deleted")?;
     }
     Ok(())
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::exchange_into_place;
+
+    #[test]
+    fn a_staged_file_swaps_in_for_one_in_place_and_is_renamed_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let (staged, target) = (dir.path().join("staged"), dir.path().join("target"));
+        // Nothing in place: false, nothing moved (the caller renames).
+        std::fs::write(&staged, b"new").unwrap();
+        assert!(!exchange_into_place(&staged, &target));
+        assert_eq!(std::fs::read(&staged).unwrap(), b"new");
+        assert!(!target.exists());
+        // A file in place: swapped in, the old one deleted.
+        std::fs::write(&target, b"old").unwrap();
+        assert!(exchange_into_place(&staged, &target));
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert!(!staged.exists());
+    }
 }
