@@ -156,8 +156,10 @@ async fn rename_local(root: &StoreRoot, local: &std::path::Path, to: &Path) -> b
 
 /// Puts file `from` in place of an existing file `to` by swapping the two
 /// atomically (`renameat2(RENAME_EXCHANGE)`), then deletes the old one,
-/// now at `from`; false, changing nothing, when there is no file at `to`
-/// (or the filesystem cannot swap): the caller renames.
+/// now at `from`; false, changing nothing, when there is no regular file
+/// at `to` (nothing, a directory or a symlink: a swap would put those in
+/// the staging directory, which is deleted) or the filesystem cannot
+/// swap: the caller renames, as before.
 ///
 /// A rerun of the same input with the same settings writes the same paths
 /// (the run id follows the bytes written), so its files replace files that
@@ -171,6 +173,9 @@ async fn rename_local(root: &StoreRoot, local: &std::path::Path, to: &Path) -> b
 #[cfg(target_os = "linux")]
 fn exchange_into_place(from: &std::path::Path, to: &std::path::Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
+    if !std::fs::symlink_metadata(to).is_ok_and(|m| m.file_type().is_file()) {
+        return false;
+    }
     let (Ok(f), Ok(t)) = (
         std::ffi::CString::new(from.as_os_str().as_bytes()),
         std::ffi::CString::new(to.as_os_str().as_bytes()),
@@ -472,6 +477,12 @@ mod tests {
         assert!(!exchange_into_place(&staged, &target));
         assert_eq!(std::fs::read(&staged).unwrap(), b"new");
         assert!(!target.exists());
+        // A directory in place: left alone (a rename fails on it as well).
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("kept"), b"x").unwrap();
+        assert!(!exchange_into_place(&staged, &target));
+        assert!(target.join("kept").exists() && staged.exists());
+        std::fs::remove_dir_all(&target).unwrap();
         // A file in place: swapped in, the old one deleted.
         std::fs::write(&target, b"old").unwrap();
         assert!(exchange_into_place(&staged, &target));
