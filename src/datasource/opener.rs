@@ -62,7 +62,7 @@ impl FileOpener for PayloadOpener {
             let size = file.object_meta.size;
             let (start, end) = file.range();
             let bytes = if source.options.mmap_local {
-                let path = std::path::Path::new("/").join(file.object_meta.location.as_ref());
+                let path = crate::datasource::store::local_file(&file.object_meta.location);
                 // An I/O error (retried by the scheduler, exit code 74),
                 // never corruption.
                 ObjectBytes::map_file(&path).map_err(|e| {

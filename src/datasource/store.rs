@@ -99,6 +99,12 @@ fn parse(url: &str) -> Result<Url, StoreError> {
     }
 }
 
+/// The local file of object `location` in a root that reaches the local
+/// filesystem (`local`, `filesystem`): `/<location>`.
+pub fn local_file(location: &Path) -> std::path::PathBuf {
+    std::path::Path::new("/").join(location.as_ref())
+}
+
 impl StoreRoot {
     /// Opens a root from a URL or a local path. Cloud stores take their
     /// credentials and endpoints from the environment, as their SDKs do

@@ -125,8 +125,11 @@ pub fn encode_all(
         return w.finish();
     };
     summary.demoted = router.demoted();
+    // The most any spooled bucket decodes to (for the slabs kept below).
+    let mut largest = 0;
     for b in 0..router.buckets() {
         let s = router.stats(b);
+        largest = largest.max(s.decoded);
         summary.spooled_frames += s.frames;
         summary.spooled_bytes += s.bytes;
         summary.spooled_decoded_bytes += s.decoded;
@@ -151,11 +154,7 @@ pub fn encode_all(
     // 3146 MiB). Keeping every slab the resident rows free raised the peak
     // by 230 MiB: the encoder's memory came on top of them. Once the last
     // bucket is loaded, none is kept (see `Load::load`).
-    let largest = (0..router.buckets())
-        .map(|b| router.stats(b).decoded.min(cap))
-        .max()
-        .unwrap_or(0);
-    let keep = largest.saturating_mul(2).min(room) / pool.slab_bytes() as u64;
+    let keep = largest.min(cap).saturating_mul(2).min(room) / pool.slab_bytes() as u64;
     pool.set_keep(keep.min(1 << 16) as usize);
     let buffer = budget.spool_buffer(2);
     let read_budget = *budget;

@@ -20,7 +20,7 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
 use tokio::io::AsyncReadExt;
 
-use crate::datasource::store::StoreRoot;
+use crate::datasource::store::{StoreRoot, local_file};
 use crate::job::encode::Staged;
 use crate::job::error::{IoContext, JobError, StoreContext};
 use crate::job::faults::fail_point;
@@ -142,7 +142,7 @@ async fn rename_local(root: &StoreRoot, local: &std::path::Path, to: &Path) -> b
     };
     #[cfg(target_os = "linux")]
     {
-        let (from, file) = (abs.clone(), std::path::Path::new("/").join(to.as_ref()));
+        let (from, file) = (abs.clone(), local_file(to));
         let swapped = tokio::task::spawn_blocking(move || exchange_into_place(&from, &file));
         if swapped.await.unwrap_or(false) {
             return true;
@@ -172,26 +172,11 @@ async fn rename_local(root: &StoreRoot, local: &std::path::Path, to: &Path) -> b
 /// run's rename never waited either (nothing is replaced).
 #[cfg(target_os = "linux")]
 fn exchange_into_place(from: &std::path::Path, to: &std::path::Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
     if !std::fs::symlink_metadata(to).is_ok_and(|m| m.file_type().is_file()) {
         return false;
     }
-    let (Ok(f), Ok(t)) = (
-        std::ffi::CString::new(from.as_os_str().as_bytes()),
-        std::ffi::CString::new(to.as_os_str().as_bytes()),
-    ) else {
-        return false;
-    };
-    // SAFETY: two NUL-terminated paths, resolved from the working directory.
-    let swapped = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    } == 0;
+    let swapped = renameat_with(CWD, from, CWD, to, RenameFlags::EXCHANGE).is_ok();
     if swapped {
         // The old file, at the staged path: the staging directory goes
         // with the run should this fail.
@@ -369,7 +354,7 @@ async fn locked_local_put(
     payload: PutPayload,
 ) -> Result<(), JobError> {
     let shown = root.display_of(path);
-    let dir = std::path::Path::new("/").join(root.child(&m.location).as_ref());
+    let dir = local_file(&root.child(&m.location));
     std::fs::create_dir_all(&dir).at(format_args!("creating {}", dir.display()))?;
     let lock = std::fs::File::open(&dir).at(format_args!("opening {}", dir.display()))?;
     let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))

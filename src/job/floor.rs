@@ -38,7 +38,7 @@ pub fn floor(root: &StoreRoot, listing: &Listing, threads: usize) -> Result<Floo
     let paths: Vec<std::path::PathBuf> = listing
         .objects
         .iter()
-        .map(|o| std::path::Path::new("/").join(o.meta.location.as_ref()))
+        .map(|o| crate::datasource::store::local_file(&o.meta.location))
         .collect();
     let start = Instant::now();
     let totals = pool.install(|| {

@@ -65,7 +65,7 @@ pub async fn read_data_file(
         ))
     };
     let map = if root.local {
-        let local = std::path::Path::new("/").join(path.as_ref());
+        let local = crate::datasource::store::local_file(&path);
         if local.is_dir() {
             return Err(missing(&"it is a directory"));
         }
