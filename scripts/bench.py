@@ -16,7 +16,8 @@ via a shard map of modulus 1) it measures, in one run on this machine:
              (wall / the job without limit, peak RSS / limit)
   scale      the job at --memory-limit 4GiB on inputs of --scale sizes
              (cost per point at the largest / the smallest, peak RSS / limit);
-             inputs over --large are deleted after their run (disk)
+             inputs other than --size are deleted after their run, --large's
+             too (disk: the larger points' spools get the room)
   duckdb     COPY (SELECT * FROM points ORDER BY org_id, metric_id, ts)
              TO ... (FORMAT parquet, COMPRESSION zstd), on the input points
              exported to Parquet (DuckDB from PyPI, in a venv under .tools/)
@@ -395,7 +396,10 @@ def scale_series(out: pathlib.Path, sizes: list[str], args, shard_map: pathlib.P
                  small: pathlib.Path, large: pathlib.Path | None) -> dict:
     """The job at --memory-limit 4GiB on each size, smallest first and again
     last (two runs of the smallest bound the machine's drift). Inputs other
-    than --size and --large are generated for their run and deleted after."""
+    than --size are generated for their run and deleted after; --large's
+    (already generated) is deleted after its run too, nothing after it
+    reads it: its room goes to the larger points' spools (packed while
+    the disk has room, decoded again after, which costs a floor)."""
     runs = {}
     order = sorted(sizes, key=size)
     order.append(order[0])
@@ -404,7 +408,7 @@ def scale_series(out: pathlib.Path, sizes: list[str], args, shard_map: pathlib.P
         if nbytes == size(args.size):
             data, keep = small, True
         elif large is not None and nbytes == size(args.large):
-            data, keep = large, True
+            data, keep = large, nbytes == size(order[-1])  # the last run repeats the first
         else:
             data, keep = out / f"data-{s}", False
             generate(data, nbytes, shard_map, args.seed + 7 + i)
