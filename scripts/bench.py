@@ -395,11 +395,11 @@ def main() -> None:
 def scale_series(out: pathlib.Path, sizes: list[str], args, shard_map: pathlib.Path, shard: str,
                  small: pathlib.Path, large: pathlib.Path | None) -> dict:
     """The job at --memory-limit 4GiB on each size, smallest first and again
-    last (two runs of the smallest bound the machine's drift). Inputs other
-    than --size are generated for their run and deleted after; --large's
-    (already generated) is deleted after its run too, nothing after it
-    reads it: its room goes to the larger points' spools (packed while
-    the disk has room, decoded again after, which costs a floor)."""
+    last (two runs of the smallest bound the machine's drift). Every input
+    but --size's is deleted after its run (nothing later reads it; the next
+    bench generates it again): the larger points' spools get the room, and
+    a spool is packed while the disk has room, decoded again after (a
+    floor's cost)."""
     runs = {}
     order = sorted(sizes, key=size)
     order.append(order[0])
