@@ -115,9 +115,13 @@ pub async fn upload_files(
         let path = root.child(&format!("{}/{}", m.location, f.path));
         if let Some(pending) = &s.remote {
             // Uploaded by a cluster's executor: moved within the store (a
-            // rename on a filesystem, a server-side copy on S3), atomic
-            // for readers as a put is.
+            // rename on a filesystem, or a swap for a file in place as for
+            // a staged file; a server-side copy on S3), atomic for readers
+            // as a put is.
             let from = root.child(pending);
+            if root.local && swap_into_place(local_file(&from), &path).await {
+                continue;
+            }
             root.store
                 .rename(&from, &path)
                 .await
@@ -134,24 +138,37 @@ pub async fn upload_files(
 
 /// Renames a staged file into a local store; false when that is not
 /// possible (another filesystem, a path the store cannot name), so the
-/// caller copies it instead. The rename replaces an existing file
-/// atomically, as a put does.
+/// caller copies it instead. It replaces an existing file atomically, as a
+/// put does (swapped in for it, see [`swap_into_place`]).
 async fn rename_local(root: &StoreRoot, local: &std::path::Path, to: &Path) -> bool {
     let Ok(abs) = std::path::absolute(local) else {
         return false;
     };
-    #[cfg(target_os = "linux")]
-    {
-        let (from, file) = (abs.clone(), local_file(to));
-        let swapped = tokio::task::spawn_blocking(move || exchange_into_place(&from, &file));
-        if swapped.await.unwrap_or(false) {
-            return true;
-        }
+    if swap_into_place(abs.clone(), to).await {
+        return true;
     }
     let Ok(from) = Path::from_absolute_path(&abs) else {
         return false;
     };
     root.store.rename(&from, to).await.is_ok()
+}
+
+/// [`exchange_into_place`] of local file `from` with object `to` of a local
+/// root, off the async threads; false (the caller renames) where it does
+/// not apply, and on systems without the swap.
+async fn swap_into_place(from: std::path::PathBuf, to: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let to = local_file(to);
+        tokio::task::spawn_blocking(move || exchange_into_place(&from, &to))
+            .await
+            .unwrap_or(false)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (from, to);
+        false
+    }
 }
 
 /// Puts file `from` in place of an existing file `to` by swapping the two
@@ -178,8 +195,9 @@ fn exchange_into_place(from: &std::path::Path, to: &std::path::Path) -> bool {
     }
     let swapped = renameat_with(CWD, from, CWD, to, RenameFlags::EXCHANGE).is_ok();
     if swapped {
-        // The old file, at the staged path: the staging directory goes
-        // with the run should this fail.
+        // The old file, at the staged path: should this fail, it goes
+        // with the staging directory (a cluster's pending upload, under
+        // `data/`, with the cleanup of files no manifest names).
         let _ = std::fs::remove_file(from);
     }
     swapped
@@ -451,7 +469,7 @@ async fn cleanup(
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    use super::exchange_into_place;
+    use super::{exchange_into_place, swap_into_place};
 
     #[test]
     fn a_staged_file_swaps_in_for_one_in_place_and_is_renamed_otherwise() {
@@ -471,6 +489,21 @@ mod tests {
         // A file in place: swapped in, the old one deleted.
         std::fs::write(&target, b"old").unwrap();
         assert!(exchange_into_place(&staged, &target));
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert!(!staged.exists());
+    }
+
+    /// The commit's entry to it (both the staged and the cluster's pending
+    /// files): a local root's object, named by its store path.
+    #[tokio::test]
+    async fn a_file_swaps_in_for_the_object_in_place_of_a_local_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let (staged, target) = (dir.path().join("staged"), dir.path().join("target"));
+        let object = object_store::path::Path::from_absolute_path(&target).unwrap();
+        std::fs::write(&staged, b"new").unwrap();
+        assert!(!swap_into_place(staged.clone(), &object).await);
+        std::fs::write(&target, b"old").unwrap();
+        assert!(swap_into_place(staged.clone(), &object).await);
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert!(!staged.exists());
     }
